@@ -1,0 +1,29 @@
+//! courier's domain, with no I/O: what an event is, which event types exist,
+//! what a subscription is and when it matches, how long to wait before the
+//! next attempt, what a response means, how a payload is signed, and the JSON
+//! contracts of the queues.
+//!
+//! Everything here is pure and unit-tested; the store, producer and worker
+//! crates build on these types and must not redefine them.
+
+pub mod event;
+pub mod event_type;
+pub mod ids;
+pub mod message;
+pub mod outcome;
+pub mod retry;
+pub mod signing;
+pub mod subscription;
+pub mod url;
+
+pub use event::{Event, EventError, MAX_EVENT_BYTES};
+pub use event_type::{EventType, UnknownEventType};
+pub use ids::{DeliveryId, EventId, IdError, SubscriptionId, WorkspaceId};
+pub use message::{DeliveryMessage, MessageError};
+pub use outcome::{AttemptResult, Decision, DeliveryStatus, ErrorKind, classify};
+pub use retry::{RetryPolicy, RetryPolicyError};
+pub use signing::{SecretError, WebhookSecret, sign_headers};
+pub use subscription::{
+    Channel, Subscription, SubscriptionIndex, SubscriptionStatus, ValidationError,
+};
+pub use url::{UrlError, WebhookUrl};

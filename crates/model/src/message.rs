@@ -1,0 +1,100 @@
+//! JSON contracts of the queue messages the worker passes to itself. Events
+//! on the events exchange are [`crate::Event`]s; these are the rest.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DeliveryId, EventId, SubscriptionId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("delivery message is not valid JSON of the expected shape: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("delivery message has version {0}; this worker understands version 1")]
+    Version(u32),
+    #[error("delivery message has attempt 0; attempts count from 1")]
+    ZeroAttempt,
+}
+
+/// "Make attempt `attempt` of this delivery." Published by fan-out (attempt
+/// 1), by the retry tiers (attempt n+1 after attempt n failed) and by manual
+/// redelivery. The attempt number lets a worker recognise a stale duplicate:
+/// if the ledger already holds attempt n, this message's work is done.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryMessage {
+    pub v: u32,
+    pub delivery_id: DeliveryId,
+    pub event_id: EventId,
+    pub subscription_id: SubscriptionId,
+    pub attempt: u32,
+}
+
+impl DeliveryMessage {
+    pub const VERSION: u32 = 1;
+
+    pub fn new(
+        delivery_id: DeliveryId,
+        event_id: EventId,
+        subscription_id: SubscriptionId,
+        attempt: u32,
+    ) -> Self {
+        Self {
+            v: Self::VERSION,
+            delivery_id,
+            event_id,
+            subscription_id,
+            attempt,
+        }
+    }
+
+    pub fn to_vec(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("delivery messages always serialize")
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, MessageError> {
+        let msg: Self = serde_json::from_slice(bytes)?;
+        if msg.v != Self::VERSION {
+            return Err(MessageError::Version(msg.v));
+        }
+        if msg.attempt == 0 {
+            return Err(MessageError::ZeroAttempt);
+        }
+        Ok(msg)
+    }
+
+    /// The message for the attempt after this one.
+    pub fn next_attempt(&self) -> Self {
+        Self {
+            attempt: self.attempt + 1,
+            ..self.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_rejections() {
+        let event = EventId::parse("evt_1").unwrap();
+        let sub = SubscriptionId::generate();
+        let msg = DeliveryMessage::new(DeliveryId::derive(&event, sub), event, sub, 1);
+        let back = DeliveryMessage::from_slice(&msg.to_vec()).unwrap();
+        assert_eq!(back, msg);
+        assert_eq!(back.next_attempt().attempt, 2);
+
+        let mut v2: serde_json::Value = serde_json::from_slice(&msg.to_vec()).unwrap();
+        v2["v"] = 2.into();
+        assert!(matches!(
+            DeliveryMessage::from_slice(v2.to_string().as_bytes()),
+            Err(MessageError::Version(2))
+        ));
+        v2["v"] = 1.into();
+        v2["attempt"] = 0.into();
+        assert!(matches!(
+            DeliveryMessage::from_slice(v2.to_string().as_bytes()),
+            Err(MessageError::ZeroAttempt)
+        ));
+        assert!(DeliveryMessage::from_slice(b"garbage").is_err());
+    }
+}

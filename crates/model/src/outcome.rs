@@ -1,0 +1,252 @@
+//! The one place that decides what an attempt's result means: delivered,
+//! retry later, or give up.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::RetryPolicy;
+
+/// Where a delivery stands in the ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Created by fan-out, no attempt made yet.
+    Pending,
+    /// At least one attempt failed; the next one is scheduled.
+    Retrying,
+    Succeeded,
+    /// Attempts exhausted (or the failure is final); the message sits in the
+    /// dead queue for inspection and replay.
+    Dead,
+    /// The subscription was deleted or disabled before the delivery finished.
+    Canceled,
+}
+
+impl DeliveryStatus {
+    pub const ALL: &'static [DeliveryStatus] = &[
+        Self::Pending,
+        Self::Retrying,
+        Self::Succeeded,
+        Self::Dead,
+        Self::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Retrying => "retrying",
+            Self::Succeeded => "succeeded",
+            Self::Dead => "dead",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|s| s.as_str() == value)
+    }
+
+    /// No further attempt will be made.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Dead | Self::Canceled)
+    }
+}
+
+/// Why an attempt produced no usable HTTP response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// No complete response within `delivery.timeout_ms`.
+    Timeout,
+    /// DNS, TCP or TLS failure before a request was sent.
+    Connect,
+    /// The endpoint resolves to an address courier may not call (private
+    /// networks while `delivery.allow_private_networks=false`).
+    Blocked,
+    /// Anything else: a broken response, an I/O error mid-body.
+    Other,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Connect => "connect",
+            Self::Blocked => "blocked",
+            Self::Other => "other",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [Self::Timeout, Self::Connect, Self::Blocked, Self::Other]
+            .into_iter()
+            .find(|k| k.as_str() == value)
+    }
+}
+
+/// What one HTTP attempt produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptResult {
+    Response { status: u16 },
+    Failed { kind: ErrorKind },
+}
+
+impl AttemptResult {
+    /// A bounded label for metrics: `2xx` ... `5xx`, or the error kind.
+    pub fn class(self) -> &'static str {
+        match self {
+            Self::Response { status } => match status {
+                200..=299 => "2xx",
+                300..=399 => "3xx",
+                400..=499 => "4xx",
+                500..=599 => "5xx",
+                _ => "other",
+            },
+            Self::Failed { kind } => kind.as_str(),
+        }
+    }
+}
+
+/// What happens next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Succeeded,
+    /// Try again after this (un-jittered) delay.
+    Retry {
+        delay: Duration,
+    },
+    /// Give up: attempts exhausted, or a failure that retrying cannot fix.
+    Dead,
+}
+
+/// Decides the fate of attempt number `attempt` (1-based).
+///
+/// 2xx succeeds. Timeouts, connection errors, 5xx, 408 and 429 are retried;
+/// other 3xx/4xx are retried too unless `retry_client_errors` is off, because
+/// receivers misconfigure often and fix it within the retry window. An
+/// endpoint at a forbidden address is never retried.
+pub fn classify(
+    result: AttemptResult,
+    attempt: u32,
+    policy: &RetryPolicy,
+    retry_client_errors: bool,
+) -> Decision {
+    let retryable = match result {
+        AttemptResult::Response { status } if (200..300).contains(&status) => {
+            return Decision::Succeeded;
+        }
+        AttemptResult::Response { status: 408 | 429 } => true,
+        AttemptResult::Response { status } if status >= 500 => true,
+        AttemptResult::Response { .. } => retry_client_errors,
+        AttemptResult::Failed {
+            kind: ErrorKind::Blocked,
+        } => false,
+        AttemptResult::Failed { .. } => true,
+    };
+    match policy.delay_after(attempt) {
+        Some(delay) if retryable => Decision::Retry { delay },
+        _ => Decision::Dead,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            initial_delay_ms: 100,
+            multiplier: 2.0,
+            max_delay_ms: 1000,
+            max_attempts: 3,
+            jitter: 0.0,
+        }
+    }
+
+    fn status(status: u16) -> AttemptResult {
+        AttemptResult::Response { status }
+    }
+
+    #[test]
+    fn success_is_any_2xx() {
+        for s in [200, 201, 204, 299] {
+            assert_eq!(classify(status(s), 1, &policy(), true), Decision::Succeeded);
+        }
+        // Even on the last attempt.
+        assert_eq!(
+            classify(status(200), 3, &policy(), true),
+            Decision::Succeeded
+        );
+    }
+
+    #[test]
+    fn transient_failures_retry_on_schedule() {
+        let p = policy();
+        for r in [
+            status(500),
+            status(503),
+            status(429),
+            status(408),
+            AttemptResult::Failed {
+                kind: ErrorKind::Timeout,
+            },
+            AttemptResult::Failed {
+                kind: ErrorKind::Connect,
+            },
+        ] {
+            assert_eq!(
+                classify(r, 1, &p, false),
+                Decision::Retry {
+                    delay: Duration::from_millis(100)
+                }
+            );
+            assert_eq!(
+                classify(r, 2, &p, false),
+                Decision::Retry {
+                    delay: Duration::from_millis(200)
+                }
+            );
+            assert_eq!(classify(r, 3, &p, false), Decision::Dead);
+        }
+    }
+
+    #[test]
+    fn client_errors_follow_configuration() {
+        let p = policy();
+        assert!(matches!(
+            classify(status(404), 1, &p, true),
+            Decision::Retry { .. }
+        ));
+        assert_eq!(classify(status(404), 1, &p, false), Decision::Dead);
+        assert_eq!(classify(status(301), 1, &p, false), Decision::Dead);
+        let blocked = AttemptResult::Failed {
+            kind: ErrorKind::Blocked,
+        };
+        assert_eq!(classify(blocked, 1, &p, true), Decision::Dead);
+    }
+
+    #[test]
+    fn classes_are_bounded_labels() {
+        assert_eq!(status(204).class(), "2xx");
+        assert_eq!(status(302).class(), "3xx");
+        assert_eq!(status(404).class(), "4xx");
+        assert_eq!(status(502).class(), "5xx");
+        assert_eq!(status(99).class(), "other");
+        assert_eq!(
+            AttemptResult::Failed {
+                kind: ErrorKind::Timeout
+            }
+            .class(),
+            "timeout"
+        );
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for &s in DeliveryStatus::ALL {
+            assert_eq!(DeliveryStatus::parse(s.as_str()), Some(s));
+        }
+        assert!(DeliveryStatus::Dead.is_final());
+        assert!(!DeliveryStatus::Retrying.is_final());
+    }
+}

@@ -1,0 +1,179 @@
+//! The delivery retry schedule, as pure data: the worker persists the attempt
+//! number in the queue message and the ledger, and asks this policy how long
+//! to wait. Nothing here keeps time or state, so a schedule survives restarts.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RetryPolicyError {
+    #[error("retry.initial_delay_ms must be at least 1 (got {0})")]
+    InitialDelay(u64),
+    #[error("retry.multiplier must be a finite number of at least 1.0 (got {0})")]
+    Multiplier(f64),
+    #[error("retry.max_delay_ms ({max}) must be at least retry.initial_delay_ms ({initial})")]
+    MaxDelay { max: u64, initial: u64 },
+    #[error("retry.max_attempts must be between 1 and 100 (got {0})")]
+    MaxAttempts(u32),
+    #[error("retry.jitter must be between 0.0 and 1.0 (got {0})")]
+    Jitter(f64),
+}
+
+/// Exponential backoff: the wait after failed attempt `n` is
+/// `min(initial_delay * multiplier^(n-1), max_delay)`, shortened by up to
+/// `jitter` (a fraction) so that endpoints that failed together do not get
+/// retried together.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    pub initial_delay_ms: u64,
+    pub multiplier: f64,
+    pub max_delay_ms: u64,
+    /// Total attempts, the first one included.
+    pub max_attempts: u32,
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    /// 10 attempts over about 23 hours: 5 s, 25 s, ~2 min, ~10 min, ~52 min,
+    /// ~4.3 h, then 6 h three times.
+    fn default() -> Self {
+        Self {
+            initial_delay_ms: 5_000,
+            multiplier: 5.0,
+            max_delay_ms: 6 * 60 * 60 * 1000,
+            max_attempts: 10,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub fn validate(&self) -> Result<(), RetryPolicyError> {
+        if self.initial_delay_ms == 0 {
+            return Err(RetryPolicyError::InitialDelay(self.initial_delay_ms));
+        }
+        if !self.multiplier.is_finite() || self.multiplier < 1.0 {
+            return Err(RetryPolicyError::Multiplier(self.multiplier));
+        }
+        if self.max_delay_ms < self.initial_delay_ms {
+            return Err(RetryPolicyError::MaxDelay {
+                max: self.max_delay_ms,
+                initial: self.initial_delay_ms,
+            });
+        }
+        if !(1..=100).contains(&self.max_attempts) {
+            return Err(RetryPolicyError::MaxAttempts(self.max_attempts));
+        }
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(RetryPolicyError::Jitter(self.jitter));
+        }
+        Ok(())
+    }
+
+    /// The wait before the attempt after failed attempt `attempt` (1-based),
+    /// before jitter; `None` once the attempts are exhausted.
+    pub fn delay_after(&self, attempt: u32) -> Option<Duration> {
+        if attempt == 0 || attempt >= self.max_attempts {
+            return None;
+        }
+        let factor = self.multiplier.powi(attempt as i32 - 1);
+        let ms = (self.initial_delay_ms as f64 * factor).min(self.max_delay_ms as f64);
+        Some(Duration::from_millis(ms.round() as u64))
+    }
+
+    /// The distinct delays the schedule uses, shortest first: one retry queue
+    /// per tier, so that messages in one queue share one TTL.
+    pub fn tiers(&self) -> Vec<Duration> {
+        let mut tiers: Vec<Duration> = (1..self.max_attempts)
+            .filter_map(|a| self.delay_after(a))
+            .collect();
+        tiers.dedup();
+        tiers
+    }
+
+    /// `delay` shortened by `jitter * unit`, where `unit` is uniform in
+    /// [0, 1): the caller supplies the randomness so this stays pure.
+    pub fn jittered(&self, delay: Duration, unit: f64) -> Duration {
+        let unit = unit.clamp(0.0, 1.0);
+        delay.mul_f64(1.0 - self.jitter * unit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(initial: u64, multiplier: f64, max: u64, attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            initial_delay_ms: initial,
+            multiplier,
+            max_delay_ms: max,
+            max_attempts: attempts,
+            jitter: 0.0,
+        }
+    }
+
+    #[test]
+    fn exponential_and_capped() {
+        let p = policy(100, 2.0, 500, 6);
+        let delays: Vec<_> = (1..6)
+            .map(|a| p.delay_after(a).unwrap().as_millis())
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 500, 500]);
+        assert_eq!(p.delay_after(6), None);
+        assert_eq!(p.delay_after(0), None);
+        assert_eq!(
+            p.tiers(),
+            [100, 200, 400, 500].map(Duration::from_millis).to_vec()
+        );
+    }
+
+    #[test]
+    fn single_attempt_has_no_tiers() {
+        let p = policy(100, 2.0, 500, 1);
+        assert_eq!(p.delay_after(1), None);
+        assert!(p.tiers().is_empty());
+    }
+
+    #[test]
+    fn default_spans_about_a_day() {
+        let p = RetryPolicy::default();
+        p.validate().unwrap();
+        let total: Duration = (1..p.max_attempts).filter_map(|a| p.delay_after(a)).sum();
+        let hours = total.as_secs_f64() / 3600.0;
+        assert!((20.0..30.0).contains(&hours), "{hours} h");
+        assert_eq!(p.tiers().len(), 7);
+    }
+
+    #[test]
+    fn jitter_only_shortens() {
+        let p = RetryPolicy {
+            jitter: 0.5,
+            ..policy(1000, 2.0, 8000, 5)
+        };
+        let d = Duration::from_secs(10);
+        assert_eq!(p.jittered(d, 0.0), d);
+        assert_eq!(p.jittered(d, 1.0), Duration::from_secs(5));
+        assert_eq!(p.jittered(d, 0.5), Duration::from_millis(7500));
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let err = policy(0, 2.0, 10, 3).validate().unwrap_err();
+        assert!(err.to_string().contains("retry.initial_delay_ms"));
+        let err = policy(10, 0.5, 10, 3).validate().unwrap_err();
+        assert!(err.to_string().contains("retry.multiplier"));
+        let err = policy(10, 2.0, 5, 3).validate().unwrap_err();
+        assert!(err.to_string().contains("retry.max_delay_ms"));
+        let err = policy(10, 2.0, 10, 0).validate().unwrap_err();
+        assert!(err.to_string().contains("retry.max_attempts"));
+        let err = RetryPolicy {
+            jitter: 1.5,
+            ..policy(10, 2.0, 10, 3)
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("retry.jitter"));
+    }
+}

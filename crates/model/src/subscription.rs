@@ -1,0 +1,332 @@
+//! Subscriptions ("webhooks") and the matching rule: enabled, same workspace,
+//! lists the event type, and lists no channels or the event's channel.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{Event, EventType, SubscriptionId, WebhookSecret, WebhookUrl, WorkspaceId};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    /// The offending field, as named in the API and the CLI.
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// An order channel (a marketplace or shop the order came from).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Channel(String);
+
+impl Channel {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(value: &str) -> Result<Self, ValidationError> {
+        let ok = !value.is_empty()
+            && value.len() <= Self::MAX_LEN
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+        if ok {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(ValidationError::new(
+                "channels",
+                format!(
+                    "channel {value:?} must be 1-{} letters, digits, '-', '_', '.' or ':'",
+                    Self::MAX_LEN
+                ),
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Channel {
+    type Error = ValidationError;
+    fn try_from(value: String) -> Result<Self, ValidationError> {
+        Self::parse(&value)
+    }
+}
+
+impl From<Channel> for String {
+    fn from(c: Channel) -> String {
+        c.0
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    Enabled,
+    Disabled,
+}
+
+impl SubscriptionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enabled => "enabled",
+            Self::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "enabled" => Some(Self::Enabled),
+            "disabled" => Some(Self::Disabled),
+            _ => None,
+        }
+    }
+}
+
+/// A customer's endpoint and what it wants to receive.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub id: SubscriptionId,
+    pub workspace_id: WorkspaceId,
+    pub name: String,
+    pub url: WebhookUrl,
+    pub event_types: Vec<EventType>,
+    /// Empty means every channel.
+    pub channels: Vec<Channel>,
+    pub secret: WebhookSecret,
+    /// The secret before the last rotation, still signing until
+    /// `previous_secret_expires_at` so receivers can switch without a gap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<WebhookSecret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    pub status: SubscriptionStatus,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Subscription {
+    pub const MAX_NAME_LEN: usize = 200;
+
+    pub fn validate_name(name: &str) -> Result<(), ValidationError> {
+        let len = name.chars().count();
+        if name.trim().is_empty() || len > Self::MAX_NAME_LEN {
+            return Err(ValidationError::new(
+                "name",
+                format!("must be 1-{} characters", Self::MAX_NAME_LEN),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn validate_event_types(types: &[EventType]) -> Result<(), ValidationError> {
+        if types.is_empty() {
+            return Err(ValidationError::new(
+                "events",
+                "must list at least one event type",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The matching rule of DESIGN.md.
+    pub fn matches(&self, event: &Event) -> bool {
+        self.status == SubscriptionStatus::Enabled
+            && self.workspace_id == event.workspace_id
+            && self.event_types.contains(&event.event_type)
+            && self.accepts_channel(event.channel.as_ref())
+    }
+
+    fn accepts_channel(&self, channel: Option<&Channel>) -> bool {
+        self.channels.is_empty() || channel.is_some_and(|c| self.channels.contains(c))
+    }
+
+    /// Every secret that signs a delivery made at `now`: the current one, and
+    /// the previous one while its grace period lasts.
+    pub fn signing_secrets(&self, now: DateTime<Utc>) -> Vec<&WebhookSecret> {
+        let mut secrets = vec![&self.secret];
+        if let (Some(previous), Some(until)) =
+            (&self.previous_secret, self.previous_secret_expires_at)
+            && now < until
+        {
+            secrets.push(previous);
+        }
+        secrets
+    }
+}
+
+/// Enabled subscriptions indexed by (workspace, event type), so that matching
+/// an event costs the subscriptions of that pair, not all of them.
+#[derive(Debug, Default)]
+pub struct SubscriptionIndex {
+    by_key: HashMap<(WorkspaceId, EventType), Vec<Arc<Subscription>>>,
+    len: usize,
+}
+
+impl SubscriptionIndex {
+    pub fn new(subscriptions: impl IntoIterator<Item = Subscription>) -> Self {
+        let mut index = Self::default();
+        for sub in subscriptions {
+            if sub.status != SubscriptionStatus::Enabled {
+                continue;
+            }
+            let sub = Arc::new(sub);
+            for &ty in &sub.event_types {
+                index
+                    .by_key
+                    .entry((sub.workspace_id.clone(), ty))
+                    .or_default()
+                    .push(Arc::clone(&sub));
+            }
+            index.len += 1;
+        }
+        index
+    }
+
+    /// Enabled subscriptions indexed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn matching(&self, event: &Event) -> Vec<Arc<Subscription>> {
+        let key = (event.workspace_id.clone(), event.event_type);
+        self.by_key
+            .get(&key)
+            .map(|subs| {
+                subs.iter()
+                    .filter(|s| s.accepts_channel(event.channel.as_ref()))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sub(ws: &str, types: &[EventType], channels: &[&str], enabled: bool) -> Subscription {
+        let now = Utc::now();
+        Subscription {
+            id: SubscriptionId::generate(),
+            workspace_id: WorkspaceId::parse(ws).unwrap(),
+            name: "test".into(),
+            url: WebhookUrl::parse("https://example.com/hook").unwrap(),
+            event_types: types.to_vec(),
+            channels: channels
+                .iter()
+                .map(|c| Channel::parse(c).unwrap())
+                .collect(),
+            secret: WebhookSecret::generate(),
+            previous_secret: None,
+            previous_secret_expires_at: None,
+            status: if enabled {
+                SubscriptionStatus::Enabled
+            } else {
+                SubscriptionStatus::Disabled
+            },
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn event(ws: &str, ty: EventType, channel: Option<&str>) -> Event {
+        Event::new(
+            WorkspaceId::parse(ws).unwrap(),
+            ty,
+            channel.map(|c| Channel::parse(c).unwrap()),
+            json!({}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn matching_rule() {
+        use EventType::*;
+        let all_channels = sub("a", &[OrderCreated, OrderCanceled], &[], true);
+        let amazon_only = sub("a", &[OrderCreated], &["amazon"], true);
+        let disabled = sub("a", &[OrderCreated], &[], false);
+        let other_ws = sub("b", &[OrderCreated], &[], true);
+        let subs = [&all_channels, &amazon_only, &disabled, &other_ws];
+
+        let names = |e: &Event| -> Vec<SubscriptionId> {
+            subs.iter().filter(|s| s.matches(e)).map(|s| s.id).collect()
+        };
+        assert_eq!(
+            names(&event("a", OrderCreated, Some("amazon"))),
+            [all_channels.id, amazon_only.id]
+        );
+        assert_eq!(
+            names(&event("a", OrderCreated, Some("ebay"))),
+            [all_channels.id]
+        );
+        assert_eq!(names(&event("a", OrderCreated, None)), [all_channels.id]);
+        assert_eq!(names(&event("a", OrderCanceled, None)), [all_channels.id]);
+        assert!(names(&event("a", ShipmentCreated, None)).is_empty());
+        assert_eq!(names(&event("b", OrderCreated, None)), [other_ws.id]);
+
+        // The index agrees with the rule for every case.
+        let index = SubscriptionIndex::new(subs.iter().map(|s| (*s).clone()));
+        assert_eq!(index.len(), 3);
+        for e in [
+            event("a", OrderCreated, Some("amazon")),
+            event("a", OrderCreated, Some("ebay")),
+            event("a", OrderCanceled, None),
+            event("b", OrderCreated, Some("x")),
+            event("c", OrderCreated, None),
+        ] {
+            let mut from_index: Vec<_> = index.matching(&e).iter().map(|s| s.id).collect();
+            let mut expected = names(&e);
+            from_index.sort();
+            expected.sort();
+            assert_eq!(from_index, expected);
+        }
+    }
+
+    #[test]
+    fn previous_secret_signs_during_grace_only() {
+        let mut s = sub("a", &[EventType::OrderCreated], &[], true);
+        let now = Utc::now();
+        assert_eq!(s.signing_secrets(now).len(), 1);
+        s.previous_secret = Some(WebhookSecret::generate());
+        s.previous_secret_expires_at = Some(now + chrono::Duration::hours(1));
+        assert_eq!(s.signing_secrets(now).len(), 2);
+        assert_eq!(s.signing_secrets(now + chrono::Duration::hours(2)).len(), 1);
+    }
+
+    #[test]
+    fn validation() {
+        assert!(Subscription::validate_name("ok").is_ok());
+        assert_eq!(Subscription::validate_name(" ").unwrap_err().field, "name");
+        assert_eq!(
+            Subscription::validate_event_types(&[]).unwrap_err().field,
+            "events"
+        );
+        assert_eq!(Channel::parse("a b").unwrap_err().field, "channels");
+    }
+}
