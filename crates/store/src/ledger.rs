@@ -1,0 +1,258 @@
+//! Group commit for the hot path. One task owns the ledger's write side:
+//! callers queue [`WriteOp`]s, the task takes whatever is queued and commits
+//! it as one transaction, so concurrent callers share one commit (one fsync,
+//! one round-trip sequence) instead of each paying for their own.
+//!
+//! There is no timer: an idle ledger commits a lone write immediately, and a
+//! busy one batches naturally because requests pile up while the previous
+//! batch commits. A failing batch is retried request by request, so one bad
+//! op only fails its own caller.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use sqlx::error::DatabaseError;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{Result, Store, StoreError, WriteOp, WriteResult};
+
+/// Tuning of the group commit.
+#[derive(Clone)]
+pub struct LedgerOptions {
+    /// Most ops committed in one transaction. A single `write_many` call
+    /// larger than this still commits as one transaction of its own.
+    pub max_batch: usize,
+    /// Told the number of ops of every committed batch (for metrics; this
+    /// crate knows nothing of Prometheus).
+    pub on_batch: Option<Arc<dyn Fn(usize) + Send + Sync>>,
+}
+
+impl Default for LedgerOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 256,
+            on_batch: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for LedgerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerOptions")
+            .field("max_batch", &self.max_batch)
+            .field("on_batch", &self.on_batch.is_some())
+            .finish()
+    }
+}
+
+/// Handle to the ledger writer task. Cheap to clone; every clone feeds the
+/// same task.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    requests: mpsc::Sender<Message>,
+    /// The task holds the sending half and drops it when it exits (normally
+    /// or by panic), which is how `shutdown` knows the flush is complete.
+    exited: watch::Receiver<()>,
+}
+
+#[derive(Debug)]
+enum Message {
+    Write(Request),
+    Shutdown,
+}
+
+/// The ops of one caller: they always land in the same transaction.
+#[derive(Debug)]
+struct Request {
+    ops: Vec<WriteOp>,
+    reply: Reply,
+}
+
+type Reply = oneshot::Sender<Result<Vec<WriteResult>>>;
+
+impl Ledger {
+    /// Spawns the writer task on the current tokio runtime (panics outside
+    /// one, like `tokio::spawn`).
+    pub fn start(store: Store, options: LedgerOptions) -> Ledger {
+        let max_batch = options.max_batch.max(1);
+        let on_batch = options.on_batch;
+        // Room for a few batches: enough that callers rarely wait to enqueue,
+        // bounded so a stalled database pushes back on them.
+        let (requests, queue) = mpsc::channel(max_batch.saturating_mul(4));
+        let (exit_guard, exited) = watch::channel(());
+        tokio::spawn(async move {
+            let _exit_guard = exit_guard;
+            run(store, queue, max_batch, on_batch).await;
+        });
+        Ledger { requests, exited }
+    }
+
+    /// Commits one op (batched with whatever else is queued) and returns its
+    /// result once durable.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteResult> {
+        let mut results = self.write_many(vec![op]).await?;
+        // The writer answers every request with one result per op.
+        results.pop().ok_or(StoreError::LedgerClosed)
+    }
+
+    /// Commits `ops` in one transaction (possibly shared with other callers)
+    /// and returns their results in order.
+    pub async fn write_many(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteResult>> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Message::Write(Request { ops, reply }))
+            .await
+            .map_err(|_| StoreError::LedgerClosed)?;
+        // A dropped reply means the writer stopped (or panicked) before
+        // answering; the caller must not assume the write happened.
+        answer.await.map_err(|_| StoreError::LedgerClosed)?
+    }
+
+    /// Stops accepting writes, commits everything already queued, and waits
+    /// for the writer task to exit. Later writes, from any clone, fail with
+    /// [`StoreError::LedgerClosed`].
+    pub async fn shutdown(self) {
+        // Fails only when the writer is already gone, which is what we wait for.
+        let _ = self.requests.send(Message::Shutdown).await;
+        let mut exited = self.exited;
+        while exited.changed().await.is_ok() {}
+    }
+}
+
+async fn run(
+    store: Store,
+    mut queue: mpsc::Receiver<Message>,
+    max_batch: usize,
+    on_batch: Option<Arc<dyn Fn(usize) + Send + Sync>>,
+) {
+    // A request that did not fit in the previous batch opens the next one.
+    let mut carried: Option<Request> = None;
+    loop {
+        let first = match carried.take() {
+            Some(request) => request,
+            None => match queue.recv().await {
+                Some(Message::Write(request)) => request,
+                Some(Message::Shutdown) => {
+                    // Refuses new sends; what is buffered is still received.
+                    queue.close();
+                    continue;
+                }
+                None => break,
+            },
+        };
+        let mut ops = first.ops.len();
+        let mut batch = vec![first];
+        while ops < max_batch {
+            match queue.try_recv() {
+                Ok(Message::Write(request)) => {
+                    if ops + request.ops.len() > max_batch {
+                        carried = Some(request);
+                        break;
+                    }
+                    ops += request.ops.len();
+                    batch.push(request);
+                }
+                Ok(Message::Shutdown) => queue.close(),
+                Err(_) => break,
+            }
+        }
+        if let Some(observe) = &on_batch {
+            observe(ops);
+        }
+        commit(&store, batch).await;
+    }
+    tracing::debug!("ledger writer stopped");
+}
+
+async fn commit(store: &Store, batch: Vec<Request>) {
+    let requests = batch.len();
+    let mut ops = Vec::with_capacity(batch.iter().map(|r| r.ops.len()).sum());
+    let mut replies: Vec<(Range<usize>, Reply)> = Vec::with_capacity(requests);
+    for request in batch {
+        let start = ops.len();
+        ops.extend(request.ops);
+        replies.push((start..ops.len(), request.reply));
+    }
+
+    let err = match store.apply(&ops).await {
+        Ok(results) if results.len() == ops.len() => {
+            tracing::debug!(ops = ops.len(), requests, "ledger batch committed");
+            let mut results = results.into_iter();
+            for (range, reply) in replies {
+                // A caller that gave up waiting still had its write committed.
+                let _ = reply.send(Ok(results.by_ref().take(range.len()).collect()));
+            }
+            return;
+        }
+        Ok(results) => StoreError::Corrupt(format!(
+            "ledger batch of {} ops returned {} results",
+            ops.len(),
+            results.len()
+        )),
+        Err(err) => err,
+    };
+
+    if requests == 1 {
+        if let Some((_, reply)) = replies.pop() {
+            let _ = reply.send(Err(err));
+        }
+        return;
+    }
+    if !caused_by_an_op(&err) {
+        // Retrying one by one would only repeat the same wait per request.
+        tracing::warn!(error = %chain(&err), ops = ops.len(), requests, "ledger batch failed");
+        let shared = Arc::new(err);
+        for (_, reply) in replies {
+            let _ = reply.send(Err(StoreError::Batch(Arc::clone(&shared))));
+        }
+        return;
+    }
+
+    // The batch rolled back as a whole, so each request can be retried alone
+    // and the one that broke it fails on its own. Every op is idempotent,
+    // which also covers a commit that failed after all.
+    tracing::debug!(
+        error = %chain(&err),
+        ops = ops.len(),
+        requests,
+        "ledger batch failed; retrying requests alone"
+    );
+    for (range, reply) in replies {
+        let result = store.apply(&ops[range]).await;
+        let _ = reply.send(result);
+    }
+}
+
+/// Whether the database refused something in the batch (a constraint, a
+/// value), as opposed to being unreachable, overloaded or locked, which
+/// would fail every request alike.
+fn caused_by_an_op(err: &StoreError) -> bool {
+    match err {
+        StoreError::Corrupt(_) => true,
+        StoreError::Database(sqlx::Error::Database(db)) => {
+            let sqlite_code = db
+                .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+                .and_then(|e| e.code())
+                .and_then(|code| code.parse::<i32>().ok());
+            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+            !matches!(sqlite_code.map(|c| c & 0xff), Some(5 | 6))
+        }
+        _ => false,
+    }
+}
+
+/// `outer: inner: innermost`, since `StoreError`'s own message leaves the
+/// database's words to its source.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

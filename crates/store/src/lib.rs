@@ -1,0 +1,428 @@
+//! courier's ledger: workspaces, subscriptions, events, deliveries and every
+//! delivery attempt, on SQLite (the embedded default) or PostgreSQL with the
+//! same behaviour.
+//!
+//! [`Store`] is the one entry point; each backend's SQL lives side by side in
+//! `sqlite.rs` and `postgres.rs`. The hot path (fan-out and attempt records)
+//! goes through [`Ledger`], which groups concurrent writes into one
+//! transaction (group commit). This crate knows nothing of RabbitMQ or HTTP.
+
+mod ledger;
+mod postgres;
+mod rows;
+mod sqlite;
+
+use chrono::{DateTime, Utc};
+use courier_model::{
+    DeliveryId, DeliveryStatus, ErrorKind, Event, EventId, EventType, Subscription, SubscriptionId,
+    WorkspaceId,
+};
+use serde::Serialize;
+
+pub use ledger::{Ledger, LedgerOptions};
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database.url {0:?} is not supported; use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("{what} already exists")]
+    Conflict { what: &'static str },
+    #[error("{what} not found")]
+    NotFound { what: &'static str },
+    #[error("ledger row is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("ledger writer has stopped")]
+    LedgerClosed,
+    #[error("batched ledger write failed: {0}")]
+    Batch(std::sync::Arc<StoreError>),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Workspace {
+    pub id: WorkspaceId,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One hot-path write. A batch of these commits in one transaction.
+#[derive(Clone, Debug)]
+pub enum WriteOp {
+    /// Record an event and one pending delivery per matching subscription.
+    /// Idempotent: a redelivered event inserts nothing new.
+    FanOut {
+        event: std::sync::Arc<Event>,
+        deliveries: Vec<(DeliveryId, SubscriptionId)>,
+    },
+    /// Record one attempt and the delivery's new state.
+    Attempt(AttemptWrite),
+    /// Mark a delivery canceled (its subscription was deleted or disabled).
+    Cancel { delivery_id: DeliveryId },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteResult {
+    /// The deliveries of a fan-out that still need their first message: all
+    /// of them for a new event; for a redelivered event, those still pending.
+    FanOut {
+        to_publish: Vec<(DeliveryId, SubscriptionId)>,
+    },
+    /// `recorded` is false when the ledger already held this attempt number
+    /// (a duplicate message): the caller must not act on it again.
+    Attempt {
+        recorded: bool,
+    },
+    Canceled,
+}
+
+/// An attempt and the delivery state it leads to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptWrite {
+    pub delivery_id: DeliveryId,
+    /// 1-based; unique per delivery.
+    pub attempt: u32,
+    pub url: String,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u32,
+    pub response_status: Option<u16>,
+    pub error_kind: Option<ErrorKind>,
+    /// A short, human-readable error (never contains secrets).
+    pub error: Option<String>,
+    /// At most a few KiB of the response body.
+    pub response_excerpt: Option<String>,
+    pub new_status: DeliveryStatus,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// A delivery as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeliveryRecord {
+    pub id: DeliveryId,
+    pub event_id: EventId,
+    pub subscription_id: SubscriptionId,
+    pub workspace_id: WorkspaceId,
+    pub event_type: EventType,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub last_response_status: Option<u16>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// An attempt as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AttemptRecord {
+    pub delivery_id: DeliveryId,
+    pub attempt: u32,
+    pub url: String,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u32,
+    pub response_status: Option<u16>,
+    pub error_kind: Option<ErrorKind>,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+}
+
+/// Everything the delivery stage needs to make one attempt, read in one go.
+#[derive(Clone, Debug)]
+pub struct DeliveryContext {
+    pub delivery: DeliveryRecord,
+    pub event: Event,
+    /// `None` when the subscription has been deleted since fan-out.
+    pub subscription: Option<Subscription>,
+}
+
+/// An API key as stored: never the key itself, only its SHA-256 hash (kept
+/// apart, see [`Store::insert_api_key`]) and a short prefix an operator can
+/// recognise it by.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub workspace_id: WorkspaceId,
+    pub name: String,
+    /// The first characters of the key (`ck_abcd`), for recognising it in a
+    /// list; too short to be guessed from.
+    pub key_prefix: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Which deliveries a log lists; `None` means any.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryFilter {
+    pub event_type: Option<EventType>,
+    pub status: Option<DeliveryStatus>,
+    pub subscription: Option<SubscriptionId>,
+}
+
+/// A position in a delivery log (newest first): the last row a page showed.
+/// Rows are ordered by (created_at, id), both immutable, so a cursor keeps
+/// its place however many rows are inserted meanwhile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeliveryCursor {
+    pub created_at: DateTime<Utc>,
+    pub id: DeliveryId,
+}
+
+/// A delivery with the URL it goes to: the URL of its latest attempt, or
+/// the subscription's current URL when none was made yet (`None` when the
+/// subscription is deleted and nothing was attempted).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeliveryLogEntry {
+    pub delivery: DeliveryRecord,
+    pub url: Option<String>,
+}
+
+impl DeliveryLogEntry {
+    pub fn cursor(&self) -> DeliveryCursor {
+        DeliveryCursor {
+            created_at: self.delivery.created_at,
+            id: self.delivery.id,
+        }
+    }
+}
+
+/// Connection settings beyond the URL.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Upper bound of pooled connections (PostgreSQL; SQLite readers).
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+        }
+    }
+}
+
+/// The ledger, on one of its backends. Cheap to clone (pools are shared).
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($s) => $call,
+            Store::Postgres($s) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Connects to `sqlite://PATH` (file created when missing; WAL,
+    /// synchronous=NORMAL) or `postgres://...`. Does not migrate.
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite(SqliteStore::connect(url, options).await?))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres(PgStore::connect(url, options).await?))
+        } else {
+            Err(StoreError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Store::Sqlite(_) => Backend::Sqlite,
+            Store::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Applies this backend's migrations (`migrations/sqlite` or
+    /// `migrations/postgres`).
+    pub async fn migrate(&self) -> Result<()> {
+        dispatch!(self, s => s.migrate().await)
+    }
+
+    /// A round trip to the database, for readiness checks.
+    pub async fn ping(&self) -> Result<()> {
+        dispatch!(self, s => s.ping().await)
+    }
+
+    pub async fn close(&self) {
+        dispatch!(self, s => s.close().await)
+    }
+
+    // --- workspaces -------------------------------------------------------
+
+    /// `Conflict` when the id is taken.
+    pub async fn create_workspace(&self, workspace: &Workspace) -> Result<()> {
+        dispatch!(self, s => s.create_workspace(workspace).await)
+    }
+
+    pub async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<Workspace>> {
+        dispatch!(self, s => s.get_workspace(id).await)
+    }
+
+    pub async fn list_workspaces(&self) -> Result<Vec<Workspace>> {
+        dispatch!(self, s => s.list_workspaces().await)
+    }
+
+    // --- subscriptions ----------------------------------------------------
+
+    /// `NotFound { what: "workspace" }` when the workspace does not exist.
+    pub async fn insert_subscription(&self, sub: &Subscription) -> Result<()> {
+        dispatch!(self, s => s.insert_subscription(sub).await)
+    }
+
+    /// Scoped to the workspace: another workspace's id is `None`.
+    pub async fn get_subscription(
+        &self,
+        workspace: &WorkspaceId,
+        id: SubscriptionId,
+    ) -> Result<Option<Subscription>> {
+        dispatch!(self, s => s.get_subscription(workspace, id).await)
+    }
+
+    /// Oldest first, at most `limit`, strictly after `after` (ids are time
+    /// ordered).
+    pub async fn list_subscriptions(
+        &self,
+        workspace: &WorkspaceId,
+        limit: u32,
+        after: Option<SubscriptionId>,
+    ) -> Result<Vec<Subscription>> {
+        dispatch!(self, s => s.list_subscriptions(workspace, limit, after).await)
+    }
+
+    /// Replaces every mutable field (name, url, types, channels, secrets,
+    /// status, updated_at) of the subscription with this id in its
+    /// workspace. `false` when there is none.
+    pub async fn update_subscription(&self, sub: &Subscription) -> Result<bool> {
+        dispatch!(self, s => s.update_subscription(sub).await)
+    }
+
+    /// Deletes the subscription; its deliveries and attempts stay readable.
+    /// `false` when there is none in that workspace.
+    pub async fn delete_subscription(
+        &self,
+        workspace: &WorkspaceId,
+        id: SubscriptionId,
+    ) -> Result<bool> {
+        dispatch!(self, s => s.delete_subscription(workspace, id).await)
+    }
+
+    /// Every enabled subscription, for the matching index.
+    pub async fn load_enabled_subscriptions(&self) -> Result<Vec<Subscription>> {
+        dispatch!(self, s => s.load_enabled_subscriptions().await)
+    }
+
+    // --- API keys ----------------------------------------------------------
+
+    /// Stores a key by its hash. `NotFound { what: "workspace" }` when the
+    /// workspace does not exist, `Conflict` when the hash or id is taken.
+    pub async fn insert_api_key(&self, key: &ApiKeyRecord, key_hash: &str) -> Result<()> {
+        dispatch!(self, s => s.insert_api_key(key, key_hash).await)
+    }
+
+    /// The key whose SHA-256 hash is `key_hash`. Looking up by hash needs no
+    /// constant-time comparison: the database never sees the key itself.
+    pub async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>> {
+        dispatch!(self, s => s.find_api_key(key_hash).await)
+    }
+
+    // --- delivery log ---------------------------------------------------------
+
+    /// Deliveries of one workspace, newest first, at most `limit`, strictly
+    /// after `after` in that order.
+    pub async fn list_deliveries(
+        &self,
+        workspace: &WorkspaceId,
+        filter: &DeliveryFilter,
+        limit: u32,
+        after: Option<DeliveryCursor>,
+    ) -> Result<Vec<DeliveryLogEntry>> {
+        dispatch!(self, s => s.list_deliveries(workspace, filter, limit, after).await)
+    }
+
+    /// One delivery, scoped to the workspace: another workspace's is `None`.
+    pub async fn get_delivery_entry(
+        &self,
+        workspace: &WorkspaceId,
+        id: DeliveryId,
+    ) -> Result<Option<DeliveryLogEntry>> {
+        dispatch!(self, s => s.get_delivery_entry(workspace, id).await)
+    }
+
+    /// Puts a delivery of this workspace back to `retrying` (attempt count
+    /// kept, so the next message carries `attempts + 1`) and returns it as it
+    /// was before. `None` when there is no such delivery in the workspace.
+    pub async fn reopen_delivery(
+        &self,
+        workspace: &WorkspaceId,
+        id: DeliveryId,
+    ) -> Result<Option<DeliveryRecord>> {
+        dispatch!(self, s => s.reopen_delivery(workspace, id).await)
+    }
+
+    /// As [`Store::reopen_delivery`] for the `dead` and `canceled` deliveries
+    /// of one subscription created at or after `since`, oldest first, at most
+    /// `limit`. Returns them as they were before.
+    pub async fn reopen_failed_deliveries(
+        &self,
+        workspace: &WorkspaceId,
+        subscription: SubscriptionId,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRecord>> {
+        dispatch!(self, s => s.reopen_failed_deliveries(workspace, subscription, since, limit).await)
+    }
+
+    /// Undoes a reopen whose message could not be published: puts back the
+    /// status and next attempt time of `before`, unless an attempt was
+    /// recorded since. `false` when the delivery had moved on.
+    pub async fn restore_delivery(&self, before: &DeliveryRecord) -> Result<bool> {
+        dispatch!(self, s => s.restore_delivery(before).await)
+    }
+
+    // --- hot path -----------------------------------------------------------
+
+    /// Applies `ops` in one transaction, results in the same order. Prefer
+    /// [`Ledger`], which batches concurrent callers into these.
+    pub async fn apply(&self, ops: &[WriteOp]) -> Result<Vec<WriteResult>> {
+        dispatch!(self, s => s.apply(ops).await)
+    }
+
+    pub async fn delivery_context(&self, id: DeliveryId) -> Result<Option<DeliveryContext>> {
+        dispatch!(self, s => s.delivery_context(id).await)
+    }
+
+    // --- reads for operators and tests ---------------------------------------
+
+    pub async fn get_delivery(&self, id: DeliveryId) -> Result<Option<DeliveryRecord>> {
+        dispatch!(self, s => s.get_delivery(id).await)
+    }
+
+    pub async fn deliveries_of_event(&self, event: &EventId) -> Result<Vec<DeliveryRecord>> {
+        dispatch!(self, s => s.deliveries_of_event(event).await)
+    }
+
+    /// Oldest first.
+    pub async fn list_attempts(&self, delivery: DeliveryId) -> Result<Vec<AttemptRecord>> {
+        dispatch!(self, s => s.list_attempts(delivery).await)
+    }
+
+    /// Number of deliveries in each status (statuses with none are absent).
+    pub async fn delivery_counts(&self) -> Result<Vec<(DeliveryStatus, u64)>> {
+        dispatch!(self, s => s.delivery_counts().await)
+    }
+}
