@@ -1,0 +1,155 @@
+//! One stage's consume loop: take messages within the prefetch window, run
+//! the stage's handler on each in its own task, and ack or requeue by what
+//! the handler decided, only after it finished.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::WorkerError;
+use crate::health::{HEARTBEAT, StageHealth};
+
+/// What to tell the broker about a message once its handler is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// Everything the message caused is durable: remove it.
+    Ack,
+    /// Something failed before the effects were durable: hand it back so
+    /// this or another worker tries again.
+    Requeue,
+}
+
+pub struct Stage<'a> {
+    pub connection: &'a Connection,
+    pub health: &'a StageHealth,
+    pub queue: String,
+    pub prefetch: u16,
+    /// Bounds concurrently running handlers of this stage.
+    pub slots: Arc<Semaphore>,
+    pub grace: Duration,
+}
+
+pub async fn run<H, F>(
+    stage: Stage<'_>,
+    shutdown: CancellationToken,
+    handler: H,
+) -> Result<(), WorkerError>
+where
+    H: Fn(Delivery) -> F,
+    F: Future<Output = Handled> + Send + 'static,
+{
+    let channel = stage.connection.create_channel().await?;
+    channel
+        .basic_qos(stage.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            stage.queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue = %stage.queue, prefetch = stage.prefetch, "consuming");
+    stage.health.attached();
+
+    let tasks = TaskTracker::new();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let result = loop {
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Ok(()),
+            next = consumer.next() => next,
+            // Idle is healthy: beat so /healthz can tell idle from stuck.
+            _ = heartbeat.tick() => {
+                stage.health.beat();
+                continue;
+            }
+        };
+        stage.health.beat();
+        let delivery = match next {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(error)) => break Err(WorkerError::Broker(error)),
+            None => {
+                break Err(WorkerError::ConsumerStopped {
+                    queue: stage.queue.clone(),
+                    reason: "the broker ended the consumer".into(),
+                });
+            }
+        };
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            permit = Arc::clone(&stage.slots).acquire_owned() => permit.expect("stage semaphores are never closed"),
+        };
+        let acker = delivery.acker.clone();
+        let work = handler(delivery);
+        tasks.spawn(async move {
+            let handled = work.await;
+            settle(&acker, handled).await;
+            drop(permit);
+        });
+    };
+
+    stage.health.detached();
+    // Stop the broker from sending more, then let in-flight work finish.
+    if let Err(error) = channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await
+    {
+        tracing::debug!(error = %error, "cancelling the consumer");
+    }
+    // Whatever is still unacked after the grace period is redelivered once
+    // the channel closes.
+    tasks.close();
+    if tokio::time::timeout(stage.grace, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(queue = %stage.queue, unfinished = tasks.len(), "grace period over; handing unfinished messages back");
+    }
+    close(&channel).await;
+    result
+}
+
+async fn settle(acker: &lapin::Acker, handled: Handled) {
+    let outcome = match handled {
+        Handled::Ack => acker.ack(BasicAckOptions::default()).await,
+        Handled::Requeue => {
+            acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+        }
+    };
+    match outcome {
+        Ok(true) => {}
+        // The channel was recovered since this message arrived: the broker
+        // will redeliver it, and the handlers are idempotent.
+        Ok(false) => tracing::warn!(
+            ?handled,
+            "message settled on a stale channel; it will be redelivered"
+        ),
+        Err(error) => {
+            tracing::warn!(?handled, error = %error, "could not settle message; it will be redelivered")
+        }
+    }
+}
+
+async fn close(channel: &Channel) {
+    if let Err(error) = channel.close(200, "shutdown".into()).await {
+        tracing::debug!(error = %error, "closing channel");
+    }
+}

@@ -1,0 +1,313 @@
+//! The webhook HTTP client: one POST per attempt, signed, bounded in time and
+//! in how much of the response it reads, and unable to reach addresses that
+//! customers must not point courier at (loopback, private networks, cloud
+//! metadata) unless the deployment allows it.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use courier_model::{AttemptResult, ErrorKind, WebhookUrl};
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+
+/// How much of a response body is kept in the ledger.
+pub const RESPONSE_EXCERPT_BYTES: usize = 4 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    pub timeout: Duration,
+    pub allow_private_networks: bool,
+}
+
+/// What one POST produced, ready for the ledger.
+#[derive(Clone, Debug)]
+pub struct HttpOutcome {
+    pub result: AttemptResult,
+    pub duration: Duration,
+    /// A short description when no response arrived.
+    pub error: Option<String>,
+    pub excerpt: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct WebhookClient {
+    client: reqwest::Client,
+    allow_private_networks: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{host} resolves only to addresses courier may not call (private networks are disabled)")]
+struct BlockedAddress {
+    host: String,
+}
+
+/// Resolves names like the system would, then drops every address courier
+/// must not call. Reqwest connects only to what this returns, so a DNS name
+/// pointing at 127.0.0.1 is caught at connect time, not just at validation.
+#[derive(Debug)]
+struct PublicOnlyResolver;
+
+impl Resolve for PublicOnlyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| is_public(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(Box::new(BlockedAddress { host }) as _);
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+impl WebhookClient {
+    pub fn new(options: &HttpOptions) -> reqwest::Result<Self> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("courier/", env!("CARGO_PKG_VERSION")))
+            .timeout(options.timeout)
+            .connect_timeout(options.timeout.min(Duration::from_secs(10)))
+            // A redirect would let an endpoint bounce courier anywhere, and
+            // proxies from the environment would bypass the address filter.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            // One attempt is one request: courier's own schedule retries.
+            .retry(reqwest::retry::never())
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(64);
+        if !options.allow_private_networks {
+            builder = builder.dns_resolver(Arc::new(PublicOnlyResolver));
+        }
+        Ok(Self {
+            client: builder.build()?,
+            allow_private_networks: options.allow_private_networks,
+        })
+    }
+
+    /// POSTs `body` with `headers` and reports what happened. Never fails:
+    /// every failure is an outcome to record.
+    pub async fn post(&self, url: &WebhookUrl, headers: HeaderMap, body: Vec<u8>) -> HttpOutcome {
+        let started = Instant::now();
+        let failed = |kind: ErrorKind, error: String| HttpOutcome {
+            result: AttemptResult::Failed { kind },
+            duration: started.elapsed(),
+            error: Some(error),
+            excerpt: None,
+        };
+
+        // IP literals never reach the resolver, so check them here.
+        if !self.allow_private_networks
+            && let Some(ip) = literal_ip(url)
+            && !is_public(ip)
+        {
+            return failed(
+                ErrorKind::Blocked,
+                format!("{ip} is a private or local address and private networks are disabled"),
+            );
+        }
+
+        let response = self
+            .client
+            .post(url.as_url().clone())
+            .headers(headers)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(body)
+            .send()
+            .await;
+        let mut response = match response {
+            Ok(r) => r,
+            Err(e) => {
+                let (kind, message) = describe(&e);
+                return failed(kind, message);
+            }
+        };
+        let status = response.status().as_u16();
+
+        // Read at most the excerpt; the rest of the body is not our business.
+        let mut excerpt = Vec::new();
+        let mut body_error = None;
+        while excerpt.len() < RESPONSE_EXCERPT_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = RESPONSE_EXCERPT_BYTES - excerpt.len();
+                    excerpt.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    body_error = Some(describe(&e).1);
+                    break;
+                }
+            }
+        }
+        HttpOutcome {
+            result: AttemptResult::Response { status },
+            duration: started.elapsed(),
+            error: body_error,
+            excerpt: (!excerpt.is_empty()).then(|| String::from_utf8_lossy(&excerpt).into_owned()),
+        }
+    }
+}
+
+fn literal_ip(url: &WebhookUrl) -> Option<IpAddr> {
+    match url.as_url().host()? {
+        url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+        url::Host::Domain(_) => None,
+    }
+}
+
+/// Classifies a reqwest error and renders it with its causes, which is where
+/// the useful part ("connection refused") lives.
+fn describe(error: &reqwest::Error) -> (ErrorKind, String) {
+    let mut message = error.to_string();
+    let mut blocked = false;
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<BlockedAddress>().is_some() {
+            blocked = true;
+        }
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    let kind = if blocked {
+        ErrorKind::Blocked
+    } else if error.is_timeout() {
+        ErrorKind::Timeout
+    } else if error.is_connect() {
+        ErrorKind::Connect
+    } else {
+        ErrorKind::Other
+    };
+    (kind, message)
+}
+
+/// Whether an address is on the public internet. Conservative: anything
+/// loopback, private, link-local, shared, documentation, multicast or
+/// reserved is not.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_v4(v4);
+            }
+            is_public_v6(v6)
+        }
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || ip.is_multicast()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || a >= 240) // reserved
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let first = ip.segments()[0];
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || (first & 0xfe00) == 0xfc00 // unique local
+        || (first & 0xffc0) == 0xfe80 // link-local
+        || (first == 0x2001 && ip.segments()[1] == 0x0db8) // documentation
+        || (first == 0x0064 && ip.segments()[1] == 0xff9b)) // NAT64, may map private v4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_and_private_addresses() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["93.184.216.34", "1.1.1.1", "2606:4700::1111"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[tokio::test]
+    async fn refuses_private_literals_and_names_without_sending() {
+        let client = WebhookClient::new(&HttpOptions {
+            timeout: Duration::from_secs(2),
+            allow_private_networks: false,
+        })
+        .unwrap();
+        // Nothing listens there; a Blocked result proves no connection was tried.
+        for url in [
+            "http://127.0.0.1:1/hook",
+            "http://[::1]:1/",
+            "http://localhost:1/",
+        ] {
+            let outcome = client
+                .post(
+                    &WebhookUrl::parse(url).unwrap(),
+                    HeaderMap::new(),
+                    b"{}".to_vec(),
+                )
+                .await;
+            assert_eq!(
+                outcome.result,
+                AttemptResult::Failed {
+                    kind: ErrorKind::Blocked
+                },
+                "{url}: {:?}",
+                outcome.error
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_a_connect_error() {
+        let client = WebhookClient::new(&HttpOptions {
+            timeout: Duration::from_secs(2),
+            allow_private_networks: true,
+        })
+        .unwrap();
+        // Bind then drop to find a port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = WebhookUrl::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
+        let outcome = client.post(&url, HeaderMap::new(), b"{}".to_vec()).await;
+        assert_eq!(
+            outcome.result,
+            AttemptResult::Failed {
+                kind: ErrorKind::Connect
+            }
+        );
+        assert!(outcome.error.unwrap().contains("refused"));
+    }
+}

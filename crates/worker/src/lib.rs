@@ -1,0 +1,393 @@
+//! courier's delivery pipeline. Two stages consume RabbitMQ queues:
+//!
+//! 1. **fan-out** reads an event, finds the matching subscriptions, records
+//!    the event and one delivery per match in the ledger, publishes one
+//!    delivery message per match, then acks the event;
+//! 2. **delivery** reads a delivery message, POSTs the signed payload,
+//!    records the attempt, schedules a retry or dead-letters, then acks.
+//!
+//! Nothing is acked before what it caused is durable (ledger committed,
+//! follow-up messages confirmed by the broker), so a crash anywhere means
+//! redelivery, never loss. This crate owns no configuration parsing and no
+//! HTTP server: the `courier` binary wires it.
+
+mod consumer;
+pub mod health;
+pub mod http;
+mod limits;
+pub mod metrics;
+mod pipeline;
+mod subscriptions;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_model::RetryPolicy;
+use courier_producer::{ConfirmedChannel, PublishError, Topology};
+use courier_store::{Ledger, Store, StoreError};
+use lapin::Connection;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use consumer::Handled;
+pub use health::Health;
+pub use http::{HttpOptions, WebhookClient};
+pub use metrics::Metrics;
+pub use pipeline::Pipeline;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("RabbitMQ error")]
+    Broker(#[from] lapin::Error),
+    #[error("publishing failed")]
+    Publish(#[from] PublishError),
+    #[error("ledger error")]
+    Store(#[from] StoreError),
+    #[error("could not build the HTTP client")]
+    Http(#[from] reqwest::Error),
+    #[error("consumer of {queue} stopped: {reason}")]
+    ConsumerStopped { queue: String, reason: String },
+}
+
+/// Everything the worker needs to know, already validated by the caller.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub prefix: String,
+    /// Unacked messages the broker hands each stage at once.
+    pub prefetch: u16,
+    /// Deliveries being attempted at once, across all endpoints.
+    pub max_in_flight: usize,
+    /// Deliveries being attempted at once against one endpoint.
+    pub per_endpoint_in_flight: usize,
+    pub http: HttpOptions,
+    pub retry: RetryPolicy,
+    /// Retry 3xx/4xx other than 408/429 (receivers misconfigure often).
+    pub retry_client_errors: bool,
+    /// How often the matching index is reloaded from the ledger.
+    pub subscription_refresh: Duration,
+    /// On shutdown, how long in-flight deliveries may take to finish before
+    /// they are handed back to the broker unacked.
+    pub shutdown_grace: Duration,
+}
+
+impl WorkerConfig {
+    pub fn topology(&self) -> Topology {
+        Topology::new(self.prefix.clone(), self.retry.tiers())
+    }
+}
+
+/// A worker, ready to run: topology declared, subscriptions loaded.
+pub struct Worker {
+    pipeline: Arc<Pipeline>,
+    connection: Arc<Connection>,
+    config: WorkerConfig,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stopping: CancellationToken,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Worker {
+    /// Declares the topology on `connection`, loads the subscriptions and
+    /// prepares the pipeline. The ledger must be migrated.
+    pub async fn build(
+        config: WorkerConfig,
+        connection: Arc<Connection>,
+        store: Store,
+        ledger: Ledger,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Result<Self, WorkerError> {
+        let topology = config.topology();
+        let publisher = ConfirmedChannel::open(&connection).await?;
+        topology.declare_all(publisher.channel()).await?;
+        let client = WebhookClient::new(&config.http)?;
+        let stopping = CancellationToken::new();
+        let pipeline = Arc::new(Pipeline {
+            endpoints: limits::EndpointLimits::new(config.per_endpoint_in_flight),
+            subscriptions: subscriptions::SubscriptionCache::default(),
+            config: config.clone(),
+            topology,
+            store,
+            ledger,
+            publisher,
+            client,
+            metrics: Arc::clone(&metrics),
+            stopping: stopping.clone(),
+        });
+        let subscriptions = pipeline.reload_subscriptions("start").await?;
+        tracing::info!(subscriptions, "worker ready");
+        Ok(Self {
+            pipeline,
+            connection,
+            config,
+            metrics,
+            health,
+            stopping,
+        })
+    }
+
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// Consumes both stages until `shutdown` is cancelled or a consumer
+    /// fails. On shutdown, consumers stop taking messages, in-flight work
+    /// gets `shutdown_grace` to finish, and whatever is left unacked goes
+    /// back to the broker when the connection closes.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let topology = self.config.topology();
+        let http_slots = Arc::new(Semaphore::new(self.config.max_in_flight.max(1)));
+        // Stop the other stage and the refresher if one stage fails.
+        let stop = shutdown.child_token();
+        // Waits for the database end with the worker, not before: in-flight
+        // work should still finish during the grace period.
+        let stopping = self.stopping.clone();
+        let _stopping_guard = stopping.drop_guard();
+
+        let fanout = consumer::run(
+            consumer::Stage {
+                connection: &self.connection,
+                health: &self.health.fanout,
+                queue: topology.fanout_queue(),
+                prefetch: self.config.prefetch,
+                slots: Arc::new(Semaphore::new(self.config.prefetch.max(1) as usize)),
+                grace: self.config.shutdown_grace,
+            },
+            stop.clone(),
+            {
+                let pipeline = Arc::clone(&self.pipeline);
+                move |delivery| {
+                    let pipeline = Arc::clone(&pipeline);
+                    async move { pipeline.fan_out(&delivery).await }
+                }
+            },
+        );
+        let deliveries = consumer::run(
+            consumer::Stage {
+                connection: &self.connection,
+                health: &self.health.delivery,
+                queue: topology.deliveries_queue(),
+                prefetch: self.config.prefetch,
+                slots: http_slots,
+                grace: self.config.shutdown_grace,
+            },
+            stop.clone(),
+            {
+                let pipeline = Arc::clone(&self.pipeline);
+                move |delivery| {
+                    let pipeline = Arc::clone(&pipeline);
+                    async move { pipeline.deliver(&delivery).await }
+                }
+            },
+        );
+        let refresher = {
+            let pipeline = Arc::clone(&self.pipeline);
+            let stop = stop.clone();
+            let every = self.config.subscription_refresh;
+            async move {
+                let mut ticks = tokio::time::interval(every);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticks.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = ticks.tick() => {}
+                    }
+                    if let Err(error) = pipeline.reload_subscriptions("periodic").await {
+                        tracing::warn!(error = %error_chain(&error), "reloading subscriptions failed");
+                    }
+                }
+            }
+        };
+
+        let depths = queue_depths(&self.connection, &topology, &self.metrics, stop.clone());
+        let control = watch_changes(&self.connection, &topology, &self.pipeline, stop.clone());
+
+        let guard = stop.clone().drop_guard();
+        let (fanout, deliveries, (), (), ()) = tokio::join!(
+            async {
+                let r = fanout.await;
+                stop.cancel();
+                r
+            },
+            async {
+                let r = deliveries.await;
+                stop.cancel();
+                r
+            },
+            refresher,
+            depths,
+            control
+        );
+        drop(guard);
+        fanout.and(deliveries)
+    }
+}
+
+/// Reloads the matching index whenever a "webhooks changed" notice arrives
+/// on the control exchange, so an API change applies on every replica
+/// without waiting for the periodic refresh. Each worker gets a private,
+/// server-named queue that disappears with its connection.
+async fn watch_changes(
+    connection: &Connection,
+    topology: &Topology,
+    pipeline: &Pipeline,
+    stop: CancellationToken,
+) {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+
+    let setup = async {
+        let channel = connection.create_channel().await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                topology.control_exchange().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok::<_, lapin::Error>((channel, consumer))
+    };
+    let (channel, mut consumer) = match setup.await {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot watch for webhook changes; relying on the periodic refresh");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            notice = consumer.next() => match notice {
+                Some(Ok(_)) => {
+                    if let Err(error) = pipeline.reload_subscriptions("notice").await {
+                        tracing::warn!(error = %error_chain(&error), "reloading subscriptions after a change failed");
+                    }
+                }
+                _ => break,
+            },
+        }
+    }
+    channel
+        .basic_cancel(
+            consumer.tag(),
+            lapin::options::BasicCancelOptions::default(),
+        )
+        .await
+        .ok();
+    channel.close(200, "".into()).await.ok();
+}
+
+/// Reads the depth of every courier queue and the consumers of the work
+/// queues from the broker every few seconds, for the dashboards and the
+/// backlog and no-consumer alerts.
+async fn queue_depths(
+    connection: &Connection,
+    topology: &Topology,
+    metrics: &Metrics,
+    stop: CancellationToken,
+) {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::FieldTable;
+
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
+    let retry: Vec<String> = topology
+        .retry_tiers()
+        .iter()
+        .map(|&d| topology.retry_queue(d))
+        .collect();
+    let groups: [(&str, Vec<String>); 5] = [
+        ("fanout", vec![topology.fanout_queue()]),
+        ("deliveries", vec![topology.deliveries_queue()]),
+        ("retry", retry),
+        ("dead", vec![topology.dead_queue()]),
+        ("poison", vec![topology.poison_queue()]),
+    ];
+    let mut ticks = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        for (label, queues) in &groups {
+            let (mut messages, mut consumers) = (0i64, 0i64);
+            for queue in queues {
+                let passive = QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                };
+                match channel
+                    .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                    .await
+                {
+                    Ok(q) => {
+                        messages += i64::from(q.message_count());
+                        consumers += i64::from(q.consumer_count());
+                    }
+                    Err(error) => {
+                        tracing::debug!(queue, error = %error, "reading queue depth");
+                        return;
+                    }
+                }
+            }
+            metrics
+                .queue_messages
+                .with_label_values(&[label])
+                .set(messages);
+            if matches!(*label, "fanout" | "deliveries") {
+                metrics
+                    .queue_consumers
+                    .with_label_values(&[label])
+                    .set(consumers);
+            }
+        }
+    }
+    channel.close(200, "".into()).await.ok();
+}
+
+/// Renders an error with its causes on one line, for logs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
