@@ -1,0 +1,158 @@
+//! Admin routes, behind `api.admin_token`: creating workspaces (tenants) and
+//! their API keys. Also the event-type catalogue, which needs no key.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use courier_model::{EventType, WorkspaceId};
+use courier_store::Workspace;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::Admin;
+use crate::error::{Envelope, ErrorEnvelope};
+use crate::extract::JsonBody;
+use crate::keys::{self, ApiKeyError};
+use crate::{ApiError, ApiState};
+
+pub const MAX_WORKSPACE_NAME_LEN: usize = 200;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventTypeView {
+    /// The dotted name used in REST and on the wire (`order.created`).
+    pub name: String,
+    /// The GraphQL enum value (`ORDER_CREATED`).
+    #[serde(rename = "graphqlName")]
+    pub graphql_name: String,
+    pub description: String,
+}
+
+/// Every event type a webhook can subscribe to.
+#[utoipa::path(get, path = "/v1/event-types", tag = "event-types",
+    responses((status = 200, body = Envelope<Vec<EventTypeView>>)))]
+pub async fn event_types() -> Json<Envelope<Vec<EventTypeView>>> {
+    Envelope::ok(
+        EventType::ALL
+            .iter()
+            .map(|t| EventTypeView {
+                name: t.as_str().to_owned(),
+                graphql_name: t.graphql_name().to_owned(),
+                description: t.description().to_owned(),
+            })
+            .collect(),
+    )
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewWorkspace {
+    /// Letters, digits, `-_.:`, at most 64; generated (`ws_...`) when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceView {
+    pub id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Creates a workspace (admin token).
+#[utoipa::path(post, path = "/v1/workspaces", tag = "admin",
+    request_body = NewWorkspace,
+    responses((status = 201, body = Envelope<WorkspaceView>),
+        (status = 401, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
+        (status = 422, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn create_workspace(
+    _admin: Admin,
+    State(state): State<ApiState>,
+    JsonBody(input): JsonBody<NewWorkspace>,
+) -> Result<(StatusCode, Json<Envelope<WorkspaceView>>), ApiError> {
+    let id = match input.id {
+        Some(id) => WorkspaceId::parse(id).map_err(|e| ApiError::invalid("id", e.to_string()))?,
+        None => WorkspaceId::generate(),
+    };
+    let name = input.name.trim();
+    if name.is_empty() || name.chars().count() > MAX_WORKSPACE_NAME_LEN {
+        return Err(ApiError::invalid(
+            "name",
+            format!("must be 1-{MAX_WORKSPACE_NAME_LEN} characters"),
+        ));
+    }
+    let workspace = Workspace {
+        id,
+        name: name.to_owned(),
+        created_at: Utc::now(),
+    };
+    state.store().create_workspace(&workspace).await?;
+    Ok((
+        StatusCode::CREATED,
+        Envelope::ok(WorkspaceView {
+            id: workspace.id.to_string(),
+            name: workspace.name,
+            created_at: workspace.created_at,
+        }),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiKey {
+    /// What the key is for; `default` when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyView {
+    pub id: String,
+    pub workspace_id: String,
+    pub name: String,
+    /// The key itself: shown this once, stored only as a hash.
+    pub key: String,
+    pub key_prefix: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Creates an API key for a workspace (admin token).
+#[utoipa::path(post, path = "/v1/workspaces/{ws}/api-keys", tag = "admin",
+    params(("ws" = String, Path, description = "workspace id")),
+    request_body = NewApiKey,
+    responses((status = 201, body = Envelope<ApiKeyView>),
+        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn create_api_key(
+    _admin: Admin,
+    State(state): State<ApiState>,
+    Path(ws): Path<String>,
+    JsonBody(input): JsonBody<NewApiKey>,
+) -> Result<(StatusCode, Json<Envelope<ApiKeyView>>), ApiError> {
+    let ws = WorkspaceId::parse(ws).map_err(|_| ApiError::NotFound("workspace"))?;
+    let (key, record) = keys::create_api_key(state.store(), &ws, input.name.as_deref())
+        .await
+        .map_err(|e| match e {
+            ApiKeyError::InvalidName => ApiError::invalid(
+                "name",
+                format!("must be 1-{} characters", keys::MAX_KEY_NAME_LEN),
+            ),
+            ApiKeyError::WorkspaceNotFound => ApiError::NotFound("workspace"),
+            ApiKeyError::Store(s) => s.into(),
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Envelope::ok(ApiKeyView {
+            id: record.id,
+            workspace_id: record.workspace_id.to_string(),
+            name: record.name,
+            key,
+            key_prefix: record.key_prefix,
+            created_at: record.created_at,
+        }),
+    ))
+}

@@ -1,0 +1,98 @@
+//! Who is calling: a workspace API key (`Authorization: Bearer ck_...`) or
+//! the admin token from `api.admin_token`. Missing or unknown credentials
+//! are 401; a key on another workspace's path is 404, indistinguishable
+//! from a workspace that does not exist.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use courier_model::WorkspaceId;
+
+use crate::{ApiError, ApiState, keys};
+
+pub(crate) fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer <api key>".into()))?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::Unauthorized("Authorization must be Bearer <api key>".into()))
+}
+
+/// A caller holding a valid key of one workspace.
+#[derive(Clone, Debug)]
+pub struct WorkspaceKey {
+    pub workspace: WorkspaceId,
+}
+
+impl WorkspaceKey {
+    /// The workspace of the path, if this key may see it. Anything else,
+    /// including a malformed id, is "not found".
+    pub fn workspace(&self, path_workspace: &str) -> Result<WorkspaceId, ApiError> {
+        if self.workspace.as_str() == path_workspace {
+            Ok(self.workspace.clone())
+        } else {
+            Err(ApiError::NotFound("workspace"))
+        }
+    }
+
+    pub(crate) async fn from_token(state: &ApiState, token: &str) -> Result<Self, ApiError> {
+        let unknown = || ApiError::Unauthorized("invalid API key".into());
+        if !keys::looks_like_key(token) {
+            return Err(unknown());
+        }
+        let record = state
+            .store()
+            .find_api_key(&keys::hash_key(token))
+            .await?
+            .ok_or_else(unknown)?;
+        Ok(Self {
+            workspace: record.workspace_id,
+        })
+    }
+}
+
+impl FromRequestParts<ApiState> for WorkspaceKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        Self::from_token(state, token).await
+    }
+}
+
+/// A caller holding the admin token.
+#[derive(Clone, Copy, Debug)]
+pub struct Admin;
+
+impl FromRequestParts<ApiState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let Some(expected) = state.options().admin_token.as_deref() else {
+            return Err(ApiError::Unauthorized(
+                "admin routes are closed: set api.admin_token to open them".into(),
+            ));
+        };
+        let token = bearer(parts)?;
+        if constant_time_eq(token.as_bytes(), expected.as_bytes()) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::Unauthorized("invalid admin token".into()))
+        }
+    }
+}
+
+/// The admin token is compared directly (not looked up by hash), so the
+/// comparison must not reveal how long a matching prefix was.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

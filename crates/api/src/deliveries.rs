@@ -1,0 +1,249 @@
+//! `/v1/workspaces/{ws}/deliveries...`: the delivery log (newest first,
+//! cursor paginated, filtered by type, status and webhook), one delivery
+//! with its attempts, and manual redelivery.
+//!
+//! Redelivery reopens the delivery in the ledger (status `retrying`, attempt
+//! count kept) and then publishes a delivery message for attempt
+//! `attempts + 1`, with confirms. The worker fences on attempt numbers, so
+//! exactly one more attempt is made even if the message is duplicated; if
+//! the publish fails the ledger change is undone.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use courier_model::{DeliveryId, DeliveryMessage, DeliveryStatus, EventType};
+use courier_producer::topology::DELIVERY_ROUTING_KEY;
+use courier_store::{DeliveryFilter, DeliveryRecord};
+use lapin::BasicProperties;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::WorkspaceKey;
+use crate::error::{Envelope, ErrorEnvelope};
+use crate::extract::QueryParams;
+use crate::views::{
+    AttemptView, DeliveryDetail, DeliveryView, Page, decode_delivery_cursor,
+    encode_delivery_cursor, page_size,
+};
+use crate::webhooks_rest::require_webhook;
+use crate::{ApiError, ApiState, Broker};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryQuery {
+    /// Page size, 1-100 (default 20).
+    pub first: Option<u32>,
+    /// `pageInfo.endCursor` of the previous page.
+    pub after: Option<String>,
+    /// Only this event type (`order.created`).
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub event_type: Option<String>,
+    /// Only this status: pending, retrying, succeeded, dead, canceled.
+    pub status: Option<String>,
+    /// Only deliveries to this webhook (also after it was deleted).
+    pub webhook: Option<String>,
+}
+
+impl DeliveryQuery {
+    fn filter(&self) -> Result<DeliveryFilter, ApiError> {
+        Ok(DeliveryFilter {
+            event_type: self
+                .event_type
+                .as_deref()
+                .map(|t| EventType::parse(t).map_err(|e| ApiError::invalid("type", e.to_string())))
+                .transpose()?,
+            status: self
+                .status
+                .as_deref()
+                .map(|s| {
+                    DeliveryStatus::parse(s).ok_or_else(|| {
+                        ApiError::invalid(
+                            "status",
+                            "must be pending, retrying, succeeded, dead or canceled",
+                        )
+                    })
+                })
+                .transpose()?,
+            subscription: self
+                .webhook
+                .as_deref()
+                .map(|w| {
+                    courier_model::SubscriptionId::parse(w)
+                        .map_err(|_| ApiError::invalid("webhook", "is not a webhook id"))
+                })
+                .transpose()?,
+        })
+    }
+}
+
+/// The delivery log, newest first. Pages are stable while new deliveries
+/// arrive: they sort before every cursor already handed out.
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/deliveries", tag = "deliveries",
+    params(("ws" = String, Path, description = "workspace id"), DeliveryQuery),
+    responses((status = 200, body = Envelope<Page<DeliveryView>>),
+        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 422, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn list_deliveries(
+    key: WorkspaceKey,
+    State(state): State<ApiState>,
+    Path(ws): Path<String>,
+    QueryParams(query): QueryParams<DeliveryQuery>,
+) -> Result<Json<Envelope<Page<DeliveryView>>>, ApiError> {
+    let ws = key.workspace(&ws)?;
+    let limit = page_size(query.first)?;
+    let filter = query.filter()?;
+    let after = query
+        .after
+        .as_deref()
+        .map(decode_delivery_cursor)
+        .transpose()?;
+    let rows = state
+        .store()
+        .list_deliveries(&ws, &filter, limit + 1, after)
+        .await?;
+    Ok(Envelope::ok(Page::from_rows(
+        rows,
+        limit,
+        |r| encode_delivery_cursor(r.cursor()),
+        DeliveryView::from,
+    )))
+}
+
+fn delivery_id(id: &str) -> Result<DeliveryId, ApiError> {
+    DeliveryId::parse(id).map_err(|_| ApiError::NotFound("delivery"))
+}
+
+/// One delivery and all its attempts.
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/deliveries/{id}", tag = "deliveries",
+    params(("ws" = String, Path, description = "workspace id"),
+        ("id" = String, Path, description = "delivery id")),
+    responses((status = 200, body = Envelope<DeliveryDetail>),
+        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn get_delivery(
+    key: WorkspaceKey,
+    State(state): State<ApiState>,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<Json<Envelope<DeliveryDetail>>, ApiError> {
+    let ws = key.workspace(&ws)?;
+    let id = delivery_id(&id)?;
+    let entry = state
+        .store()
+        .get_delivery_entry(&ws, id)
+        .await?
+        .ok_or(ApiError::NotFound("delivery"))?;
+    let attempts = state.store().list_attempts(id).await?;
+    Ok(Envelope::ok(DeliveryDetail {
+        delivery: entry.into(),
+        attempt_log: attempts.into_iter().map(AttemptView::from).collect(),
+    }))
+}
+
+/// The attempts of one delivery, first to last.
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/deliveries/{id}/attempts", tag = "deliveries",
+    params(("ws" = String, Path, description = "workspace id"),
+        ("id" = String, Path, description = "delivery id")),
+    responses((status = 200, body = Envelope<Vec<AttemptView>>),
+        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn list_attempts(
+    key: WorkspaceKey,
+    State(state): State<ApiState>,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<Json<Envelope<Vec<AttemptView>>>, ApiError> {
+    let ws = key.workspace(&ws)?;
+    let id = delivery_id(&id)?;
+    // Scope first: attempts carry no workspace of their own.
+    state
+        .store()
+        .get_delivery_entry(&ws, id)
+        .await?
+        .ok_or(ApiError::NotFound("delivery"))?;
+    let attempts = state.store().list_attempts(id).await?;
+    Ok(Envelope::ok(
+        attempts.into_iter().map(AttemptView::from).collect(),
+    ))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Redelivery {
+    pub delivery_id: String,
+    /// The attempt number the queued message carries.
+    pub attempt: u32,
+}
+
+/// Queues one more attempt of a delivery, whatever its status.
+#[utoipa::path(post, path = "/v1/workspaces/{ws}/deliveries/{id}/retry", tag = "deliveries",
+    params(("ws" = String, Path, description = "workspace id"),
+        ("id" = String, Path, description = "delivery id")),
+    responses((status = 202, body = Envelope<Redelivery>),
+        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn retry_delivery(
+    key: WorkspaceKey,
+    State(state): State<ApiState>,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Envelope<Redelivery>>), ApiError> {
+    let ws = key.workspace(&ws)?;
+    let id = delivery_id(&id)?;
+    let entry = state
+        .store()
+        .get_delivery_entry(&ws, id)
+        .await?
+        .ok_or(ApiError::NotFound("delivery"))?;
+    // A delivery of a deleted webhook would only be canceled again.
+    require_webhook(&state, &ws, entry.delivery.subscription_id)
+        .await
+        .map_err(|_| ApiError::Conflict("the webhook of this delivery was deleted".into()))?;
+    let broker = state.broker()?;
+    let before = state
+        .store()
+        .reopen_delivery(&ws, id)
+        .await?
+        .ok_or(ApiError::NotFound("delivery"))?;
+    if let Err(e) = redeliver(&broker, &before).await {
+        if let Err(restore) = state.store().restore_delivery(&before).await {
+            tracing::error!(delivery_id = %id, error = %restore, "could not restore a delivery after a failed redelivery");
+        }
+        return Err(e);
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Envelope::ok(Redelivery {
+            delivery_id: id.to_string(),
+            attempt: before.attempts + 1,
+        }),
+    ))
+}
+
+/// Publishes the message for the attempt after `before.attempts` and waits
+/// for the broker's confirm.
+pub(crate) async fn redeliver(broker: &Broker, before: &DeliveryRecord) -> Result<(), ApiError> {
+    let msg = DeliveryMessage::new(
+        before.id,
+        before.event_id.clone(),
+        before.subscription_id,
+        before.attempts + 1,
+    );
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_message_id(before.event_id.as_str().into());
+    broker
+        .deliveries
+        .publish(
+            &broker.publisher.topology().deliveries_exchange(),
+            DELIVERY_ROUTING_KEY,
+            &msg.to_vec(),
+            properties,
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(delivery_id = %before.id, error = %crate::error::error_chain(&e), "redelivery publish failed");
+            ApiError::Unavailable("the broker did not accept the redelivery; try again".into())
+        })
+}

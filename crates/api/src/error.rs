@@ -1,0 +1,174 @@
+//! The one error type of the API and the JSON envelope every response uses:
+//! `{"data": ..., "error": null}` or `{"data": null, "error": {"code",
+//! "message", "field"?}}`. Internal failures are logged here and answered
+//! with a bare "internal error": clients never see ledger or broker details.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use courier_model::ValidationError;
+use courier_store::StoreError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::webhooks::WebhookError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No credentials, or credentials that are not valid for this route.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Also what another workspace's resources look like.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// Well-formed input that breaks a rule (422).
+    #[error("{message}")]
+    Invalid {
+        field: Option<String>,
+        message: String,
+    },
+    /// Input that is not what the route reads: bad JSON, unknown fields (400).
+    #[error("{message}")]
+    BadRequest {
+        field: Option<String>,
+        message: String,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body is larger than the {0} bytes this route accepts")]
+    TooLarge(usize),
+    /// A dependency (the broker) is missing or refused the work; retryable.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Internal(Box::new(error))
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            Self::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// The error as clients see it.
+    pub fn body(&self) -> ErrorBody {
+        let (_, code) = self.status_and_code();
+        let field = match self {
+            Self::Invalid { field, .. } | Self::BadRequest { field, .. } => field.clone(),
+            _ => None,
+        };
+        ErrorBody {
+            code: code.to_owned(),
+            message: self.to_string(),
+            field,
+        }
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        Self::invalid(e.field, e.message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { what } => Self::NotFound(what),
+            StoreError::Conflict { what } => Self::Conflict(format!("{what} already exists")),
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl From<WebhookError> for ApiError {
+    fn from(e: WebhookError) -> Self {
+        match e {
+            WebhookError::Invalid(v) => v.into(),
+            WebhookError::NotFound(what) => Self::NotFound(what),
+            WebhookError::Store(s) => s.into(),
+        }
+    }
+}
+
+/// `error` of the envelope.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// `unauthorized`, `not_found`, `invalid`, `bad_request`, `conflict`,
+    /// `payload_too_large`, `unavailable` or `internal`.
+    pub code: String,
+    pub message: String,
+    /// The offending field, as named in the request, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// Every response body: exactly one of `data` and `error` is non-null.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Envelope<T> {
+    pub data: Option<T>,
+    pub error: Option<ErrorBody>,
+}
+
+impl<T: Serialize> Envelope<T> {
+    pub fn ok(data: T) -> Json<Self> {
+        Json(Self {
+            data: Some(data),
+            error: None,
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, _) = self.status_and_code();
+        if let Self::Internal(source) = &self {
+            tracing::error!(error = %error_chain(source.as_ref()), "management API request failed");
+        }
+        let body = Envelope::<()> {
+            data: None,
+            error: Some(self.body()),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// An error and its causes on one line, for the log.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The body of every error response, for the OpenAPI document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    /// Always null.
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<()>,
+    pub error: ErrorBody,
+}

@@ -1,0 +1,105 @@
+//! Request extractors that answer in the API's envelope: JSON bodies with a
+//! size cap and unknown fields refused by name, and query strings likewise.
+//! axum's own `Json`/`Query` rejections are plain text, hence these.
+
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+
+use crate::{ApiError, MAX_BODY_BYTES};
+
+/// A JSON body of at most `LIMIT` bytes. An empty body reads as `{}`, so
+/// routes whose fields are all optional accept a bare POST.
+#[derive(Debug)]
+pub struct JsonBody<T, const LIMIT: usize = MAX_BODY_BYTES>(pub T);
+
+/// Reads at most `limit` bytes; more is a 413, not a truncated parse.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest {
+            field: None,
+            message: format!("could not read the request body: {e}"),
+        })?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge(limit));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// Turns a serde error into a 400 naming the field: the path where
+/// deserialization failed, or the field serde names ("unknown field `x`",
+/// "missing field `y`").
+pub(crate) fn parse_error(path: String, inner: &str) -> ApiError {
+    let named = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|p| inner.split_once(p))
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(name, _)| name.to_owned());
+    // serde_path_to_error already ends the path with an unknown field's
+    // name, but not with a missing one's.
+    let field = match (named, path.as_str()) {
+        (Some(name), "." | "") => Some(name),
+        (Some(name), p) if p == name || p.ends_with(&format!(".{name}")) => Some(p.to_owned()),
+        (Some(name), p) => Some(format!("{p}.{name}")),
+        (None, "." | "") => None,
+        (None, p) => Some(p.to_owned()),
+    };
+    ApiError::BadRequest {
+        field,
+        message: inner.to_owned(),
+    }
+}
+
+pub(crate) fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de)
+        .map_err(|e| parse_error(e.path().to_string(), &e.inner().to_string()))
+}
+
+impl<S, T, const LIMIT: usize> FromRequest<S> for JsonBody<T, LIMIT>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let bytes = read_body(req.into_body(), LIMIT).await?;
+        from_json(&bytes).map(JsonBody)
+    }
+}
+
+/// A query string; unknown parameters are refused by name.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for QueryParams<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded_parse(query));
+        serde_path_to_error::deserialize(de)
+            .map(QueryParams)
+            .map_err(|e| parse_error(e.path().to_string(), &e.inner().to_string()))
+    }
+}
+
+fn form_urlencoded_parse(query: &str) -> form_urlencoded::Parse<'_> {
+    form_urlencoded::parse(query.as_bytes())
+}

@@ -1,0 +1,539 @@
+//! GraphQL at `/graphql`, shaped like the operations existing webhook
+//! clients already send: `webhookCreate(input: {url, type, status})`,
+//! `webhookUpdate(input: {id, ...})`, `webhookDelete`, `webhooks`, and
+//! `webhookLogs(first, after, filter: {type})` as a Relay connection.
+//!
+//! These clients know one event type per webhook: `type` is the first of a
+//! webhook's types (courier webhooks may list several; `types` lists all),
+//! and setting `type` replaces the list with that one type. Enum values are
+//! the SCREAMING_SNAKE forms of the event types; status is ENABLED or
+//! DISABLED.
+//!
+//! Authentication and tenancy are the REST API's: the bearer key is checked
+//! before the query runs (401 without a valid key), and every resolver works
+//! in that key's workspace only, so another workspace's ids are simply not
+//! found. Mutations go through the same validation (`crate::webhooks`) and
+//! change notification as REST.
+
+use async_graphql::{
+    Context, EmptySubscription, Enum, ErrorExtensions, ID, InputObject, Object, Schema,
+    SimpleObject,
+};
+use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use courier_model::{EventType, Subscription, SubscriptionId, SubscriptionStatus};
+use courier_store::{DeliveryFilter, DeliveryLogEntry};
+use serde_json::json;
+
+use crate::auth::{WorkspaceKey, bearer};
+use crate::extract::read_body;
+use crate::views::{decode_delivery_cursor, encode_delivery_cursor, page_size};
+use crate::webhooks::{self, NewWebhook, WebhookPatch};
+use crate::{ApiError, ApiState, MAX_BODY_BYTES};
+
+/// Event types as GraphQL enum values (`ORDER_CREATED`); kept in step with
+/// the model's closed set by a unit test below.
+#[derive(Enum, Copy, Clone, Debug, Eq, PartialEq)]
+#[graphql(name = "WebhookType")]
+pub enum GqlEventType {
+    OrderCreated,
+    OrderUpdated,
+    OrderStatusChanged,
+    OrderCanceled,
+    OrderDeleted,
+    ShipmentCreated,
+    ShipmentCanceled,
+    ParcelStatusChanged,
+    RefundRequested,
+    IntegrationUpdated,
+    WebhookTest,
+}
+
+impl From<GqlEventType> for EventType {
+    fn from(t: GqlEventType) -> Self {
+        match t {
+            GqlEventType::OrderCreated => EventType::OrderCreated,
+            GqlEventType::OrderUpdated => EventType::OrderUpdated,
+            GqlEventType::OrderStatusChanged => EventType::OrderStatusChanged,
+            GqlEventType::OrderCanceled => EventType::OrderCanceled,
+            GqlEventType::OrderDeleted => EventType::OrderDeleted,
+            GqlEventType::ShipmentCreated => EventType::ShipmentCreated,
+            GqlEventType::ShipmentCanceled => EventType::ShipmentCanceled,
+            GqlEventType::ParcelStatusChanged => EventType::ParcelStatusChanged,
+            GqlEventType::RefundRequested => EventType::RefundRequested,
+            GqlEventType::IntegrationUpdated => EventType::IntegrationUpdated,
+            GqlEventType::WebhookTest => EventType::WebhookTest,
+        }
+    }
+}
+
+impl From<EventType> for GqlEventType {
+    fn from(t: EventType) -> Self {
+        match t {
+            EventType::OrderCreated => Self::OrderCreated,
+            EventType::OrderUpdated => Self::OrderUpdated,
+            EventType::OrderStatusChanged => Self::OrderStatusChanged,
+            EventType::OrderCanceled => Self::OrderCanceled,
+            EventType::OrderDeleted => Self::OrderDeleted,
+            EventType::ShipmentCreated => Self::ShipmentCreated,
+            EventType::ShipmentCanceled => Self::ShipmentCanceled,
+            EventType::ParcelStatusChanged => Self::ParcelStatusChanged,
+            EventType::RefundRequested => Self::RefundRequested,
+            EventType::IntegrationUpdated => Self::IntegrationUpdated,
+            EventType::WebhookTest => Self::WebhookTest,
+        }
+    }
+}
+
+#[derive(Enum, Copy, Clone, Debug, Eq, PartialEq)]
+pub enum WebhookStatus {
+    Enabled,
+    Disabled,
+}
+
+impl WebhookStatus {
+    fn active(self) -> bool {
+        self == WebhookStatus::Enabled
+    }
+}
+
+/// The REST error, as a GraphQL error with `extensions.code` (and
+/// `extensions.field` for validation errors).
+fn gql_error(error: ApiError) -> async_graphql::Error {
+    if let ApiError::Internal(source) = &error {
+        tracing::error!(error = %crate::error::error_chain(source.as_ref()), "GraphQL request failed");
+    }
+    let body = error.body();
+    async_graphql::Error::new(body.message.clone()).extend_with(|_, e| {
+        e.set("code", body.code.to_uppercase());
+        if let Some(field) = &body.field {
+            e.set("field", field.as_str());
+        }
+    })
+}
+
+type GqlResult<T> = async_graphql::Result<T>;
+
+fn caller<'a>(ctx: &'a Context<'_>) -> (&'a ApiState, &'a WorkspaceKey) {
+    (
+        ctx.data_unchecked::<ApiState>(),
+        ctx.data_unchecked::<WorkspaceKey>(),
+    )
+}
+
+fn webhook_id(id: &ID) -> GqlResult<SubscriptionId> {
+    SubscriptionId::parse(id.as_str()).map_err(|_| gql_error(ApiError::NotFound("webhook")))
+}
+
+pub struct Webhook(Subscription);
+
+#[Object]
+impl Webhook {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn url(&self) -> &str {
+        self.0.url.as_str()
+    }
+    /// The webhook's (first) event type.
+    #[graphql(name = "type")]
+    async fn event_type(&self) -> Option<GqlEventType> {
+        self.0.event_types.first().copied().map(Into::into)
+    }
+    /// Every event type the webhook receives.
+    async fn types(&self) -> Vec<GqlEventType> {
+        self.0.event_types.iter().copied().map(Into::into).collect()
+    }
+    async fn channels(&self) -> Vec<&str> {
+        self.0.channels.iter().map(|c| c.as_str()).collect()
+    }
+    async fn status(&self) -> WebhookStatus {
+        match self.0.status {
+            SubscriptionStatus::Enabled => WebhookStatus::Enabled,
+            SubscriptionStatus::Disabled => WebhookStatus::Disabled,
+        }
+    }
+    async fn secret(&self) -> &str {
+        self.0.secret.expose()
+    }
+    async fn created_at(&self) -> String {
+        self.0.created_at.to_rfc3339()
+    }
+    async fn updated_at(&self) -> String {
+        self.0.updated_at.to_rfc3339()
+    }
+}
+
+/// One delivery of one event to one webhook.
+pub struct WebhookLog(DeliveryLogEntry);
+
+#[Object]
+impl WebhookLog {
+    async fn id(&self) -> ID {
+        ID(self.0.delivery.id.to_string())
+    }
+    async fn event_id(&self) -> &str {
+        self.0.delivery.event_id.as_str()
+    }
+    async fn webhook_id(&self) -> ID {
+        ID(self.0.delivery.subscription_id.to_string())
+    }
+    #[graphql(name = "type")]
+    async fn event_type(&self) -> GqlEventType {
+        self.0.delivery.event_type.into()
+    }
+    async fn url(&self) -> Option<&str> {
+        self.0.url.as_deref()
+    }
+    async fn created_at(&self) -> String {
+        self.0.delivery.created_at.to_rfc3339()
+    }
+    /// pending, retrying, succeeded, dead or canceled.
+    async fn status(&self) -> &str {
+        self.0.delivery.status.as_str()
+    }
+    async fn response_status(&self) -> Option<i32> {
+        self.0.delivery.last_response_status.map(i32::from)
+    }
+    async fn attempts(&self) -> i32 {
+        i32::try_from(self.0.delivery.attempts).unwrap_or(i32::MAX)
+    }
+    async fn last_attempt_at(&self) -> Option<String> {
+        self.0.delivery.last_attempt_at.map(|t| t.to_rfc3339())
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct WebhookLogEdge {
+    node: WebhookLog,
+    cursor: String,
+}
+
+#[derive(SimpleObject)]
+pub struct PageInfo {
+    has_next_page: bool,
+    has_previous_page: bool,
+    start_cursor: Option<String>,
+    end_cursor: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct WebhookLogConnection {
+    edges: Vec<WebhookLogEdge>,
+    page_info: PageInfo,
+}
+
+#[derive(InputObject)]
+pub struct WebhookLogFilter {
+    #[graphql(name = "type")]
+    event_type: Option<GqlEventType>,
+    /// pending, retrying, succeeded, dead or canceled.
+    status: Option<String>,
+    webhook_id: Option<ID>,
+}
+
+pub struct Query;
+
+#[Object]
+impl Query {
+    /// Every webhook of the workspace, oldest first.
+    async fn webhooks(&self, ctx: &Context<'_>) -> GqlResult<Vec<Webhook>> {
+        let (state, key) = caller(ctx);
+        let mut all = Vec::new();
+        let mut after = None;
+        let mut more = true;
+        while more {
+            let page = state
+                .store()
+                .list_subscriptions(&key.workspace, 500, after)
+                .await
+                .map_err(|e| gql_error(e.into()))?;
+            more = page.len() == 500;
+            after = page.last().map(|s| s.id);
+            all.extend(page.into_iter().map(Webhook));
+        }
+        Ok(all)
+    }
+
+    async fn webhook(&self, ctx: &Context<'_>, id: ID) -> GqlResult<Option<Webhook>> {
+        let (state, key) = caller(ctx);
+        let Ok(id) = SubscriptionId::parse(id.as_str()) else {
+            return Ok(None);
+        };
+        Ok(state
+            .store()
+            .get_subscription(&key.workspace, id)
+            .await
+            .map_err(|e| gql_error(e.into()))?
+            .map(Webhook))
+    }
+
+    /// The delivery log, newest first.
+    async fn webhook_logs(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        filter: Option<WebhookLogFilter>,
+    ) -> GqlResult<WebhookLogConnection> {
+        let (state, key) = caller(ctx);
+        let first = first.map(|f| u32::try_from(f).unwrap_or(0));
+        let limit = page_size(first).map_err(gql_error)?;
+        let after = after
+            .as_deref()
+            .map(decode_delivery_cursor)
+            .transpose()
+            .map_err(gql_error)?;
+        let mut store_filter = DeliveryFilter::default();
+        if let Some(filter) = filter {
+            store_filter.event_type = filter.event_type.map(Into::into);
+            store_filter.status = filter
+                .status
+                .as_deref()
+                .map(|s| {
+                    courier_model::DeliveryStatus::parse(s).ok_or_else(|| {
+                        gql_error(ApiError::invalid(
+                            "filter.status",
+                            "must be pending, retrying, succeeded, dead or canceled",
+                        ))
+                    })
+                })
+                .transpose()?;
+            store_filter.subscription = filter
+                .webhook_id
+                .map(|id| {
+                    SubscriptionId::parse(id.as_str()).map_err(|_| {
+                        gql_error(ApiError::invalid("filter.webhookId", "is not a webhook id"))
+                    })
+                })
+                .transpose()?;
+        }
+        let mut rows = state
+            .store()
+            .list_deliveries(&key.workspace, &store_filter, limit + 1, after)
+            .await
+            .map_err(|e| gql_error(e.into()))?;
+        let has_next_page = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let edges: Vec<WebhookLogEdge> = rows
+            .into_iter()
+            .map(|r| WebhookLogEdge {
+                cursor: encode_delivery_cursor(r.cursor()),
+                node: WebhookLog(r),
+            })
+            .collect();
+        Ok(WebhookLogConnection {
+            page_info: PageInfo {
+                has_next_page,
+                has_previous_page: after.is_some(),
+                start_cursor: edges.first().map(|e| e.cursor.clone()),
+                end_cursor: edges.last().map(|e| e.cursor.clone()),
+            },
+            edges,
+        })
+    }
+}
+
+#[derive(InputObject)]
+pub struct WebhookCreateInput {
+    url: String,
+    #[graphql(name = "type")]
+    event_type: GqlEventType,
+    /// ENABLED when absent.
+    status: Option<WebhookStatus>,
+    /// A label; derived from the type when absent.
+    name: Option<String>,
+    /// Kept as given; a `whsec_` secret is generated when absent.
+    secret: Option<String>,
+    /// Order channels; absent or empty means all.
+    channels: Option<Vec<String>>,
+}
+
+#[derive(InputObject)]
+pub struct WebhookUpdateInput {
+    id: ID,
+    url: Option<String>,
+    #[graphql(name = "type")]
+    event_type: Option<GqlEventType>,
+    status: Option<WebhookStatus>,
+    name: Option<String>,
+    channels: Option<Vec<String>>,
+}
+
+#[derive(InputObject)]
+pub struct WebhookDeleteInput {
+    id: ID,
+}
+
+pub struct Mutation;
+
+#[Object]
+impl Mutation {
+    async fn webhook_create(
+        &self,
+        ctx: &Context<'_>,
+        input: WebhookCreateInput,
+    ) -> GqlResult<Webhook> {
+        let (state, key) = caller(ctx);
+        let ty = EventType::from(input.event_type);
+        let new = NewWebhook {
+            name: input
+                .name
+                .unwrap_or_else(|| format!("{} webhook", ty.as_str())),
+            url: input.url,
+            events: vec![ty.as_str().to_owned()],
+            channels: input.channels.unwrap_or_default(),
+            secret: input.secret,
+            active: input.status.is_none_or(WebhookStatus::active),
+        };
+        let sub = webhooks::create(state.store(), &key.workspace, new, state.url_policy())
+            .await
+            .map_err(|e| gql_error(e.into()))?;
+        state.changed(&key.workspace);
+        Ok(Webhook(sub))
+    }
+
+    async fn webhook_update(
+        &self,
+        ctx: &Context<'_>,
+        input: WebhookUpdateInput,
+    ) -> GqlResult<Webhook> {
+        let (state, key) = caller(ctx);
+        let id = webhook_id(&input.id)?;
+        let patch = WebhookPatch {
+            name: input.name,
+            url: input.url,
+            events: input
+                .event_type
+                .map(|t| vec![EventType::from(t).as_str().to_owned()]),
+            channels: input.channels,
+            secret: None,
+            active: input.status.map(WebhookStatus::active),
+        };
+        let sub = webhooks::update(state.store(), &key.workspace, id, patch, state.url_policy())
+            .await
+            .map_err(|e| gql_error(e.into()))?;
+        state.changed(&key.workspace);
+        Ok(Webhook(sub))
+    }
+
+    /// Deletes a webhook (by `id` or `input: {id}`) and returns it as it
+    /// was. Its delivery history stays in `webhookLogs`.
+    async fn webhook_delete(
+        &self,
+        ctx: &Context<'_>,
+        id: Option<ID>,
+        input: Option<WebhookDeleteInput>,
+    ) -> GqlResult<Webhook> {
+        let (state, key) = caller(ctx);
+        let id = id.or(input.map(|i| i.id)).ok_or_else(|| {
+            gql_error(ApiError::invalid(
+                "id",
+                "give the webhook id as id or input.id",
+            ))
+        })?;
+        let id = webhook_id(&id)?;
+        let sub = state
+            .store()
+            .get_subscription(&key.workspace, id)
+            .await
+            .map_err(|e| gql_error(e.into()))?
+            .ok_or_else(|| gql_error(ApiError::NotFound("webhook")))?;
+        webhooks::delete(state.store(), &key.workspace, id)
+            .await
+            .map_err(|e| gql_error(e.into()))?;
+        state.changed(&key.workspace);
+        Ok(Webhook(sub))
+    }
+}
+
+pub type CourierSchema = Schema<Query, Mutation, EmptySubscription>;
+
+pub fn schema(state: ApiState) -> CourierSchema {
+    Schema::build(Query, Mutation, EmptySubscription)
+        .data(state)
+        // Bounds what one request can make the server do.
+        .limit_depth(12)
+        .limit_complexity(2_000)
+        .finish()
+}
+
+fn graphql_error(status: StatusCode, error: ApiError) -> Response {
+    let body = error.body();
+    (
+        status,
+        axum::Json(json!({
+            "data": null,
+            "errors": [{
+                "message": body.message,
+                "extensions": {"code": if status == StatusCode::UNAUTHORIZED { "UNAUTHENTICATED".to_owned() } else { body.code.to_uppercase() }}
+            }]
+        })),
+    )
+        .into_response()
+}
+
+async fn handle(schema: CourierSchema, state: ApiState, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let key = match bearer(&parts) {
+        Ok(token) => WorkspaceKey::from_token(&state, token).await,
+        Err(e) => Err(e),
+    };
+    let key = match key {
+        Ok(key) => key,
+        Err(e @ ApiError::Unauthorized(_)) => return graphql_error(StatusCode::UNAUTHORIZED, e),
+        Err(e) => return e.into_response(),
+    };
+    let bytes = match read_body(body, MAX_BODY_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(e) => return graphql_error(StatusCode::PAYLOAD_TOO_LARGE, e),
+    };
+    let gql_request: async_graphql::Request = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return graphql_error(
+                StatusCode::BAD_REQUEST,
+                ApiError::BadRequest {
+                    field: None,
+                    message: format!("body is not a GraphQL request: {e}"),
+                },
+            );
+        }
+    };
+    let response = schema.execute(gql_request.data(key)).await;
+    axum::Json(response).into_response()
+}
+
+pub fn router(state: ApiState) -> Router<ApiState> {
+    let schema = schema(state.clone());
+    Router::new().route(
+        "/graphql",
+        post(move |request: Request| handle(schema.clone(), state.clone(), request)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enum_values_are_the_model_graphql_names() {
+        use async_graphql::resolver_utils::EnumType;
+        for &ty in EventType::ALL {
+            let gql = GqlEventType::from(ty);
+            assert_eq!(EventType::from(gql), ty);
+            let name = GqlEventType::items()
+                .iter()
+                .find(|i| i.value == gql)
+                .unwrap()
+                .name;
+            assert_eq!(name, ty.graphql_name());
+        }
+    }
+}

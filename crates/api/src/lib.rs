@@ -1,0 +1,189 @@
+//! courier's management API: REST under `/v1` (described by the OpenAPI
+//! document at `/openapi.json`, generated from the handlers), GraphQL at
+//! `/graphql` for the operations existing webhook clients send, workspaces
+//! and their API keys.
+//!
+//! [`router`] is the entry point; `courier serve` mounts it next to
+//! `/metrics` and the health checks. This crate runs no server and no
+//! worker: it reads and writes the ledger through `courier-store`, publishes
+//! events and redeliveries through `courier-producer`'s confirmed channels,
+//! and tells the workers about webhook changes through
+//! [`SubscriptionChanges`].
+//!
+//! Tenancy: every workspace route takes a bearer API key scoped to one
+//! workspace. No key or an unknown key is 401; a key used on another
+//! workspace's path is 404, exactly as if that workspace did not exist, so
+//! a key learns nothing about other tenants.
+
+mod admin;
+mod auth;
+mod deliveries;
+mod error;
+mod extract;
+mod graphql;
+mod ingest;
+pub mod keys;
+mod openapi;
+mod samples;
+mod testsend;
+mod views;
+pub mod webhooks;
+mod webhooks_rest;
+
+use std::sync::Arc;
+
+use axum::Router;
+use courier_model::WorkspaceId;
+use courier_producer::{ConfirmedChannel, Publisher};
+use courier_store::Store;
+use courier_worker::WebhookClient;
+
+pub use error::ApiError;
+
+/// Request bodies larger than this are refused with 413, except ingest.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Ingested events may be as large as the broker accepts them, plus room
+/// for the JSON around `data`.
+pub const MAX_INGEST_BODY_BYTES: usize = courier_model::MAX_EVENT_BYTES + 4 * 1024;
+
+/// Told after every successful webhook create, update, delete and secret
+/// rotation, so that every worker replica reloads its matching index for
+/// the workspace and the change applies to the next event.
+pub trait SubscriptionChanges: Send + Sync + 'static {
+    fn changed(&self, workspace: &WorkspaceId);
+}
+
+/// For deployments (and tests) where workers reload on their own schedule.
+#[derive(Debug, Default)]
+pub struct NoChanges;
+
+impl SubscriptionChanges for NoChanges {
+    fn changed(&self, _workspace: &WorkspaceId) {}
+}
+
+/// The broker side of the API: ingest publishes events with `publisher`,
+/// manual redelivery publishes delivery messages on `deliveries` to the
+/// deliveries exchange of the publisher's topology. Both are channels in
+/// confirm mode: the API answers only after the broker confirmed.
+#[derive(Clone, Debug)]
+pub struct Broker {
+    pub publisher: Publisher,
+    pub deliveries: ConfirmedChannel,
+}
+
+/// Deployment policy the API enforces.
+#[derive(Clone, Debug)]
+pub struct ApiOptions {
+    /// `delivery.require_https`: refuse plain-http webhook URLs.
+    pub require_https: bool,
+    /// `api.admin_token`: opens the admin routes (workspaces, API keys).
+    /// `None` keeps them closed.
+    pub admin_token: Option<String>,
+    /// How long the previous secret keeps signing after a rotation.
+    pub rotation_grace: chrono::Duration,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        Self {
+            require_https: true,
+            admin_token: None,
+            rotation_grace: chrono::Duration::hours(24),
+        }
+    }
+}
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    /// `None` when the API runs without a broker, or while its connection
+    /// is being re-established: ingest and redelivery then answer 503,
+    /// everything else works. Swapped whole by [`ApiState::set_broker`].
+    broker: std::sync::RwLock<Option<Arc<Broker>>>,
+    /// Test sends go through the same client as deliveries, so they obey the
+    /// same private-network and timeout rules.
+    client: WebhookClient,
+    options: ApiOptions,
+    changes: Arc<dyn SubscriptionChanges>,
+}
+
+impl ApiState {
+    pub fn new(
+        store: Store,
+        broker: Option<Broker>,
+        client: WebhookClient,
+        options: ApiOptions,
+        changes: Arc<dyn SubscriptionChanges>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                broker: std::sync::RwLock::new(broker.map(Arc::new)),
+                client,
+                options,
+                changes,
+            }),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub(crate) fn broker(&self) -> Result<Arc<Broker>, ApiError> {
+        self.inner
+            .broker
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                ApiError::Unavailable("no broker connection right now; try again".into())
+            })
+    }
+
+    /// Replaces the broker side, e.g. after reconnecting to RabbitMQ;
+    /// `None` while disconnected.
+    pub fn set_broker(&self, broker: Option<Broker>) {
+        *self.inner.broker.write().unwrap_or_else(|e| e.into_inner()) = broker.map(Arc::new);
+    }
+
+    pub(crate) fn client(&self) -> &WebhookClient {
+        &self.inner.client
+    }
+
+    pub(crate) fn options(&self) -> &ApiOptions {
+        &self.inner.options
+    }
+
+    pub(crate) fn url_policy(&self) -> webhooks::UrlPolicy {
+        webhooks::UrlPolicy {
+            require_https: self.inner.options.require_https,
+        }
+    }
+
+    pub(crate) fn changed(&self, workspace: &WorkspaceId) {
+        self.inner.changes.changed(workspace);
+    }
+}
+
+/// `/v1/...`, `/graphql` and `/openapi.json`.
+pub fn router(state: ApiState) -> Router {
+    let (rest, doc) = openapi::rest_router().split_for_parts();
+    let doc = Arc::new(doc);
+    rest.merge(graphql::router(state.clone()))
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = Arc::clone(&doc);
+                async move { axum::Json(doc) }
+            }),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .fallback(|| async { ApiError::NotFound("route") })
+        .with_state(state)
+}

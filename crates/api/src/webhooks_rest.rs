@@ -1,0 +1,332 @@
+//! `/v1/workspaces/{ws}/webhooks...`: create, list, get, update, delete,
+//! rotate the secret, replay failed deliveries, and the per-webhook event
+//! view.
+//!
+//! Every successful change is reported to [`crate::SubscriptionChanges`],
+//! which makes the workers reload their matching index: the change applies
+//! to the next event. Deleting a webhook keeps its delivery history (the
+//! workspace's delivery log still lists it); deliveries still waiting for an
+//! attempt are marked `canceled` by the worker when that attempt comes up.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use courier_model::{SubscriptionId, WorkspaceId};
+use courier_store::DeliveryFilter;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::WorkspaceKey;
+use crate::deliveries::redeliver;
+use crate::error::{Envelope, ErrorEnvelope};
+use crate::extract::{JsonBody, QueryParams};
+use crate::views::{
+    Page, WebhookEventView, WebhookView, decode_delivery_cursor, decode_webhook_cursor,
+    encode_delivery_cursor, page_size,
+};
+use crate::webhooks::{self, NewWebhook, WebhookPatch};
+use crate::{ApiError, ApiState};
+
+/// Most deliveries one recover call replays; call again for more.
+pub const MAX_RECOVER: u32 = 1000;
+
+pub(crate) fn webhook_id(id: &str) -> Result<SubscriptionId, ApiError> {
+    SubscriptionId::parse(id).map_err(|_| ApiError::NotFound("webhook"))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page size, 1-100 (default 20).
+    pub first: Option<u32>,
+    /// `pageInfo.endCursor` of the previous page.
+    pub after: Option<String>,
+}
+
+/// Creates a webhook.
+#[utoipa::path(post, path = "/v1/workspaces/{ws}/webhooks", tag = "webhooks",
+    params(("ws" = String, Path, description = "workspace id")),
+    request_body = NewWebhook,
+    responses((status = 201, body = Envelope<WebhookView>),
+        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn create_webhook(
+    key: WorkspaceKey,
+    State(state): State<ApiState>,
+    Path(ws): Path<String>,
+    JsonBody(input): JsonBody<NewWebhook>,
+) -> Result<(StatusCode, Json<Envelope<WebhookView>>), ApiError> {
+    let ws = key.workspace(&ws)?;
+    let sub = webhooks::create(state.store(), &ws, input, state.url_policy()).await?;
+    state.changed(&ws);
+    Ok((
+        StatusCode::CREATED,
+        Envelope::ok(WebhookView::new(&sub, true)),
+    ))
+}
+
+/// Lists webhooks, oldest first.
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/webhooks", tag = "webhooks",
+    params(("ws" = String, Path, description = "workspace id"), PageQuery),
+    responses((status = 200, body = Envelope<Page<WebhookView>>),
+        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn list_webhooks(
+    key: WorkspaceKey,
+    State(state): State<ApiState>,
+    Path(ws): Path<String>,
+    QueryParams(query): QueryParams<PageQuery>,
+) -> Result<Json<Envelope<Page<WebhookView>>>, ApiError> {
+    let ws = key.workspace(&ws)?;
+    let limit = page_size(query.first)?;
+    let after = query
+        .after
+        .as_deref()
+        .map(decode_webhook_cursor)
+        .transpose()?;
+    let rows = state
+        .store()
+        .list_subscriptions(&ws, limit + 1, after)
+        .await?;
+    Ok(Envelope::ok(Page::from_rows(
+        rows,
+        limit,
+        |s| s.id.to_string(),
+        |s| WebhookView::new(&s, false),
+    )))
+}
+
+/// One webhook, with its secret.
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/webhooks/{id}", tag = "webhooks",
+    params(("ws" = String, Path, description = "workspace id"),
+        ("id" = String, Path, description = "webhook id")),
+    responses((status = 200, body = Envelope<WebhookView>),
+        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn get_webhook(
+    key: WorkspaceKey,
+    State(state): State<ApiState>,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<Json<Envelope<WebhookView>>, ApiError> {
+    let ws = key.workspace(&ws)?;
+    let sub = state
+        .store()
+        .get_subscription(&ws, webhook_id(&id)?)
+        .await?
+        .ok_or(ApiError::NotFound("webhook"))?;
+    Ok(Envelope::ok(WebhookView::new(&sub, true)))
+}
+
+/// Changes any field; absent fields stay as they are.
+#[utoipa::path(patch, path = "/v1/workspaces/{ws}/webhooks/{id}", tag = "webhooks",
+    params(("ws" = String, Path, description = "workspace id"),
+        ("id" = String, Path, description = "webhook id")),
+    request_body = WebhookPatch,
+    responses((status = 200, body = Envelope<WebhookView>),
+        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn update_webhook(
+    key: WorkspaceKey,
+    State(state): State<ApiState>,
+    Path((ws, id)): Path<(String, String)>,
+    JsonBody(patch): JsonBody<WebhookPatch>,
+) -> Result<Json<Envelope<WebhookView>>, ApiError> {
+    let ws = key.workspace(&ws)?;
+    let sub = webhooks::update(
+        state.store(),
+        &ws,
+        webhook_id(&id)?,
+        patch,
+        state.url_policy(),
+    )
+    .await?;
+    state.changed(&ws);
+    Ok(Envelope::ok(WebhookView::new(&sub, true)))
+}
+
+/// Deletes a webhook: 204, no body. Its delivery history stays readable.
+#[utoipa::path(delete, path = "/v1/workspaces/{ws}/webhooks/{id}", tag = "webhooks",
+    params(("ws" = String, Path, description = "workspace id"),
+        ("id" = String, Path, description = "webhook id")),
+    responses((status = 204, description = "deleted"),
+        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn delete_webhook(
+    key: WorkspaceKey,
+    State(state): State<ApiState>,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let ws = key.workspace(&ws)?;
+    webhooks::delete(state.store(), &ws, webhook_id(&id)?).await?;
+    state.changed(&ws);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecret {
+    /// The new secret (same rules as on create); generated when absent.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotatedSecret {
+    pub secret: String,
+    /// Until then deliveries carry signatures with both the old and the new
+    /// secret.
+    pub previous_secret_expires_at: DateTime<Utc>,
+}
+
+/// Replaces the secret; the old one keeps signing for a grace period.
+#[utoipa::path(post, path = "/v1/workspaces/{ws}/webhooks/{id}/rotate-secret", tag = "webhooks",
+    params(("ws" = String, Path, description = "workspace id"),
+        ("id" = String, Path, description = "webhook id")),
+    request_body = RotateSecret,
+    responses((status = 200, body = Envelope<RotatedSecret>),
+        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 422, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn rotate_secret(
+    key: WorkspaceKey,
+    State(state): State<ApiState>,
+    Path((ws, id)): Path<(String, String)>,
+    JsonBody(input): JsonBody<RotateSecret>,
+) -> Result<Json<Envelope<RotatedSecret>>, ApiError> {
+    let ws = key.workspace(&ws)?;
+    let sub = webhooks::rotate_secret(
+        state.store(),
+        &ws,
+        webhook_id(&id)?,
+        input.secret.as_deref(),
+        state.options().rotation_grace,
+    )
+    .await?;
+    state.changed(&ws);
+    Ok(Envelope::ok(RotatedSecret {
+        secret: sub.secret.expose().to_owned(),
+        previous_secret_expires_at: sub
+            .previous_secret_expires_at
+            .expect("rotation sets the expiry"),
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Recover {
+    /// Replay `dead` and `canceled` deliveries created at or after this
+    /// time (RFC 3339).
+    pub since: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Recovered {
+    /// Deliveries queued again, oldest first.
+    pub delivery_ids: Vec<String>,
+    /// True when more remain: call again with the same `since`.
+    pub has_more: bool,
+}
+
+/// Queues the failed (dead or canceled) deliveries of a webhook again.
+#[utoipa::path(post, path = "/v1/workspaces/{ws}/webhooks/{id}/recover", tag = "webhooks",
+    params(("ws" = String, Path, description = "workspace id"),
+        ("id" = String, Path, description = "webhook id")),
+    request_body = Recover,
+    responses((status = 202, body = Envelope<Recovered>),
+        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn recover(
+    key: WorkspaceKey,
+    State(state): State<ApiState>,
+    Path((ws, id)): Path<(String, String)>,
+    JsonBody(input): JsonBody<Recover>,
+) -> Result<(StatusCode, Json<Envelope<Recovered>>), ApiError> {
+    let ws = key.workspace(&ws)?;
+    let id = webhook_id(&id)?;
+    require_webhook(&state, &ws, id).await?;
+    let broker = state.broker()?;
+    let reopened = state
+        .store()
+        .reopen_failed_deliveries(&ws, id, input.since, MAX_RECOVER)
+        .await?;
+    let has_more = reopened.len() as u32 == MAX_RECOVER;
+    let mut delivery_ids = Vec::with_capacity(reopened.len());
+    for (i, before) in reopened.iter().enumerate() {
+        if let Err(e) = redeliver(&broker, before).await {
+            // Put back what was not published, so nothing is left reopened
+            // without a message that would ever attempt it.
+            for rest in &reopened[i..] {
+                if let Err(restore) = state.store().restore_delivery(rest).await {
+                    tracing::error!(delivery_id = %rest.id, error = %restore, "could not restore a delivery after a failed replay");
+                }
+            }
+            return Err(e);
+        }
+        delivery_ids.push(before.id.to_string());
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Envelope::ok(Recovered {
+            delivery_ids,
+            has_more,
+        }),
+    ))
+}
+
+pub(crate) async fn require_webhook(
+    state: &ApiState,
+    ws: &WorkspaceId,
+    id: SubscriptionId,
+) -> Result<courier_model::Subscription, ApiError> {
+    state
+        .store()
+        .get_subscription(ws, id)
+        .await?
+        .ok_or(ApiError::NotFound("webhook"))
+}
+
+/// The events delivered to one webhook, newest first: status, response
+/// code, latest attempt, number of attempts.
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/webhooks/{id}/events", tag = "webhooks",
+    params(("ws" = String, Path, description = "workspace id"),
+        ("id" = String, Path, description = "webhook id"), PageQuery),
+    responses((status = 200, body = Envelope<Page<WebhookEventView>>),
+        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn webhook_events(
+    key: WorkspaceKey,
+    State(state): State<ApiState>,
+    Path((ws, id)): Path<(String, String)>,
+    QueryParams(query): QueryParams<PageQuery>,
+) -> Result<Json<Envelope<Page<WebhookEventView>>>, ApiError> {
+    let ws = key.workspace(&ws)?;
+    let id = webhook_id(&id)?;
+    require_webhook(&state, &ws, id).await?;
+    let limit = page_size(query.first)?;
+    let after = query
+        .after
+        .as_deref()
+        .map(decode_delivery_cursor)
+        .transpose()?;
+    let filter = DeliveryFilter {
+        subscription: Some(id),
+        ..DeliveryFilter::default()
+    };
+    let rows = state
+        .store()
+        .list_deliveries(&ws, &filter, limit + 1, after)
+        .await?;
+    Ok(Envelope::ok(Page::from_rows(
+        rows,
+        limit,
+        |r| encode_delivery_cursor(r.cursor()),
+        WebhookEventView::from,
+    )))
+}
