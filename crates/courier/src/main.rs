@@ -1,0 +1,360 @@
+//! `courier`: the server (`serve`), migrations, and the admin CLI.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use courier::settings::{LogFormat, Settings};
+use courier::webhooks::{self, NewWebhook, UrlPolicy, WebhookPatch};
+use courier::{App, Roles, open_store};
+use courier_model::{SubscriptionId, WorkspaceId};
+use courier_store::{Store, Workspace};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "courier",
+    version,
+    about = "Durable webhook delivery for order and shipment events"
+)]
+struct Cli {
+    /// Configuration file (TOML); environment variables COURIER__SECTION__KEY override it.
+    #[arg(long, short, global = true, env = "COURIER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the delivery pipeline until SIGTERM or Ctrl-C.
+    Serve {
+        /// Do not serve the management API (/metrics and health stay).
+        #[arg(long)]
+        no_api: bool,
+        /// Do not run the worker pipeline.
+        #[arg(long)]
+        no_worker: bool,
+    },
+    /// Apply the ledger migrations for the configured database.
+    Migrate,
+    /// Manage workspaces (tenants).
+    #[command(subcommand)]
+    Workspace(WorkspaceCommand),
+    /// Manage webhooks (subscriptions) of a workspace.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+    /// Manage API keys (each scoped to one workspace).
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCommand),
+    /// Run a local webhook receiver that prints what it gets (for demos).
+    Receive {
+        #[arg(long, default_value = "127.0.0.1:9999")]
+        listen: std::net::SocketAddr,
+        /// Verify signatures with this secret.
+        #[arg(long)]
+        secret: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkspaceCommand {
+    /// Create a workspace; prints it as JSON.
+    Create {
+        /// The id upstreams publish with; generated (ws_...) when absent.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        name: String,
+    },
+    /// List workspaces as JSON.
+    List,
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Create a key; prints it once (only its hash is stored).
+    Create {
+        #[command(flatten)]
+        ws: WorkspaceArg,
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct WorkspaceArg {
+    /// The workspace the webhook belongs to.
+    #[arg(long, short)]
+    workspace: String,
+}
+
+#[derive(Subcommand)]
+enum WebhookCommand {
+    /// Create a webhook; prints it (with its secret) as JSON.
+    Create {
+        #[command(flatten)]
+        ws: WorkspaceArg,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        url: String,
+        /// Event types, comma-separated (order.created,shipment.created).
+        #[arg(long, value_delimiter = ',', required = true)]
+        events: Vec<String>,
+        /// Order channels, comma-separated; none means every channel.
+        #[arg(long, value_delimiter = ',')]
+        channels: Vec<String>,
+        /// Signing secret (whsec_... or base64); generated when absent.
+        #[arg(long)]
+        secret: Option<String>,
+        /// Create it disabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// List a workspace's webhooks as JSON, oldest first.
+    List {
+        #[command(flatten)]
+        ws: WorkspaceArg,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Continue after this webhook id.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Show one webhook as JSON.
+    Get {
+        #[command(flatten)]
+        ws: WorkspaceArg,
+        id: String,
+    },
+    /// Change a webhook; absent flags keep their value.
+    Update {
+        #[command(flatten)]
+        ws: WorkspaceArg,
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, value_delimiter = ',')]
+        events: Option<Vec<String>>,
+        #[arg(long, value_delimiter = ',')]
+        channels: Option<Vec<String>>,
+        /// true to enable, false to disable.
+        #[arg(long)]
+        active: Option<bool>,
+    },
+    /// Delete a webhook; its delivery history stays readable.
+    Delete {
+        #[command(flatten)]
+        ws: WorkspaceArg,
+        id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&settings);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: could not start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(settings: &Settings) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match settings.log.format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { no_api, no_worker } => {
+            let roles = Roles {
+                api: !no_api,
+                worker: !no_worker,
+            };
+            let app = App::build(settings, roles).await?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            app.run_until_stopped(shutdown).await
+        }
+        Command::ApiKey(ApiKeyCommand::Create { ws, name }) => {
+            let store = open_store(&settings).await?;
+            let (key, record) =
+                courier::api_keys::create_api_key(&store, &workspace_id(&ws)?, name.as_deref())
+                    .await?;
+            print_json(&serde_json::json!({"key": key, "api_key": record}))
+        }
+        Command::Receive { listen, secret } => {
+            let secret = secret
+                .map(|s| courier_model::WebhookSecret::parse(&s))
+                .transpose()
+                .context("--secret")?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            courier::receiver::run(listen, secret, shutdown).await
+        }
+        Command::Migrate => {
+            open_store(&settings).await?;
+            println!("{}", serde_json::json!({"migrated": true}));
+            Ok(())
+        }
+        Command::Workspace(cmd) => workspace(cmd, &open_store(&settings).await?).await,
+        Command::Webhook(cmd) => {
+            let policy = UrlPolicy {
+                require_https: settings.delivery.require_https,
+            };
+            webhook(cmd, &open_store(&settings).await?, policy).await
+        }
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(error) => {
+                    tracing::error!(error = %error, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("stopping: finishing in-flight deliveries");
+    shutdown.cancel();
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn workspace(cmd: WorkspaceCommand, store: &Store) -> anyhow::Result<()> {
+    match cmd {
+        WorkspaceCommand::Create { id, name } => {
+            let id = match id {
+                Some(id) => WorkspaceId::parse(id).context("--id")?,
+                None => WorkspaceId::generate(),
+            };
+            anyhow::ensure!(!name.trim().is_empty(), "--name must not be empty");
+            let ws = Workspace {
+                id,
+                name,
+                created_at: chrono::Utc::now(),
+            };
+            store.create_workspace(&ws).await?;
+            print_json(&ws)
+        }
+        WorkspaceCommand::List => print_json(&store.list_workspaces().await?),
+    }
+}
+
+fn workspace_id(arg: &WorkspaceArg) -> anyhow::Result<WorkspaceId> {
+    WorkspaceId::parse(arg.workspace.as_str()).context("--workspace")
+}
+
+fn webhook_id(id: &str) -> anyhow::Result<SubscriptionId> {
+    SubscriptionId::parse(id).context("webhook id")
+}
+
+async fn webhook(cmd: WebhookCommand, store: &Store, policy: UrlPolicy) -> anyhow::Result<()> {
+    match cmd {
+        WebhookCommand::Create {
+            ws,
+            name,
+            url,
+            events,
+            channels,
+            secret,
+            disabled,
+        } => {
+            let input = NewWebhook {
+                name,
+                url,
+                events,
+                channels,
+                secret,
+                active: !disabled,
+            };
+            let sub = webhooks::create(store, &workspace_id(&ws)?, input, policy).await?;
+            print_json(&sub)
+        }
+        WebhookCommand::List { ws, limit, after } => {
+            let after = after.as_deref().map(webhook_id).transpose()?;
+            print_json(
+                &store
+                    .list_subscriptions(&workspace_id(&ws)?, limit, after)
+                    .await?,
+            )
+        }
+        WebhookCommand::Get { ws, id } => {
+            let sub = store
+                .get_subscription(&workspace_id(&ws)?, webhook_id(&id)?)
+                .await?
+                .context("webhook not found")?;
+            print_json(&sub)
+        }
+        WebhookCommand::Update {
+            ws,
+            id,
+            name,
+            url,
+            events,
+            channels,
+            active,
+        } => {
+            let patch = WebhookPatch {
+                name,
+                url,
+                events,
+                channels,
+                active,
+                ..WebhookPatch::default()
+            };
+            let sub = webhooks::update(store, &workspace_id(&ws)?, webhook_id(&id)?, patch, policy)
+                .await?;
+            print_json(&sub)
+        }
+        WebhookCommand::Delete { ws, id } => {
+            webhooks::delete(store, &workspace_id(&ws)?, webhook_id(&id)?).await?;
+            print_json(&serde_json::json!({"deleted": id}))
+        }
+    }
+}

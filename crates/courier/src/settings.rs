@@ -1,0 +1,322 @@
+//! Configuration: built-in defaults, then an optional file, then
+//! `COURIER__SECTION__KEY` environment variables. Every key is validated at
+//! start, and every error names the key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use courier_model::RetryPolicy;
+use serde::Deserialize;
+
+/// The defaults of every key, in the same shape an operator's file has.
+pub const DEFAULTS: &str = r#"
+[database]
+url = "sqlite://courier.db"
+max_connections = 16
+
+[amqp]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+prefix = "courier"
+prefetch = 256
+
+[http]
+listen = "127.0.0.1:8080"
+
+[api]
+
+[delivery]
+timeout_ms = 10000
+max_in_flight = 256
+per_endpoint_in_flight = 32
+require_https = true
+allow_private_networks = false
+retry_client_errors = true
+subscription_refresh_ms = 5000
+shutdown_grace_ms = 15000
+
+[retry]
+initial_delay_ms = 5000
+multiplier = 5.0
+max_delay_ms = 21600000
+max_attempts = 10
+jitter = 0.2
+
+[log]
+format = "pretty"
+level = "info"
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub http: HttpSettings,
+    pub api: ApiSettings,
+    pub delivery: DeliverySettings,
+    pub retry: RetryPolicy,
+    pub log: LogSettings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub url: String,
+    pub prefix: String,
+    pub prefetch: u16,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Opens the admin routes; none means they stay closed.
+    pub admin_token: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    pub timeout_ms: u64,
+    pub max_in_flight: usize,
+    pub per_endpoint_in_flight: usize,
+    pub require_https: bool,
+    pub allow_private_networks: bool,
+    pub retry_client_errors: bool,
+    pub subscription_refresh_ms: u64,
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Settings {
+    /// Defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment passed in (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, SettingsError> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(File::from(path).required(true));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("COURIER__"))
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix("COURIER")
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some(env)),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let db = &self.database.url;
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database.url",
+                format!("{db:?} must start with sqlite:// or postgres://"),
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if !(self.amqp.url.starts_with("amqp://") || self.amqp.url.starts_with("amqps://")) {
+            return Err(invalid("amqp.url", "must start with amqp:// or amqps://"));
+        }
+        let prefix = &self.amqp.prefix;
+        if prefix.is_empty()
+            || prefix.len() > 100
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(invalid(
+                "amqp.prefix",
+                "must be 1-100 letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if self.amqp.prefetch == 0 {
+            return Err(invalid("amqp.prefetch", "must be at least 1"));
+        }
+        let d = &self.delivery;
+        if !(100..=300_000).contains(&d.timeout_ms) {
+            return Err(invalid(
+                "delivery.timeout_ms",
+                "must be between 100 and 300000",
+            ));
+        }
+        if d.max_in_flight == 0 {
+            return Err(invalid("delivery.max_in_flight", "must be at least 1"));
+        }
+        if d.per_endpoint_in_flight == 0 {
+            return Err(invalid(
+                "delivery.per_endpoint_in_flight",
+                "must be at least 1",
+            ));
+        }
+        if d.subscription_refresh_ms < 100 {
+            return Err(invalid(
+                "delivery.subscription_refresh_ms",
+                "must be at least 100",
+            ));
+        }
+        self.retry.validate().map_err(|e| SettingsError::Invalid {
+            // The policy's own message names the key; keep one source.
+            key: "retry",
+            message: e.to_string(),
+        })?;
+        if self.log.level.trim().is_empty() {
+            return Err(invalid("log.level", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    pub fn worker_config(&self) -> courier_worker::WorkerConfig {
+        let d = &self.delivery;
+        courier_worker::WorkerConfig {
+            prefix: self.amqp.prefix.clone(),
+            prefetch: self.amqp.prefetch,
+            max_in_flight: d.max_in_flight,
+            per_endpoint_in_flight: d.per_endpoint_in_flight,
+            http: courier_worker::HttpOptions {
+                timeout: Duration::from_millis(d.timeout_ms),
+                allow_private_networks: d.allow_private_networks,
+            },
+            retry: self.retry.clone(),
+            retry_client_errors: d.retry_client_errors,
+            subscription_refresh: Duration::from_millis(d.subscription_refresh_ms),
+            shutdown_grace: Duration::from_millis(d.shutdown_grace_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_run_on_one_machine() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.database.url, "sqlite://courier.db");
+        assert_eq!(s.amqp.prefix, "courier");
+        assert!(s.delivery.require_https);
+        assert!(!s.delivery.allow_private_networks);
+        assert_eq!(s.log.format, LogFormat::Pretty);
+        assert_eq!(s.retry, RetryPolicy::default());
+    }
+
+    #[test]
+    fn environment_overrides_with_double_underscores() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("COURIER__DATABASE__URL", "postgres://localhost/x"),
+                ("COURIER__AMQP__PREFETCH", "32"),
+                ("COURIER__DELIVERY__REQUIRE_HTTPS", "false"),
+                ("COURIER__RETRY__MULTIPLIER", "2.5"),
+                ("COURIER__LOG__FORMAT", "json"),
+                ("COURIER__API__ADMIN_TOKEN", "0123"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.database.url, "postgres://localhost/x");
+        assert_eq!(s.amqp.prefetch, 32);
+        assert!(!s.delivery.require_https);
+        assert_eq!(s.retry.multiplier, 2.5);
+        assert_eq!(s.log.format, LogFormat::Json);
+        // Not parsed as a number: leading zeros survive.
+        assert_eq!(s.api.admin_token.as_deref(), Some("0123"));
+    }
+
+    #[test]
+    fn a_file_sits_between_defaults_and_environment() {
+        let path =
+            std::env::temp_dir().join(format!("courier-settings-{}.toml", std::process::id()));
+        std::fs::write(&path, "[amqp]\nprefix = \"fromfile\"\nprefetch = 7\n").unwrap();
+        let s = Settings::load_from(Some(&path), env(&[("COURIER__AMQP__PREFETCH", "9")])).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(s.amqp.prefix, "fromfile");
+        assert_eq!(s.amqp.prefetch, 9);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("COURIER__AMQP__PREFETCH", "lots", "amqp.prefetch"),
+            ("COURIER__AMQP__PREFETCH", "0", "amqp.prefetch"),
+            ("COURIER__DATABASE__URL", "mysql://x", "database.url"),
+            ("COURIER__DELIVERY__TIMEOUT_MS", "5", "delivery.timeout_ms"),
+            ("COURIER__RETRY__MAX_ATTEMPTS", "0", "retry.max_attempts"),
+            ("COURIER__LOG__FORMAT", "xml", "log.format"),
+            ("COURIER__DELIVERY__NOPE", "1", "nope"),
+            ("COURIER__AMQP__PREFIX", "has space", "amqp.prefix"),
+        ];
+        for (key, value, named) in cases {
+            let err = Settings::load_from(None, env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{key}={value}: {err}");
+        }
+    }
+}
