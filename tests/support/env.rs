@@ -1,0 +1,418 @@
+//! One isolated courier environment per test: a RabbitMQ prefix nobody else
+//! uses and a database of its own, both removed when the test ends (also
+//! when it panics).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use courier::Settings;
+use courier_model::{Subscription, WorkspaceId};
+use courier_producer::{Publisher, Topology};
+use courier_store::{Store, Workspace};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use rand::RngExt;
+use sqlx::Connection as _;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("COURIER_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("COURIER_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub struct TestEnv {
+    pub prefix: String,
+    /// The broker this environment uses (the shared one, or a private node).
+    amqp_url: String,
+    pub db: Db,
+    pub settings: Settings,
+    pub store: Store,
+    vars: Vec<(String, String)>,
+    /// (admin URL, database name) of the database to drop at the end.
+    pg_database: Option<(String, String)>,
+    sqlite_path: Option<PathBuf>,
+}
+
+/// Settings every e2e test wants: receivers live on 127.0.0.1 over plain
+/// http, and the retry schedule is short enough to watch.
+const BASE: &[(&str, &str)] = &[
+    ("COURIER__DELIVERY__REQUIRE_HTTPS", "false"),
+    ("COURIER__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true"),
+    ("COURIER__DELIVERY__TIMEOUT_MS", "2000"),
+    ("COURIER__DELIVERY__SHUTDOWN_GRACE_MS", "3000"),
+    ("COURIER__RETRY__INITIAL_DELAY_MS", "200"),
+    ("COURIER__RETRY__MULTIPLIER", "2"),
+    ("COURIER__RETRY__MAX_DELAY_MS", "800"),
+    ("COURIER__RETRY__MAX_ATTEMPTS", "4"),
+    ("COURIER__RETRY__JITTER", "0"),
+    ("COURIER__LOG__LEVEL", "warn"),
+    // Many tests run at once: each server takes a free port.
+    ("COURIER__HTTP__LISTEN", "127.0.0.1:0"),
+];
+
+impl TestEnv {
+    pub async fn new(db: Db) -> Self {
+        Self::with(db, &[]).await
+    }
+
+    /// `overrides` are `COURIER__...` variables on top of the test defaults.
+    pub async fn with(db: Db, overrides: &[(&str, &str)]) -> Self {
+        Self::build(db, overrides, pg_admin_url(), amqp_url()).await
+    }
+
+    /// An environment on the broker at `amqp` (a private node, for tests
+    /// that restart it).
+    pub async fn on_broker(amqp: String, db: Db, overrides: &[(&str, &str)]) -> Self {
+        Self::build(db, overrides, pg_admin_url(), amqp).await
+    }
+
+    /// A PostgreSQL environment on the server behind `pg_admin` (a private
+    /// one, for tests that restart it).
+    pub async fn on_postgres(pg_admin: String, overrides: &[(&str, &str)]) -> Self {
+        Self::build(Db::Postgres, overrides, pg_admin, amqp_url()).await
+    }
+
+    async fn build(db: Db, overrides: &[(&str, &str)], pg_admin: String, amqp: String) -> Self {
+        let token: String = format!("{:016x}", rand::rng().random::<u64>());
+        let prefix = format!("ctest-{token}");
+        let (database_url, pg_database, sqlite_path) = match db {
+            Db::Sqlite => {
+                let path = std::env::temp_dir().join(format!("courier-e2e-{token}.db"));
+                (format!("sqlite://{}", path.display()), None, Some(path))
+            }
+            Db::Postgres => {
+                let name = format!("courier_e2e_{token}");
+                let mut admin = sqlx::PgConnection::connect(&pg_admin)
+                    .await
+                    .expect("connect to PostgreSQL (is it running on 127.0.0.1:5432?)");
+                // The name is ours: a fixed prefix and hex digits.
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await
+                    .expect("create test database");
+                let base = pg_admin
+                    .rsplit_once('/')
+                    .map(|(b, _)| b)
+                    .unwrap_or(&pg_admin);
+                (
+                    format!("{base}/{name}"),
+                    Some((pg_admin.clone(), name)),
+                    None,
+                )
+            }
+        };
+        let mut vars: Vec<(String, String)> = BASE
+            .iter()
+            .chain(overrides)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        vars.push(("COURIER__DATABASE__URL".into(), database_url));
+        vars.push(("COURIER__AMQP__URL".into(), amqp.clone()));
+        vars.push(("COURIER__AMQP__PREFIX".into(), prefix.clone()));
+        let settings = Settings::load_from(None, vars.clone()).expect("test settings are valid");
+        let store = courier::open_store(&settings)
+            .await
+            .expect("open test ledger");
+        Self {
+            prefix,
+            amqp_url: amqp,
+            db,
+            settings,
+            store,
+            vars,
+            pg_database,
+            sqlite_path,
+        }
+    }
+
+    pub fn topology(&self) -> Topology {
+        self.settings.worker_config().topology()
+    }
+
+    pub async fn amqp(&self) -> Connection {
+        Connection::connect(&self.amqp_url, ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ (is it running on 127.0.0.1:5672?)")
+    }
+
+    /// A publisher on its own connection; keep the connection alive.
+    pub async fn publisher(&self) -> (Publisher, Connection) {
+        let connection = self.amqp().await;
+        let publisher = Publisher::on_connection(&connection, self.topology())
+            .await
+            .expect("publisher");
+        (publisher, connection)
+    }
+
+    pub async fn workspace(&self, id: &str) -> WorkspaceId {
+        let id = WorkspaceId::parse(id).unwrap();
+        self.store
+            .create_workspace(&Workspace {
+                id: id.clone(),
+                name: format!("workspace {id}"),
+                created_at: chrono::Utc::now(),
+            })
+            .await
+            .expect("create workspace");
+        id
+    }
+
+    pub async fn webhook(
+        &self,
+        workspace: &WorkspaceId,
+        url: &str,
+        events: &[&str],
+        channels: &[&str],
+    ) -> Subscription {
+        courier::webhooks::create(
+            &self.store,
+            workspace,
+            courier::webhooks::NewWebhook {
+                name: "e2e".into(),
+                url: url.into(),
+                events: events.iter().map(|s| s.to_string()).collect(),
+                channels: channels.iter().map(|s| s.to_string()).collect(),
+                secret: None,
+                active: true,
+            },
+            courier::webhooks::UrlPolicy {
+                require_https: false,
+            },
+        )
+        .await
+        .expect("create webhook")
+    }
+
+    /// Runs `courier serve` (worker, /metrics, health) in this process.
+    pub async fn start_worker(&self) -> InProcessWorker {
+        let app = courier::App::build(self.settings.clone(), courier::Roles::ALL)
+            .await
+            .expect("build courier");
+        let http_addr = app.http_addr();
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
+        InProcessWorker {
+            stop,
+            handle,
+            http_addr,
+        }
+    }
+
+    /// Runs `courier serve` as a child process (to be killed).
+    pub fn spawn_worker_process(&self) -> WorkerProcess {
+        let binary = courier_binary();
+        let child = Command::new(&binary)
+            .arg("serve")
+            .envs(self.vars.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+        WorkerProcess { child }
+    }
+
+    /// Messages ready in `queue`.
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        let connection = self.amqp().await;
+        let channel = connection.create_channel().await.unwrap();
+        let q = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("queue {queue}: {e}"));
+        connection.close(200, "".into()).await.ok();
+        q.message_count()
+    }
+
+    /// Takes every message out of `queue`.
+    pub async fn drain(&self, queue: &str) -> Vec<(Vec<u8>, BasicProperties)> {
+        let connection = self.amqp().await;
+        let channel = connection.create_channel().await.unwrap();
+        let mut messages = Vec::new();
+        while let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            message.acker.ack(BasicAckOptions::default()).await.unwrap();
+            messages.push((
+                message.delivery.data.clone(),
+                message.delivery.properties.clone(),
+            ));
+        }
+        connection.close(200, "".into()).await.ok();
+        messages
+    }
+
+    async fn cleanup(
+        amqp: String,
+        topology: Topology,
+        store: Store,
+        pg_database: Option<(String, String)>,
+        sqlite_path: Option<PathBuf>,
+    ) {
+        store.close().await;
+        if let Ok(connection) = Connection::connect(&amqp, ConnectionProperties::default()).await
+            && let Ok(channel) = connection.create_channel().await
+        {
+            topology.delete_all(&channel).await;
+            connection.close(200, "".into()).await.ok();
+        }
+        if let Some((admin_url, name)) = pg_database
+            && let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await
+        {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await
+            .ok();
+        }
+        if let Some(path) = sqlite_path {
+            for suffix in ["", "-wal", "-shm"] {
+                std::fs::remove_file(format!("{}{suffix}", path.display())).ok();
+            }
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    /// Runs on a thread of its own so it works inside or outside a runtime,
+    /// and after a panic.
+    fn drop(&mut self) {
+        let topology = self.topology();
+        let amqp = self.amqp_url.clone();
+        let store = self.store.clone();
+        let pg = self.pg_database.take();
+        let sqlite = self.sqlite_path.take();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            runtime.block_on(Self::cleanup(amqp, topology, store, pg, sqlite));
+        })
+        .join()
+        .ok();
+    }
+}
+
+pub struct InProcessWorker {
+    stop: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+    /// Where its /metrics, /healthz and /readyz answer.
+    pub http_addr: std::net::SocketAddr,
+}
+
+impl InProcessWorker {
+    /// GETs `path` from the worker's HTTP server: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("HTTP client")
+            .get(format!("http://{}{path}", self.http_addr))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    /// Stops the worker as SIGTERM would and returns how it ended.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.handle.await.expect("worker task panicked")
+    }
+}
+
+pub struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits for the process to exit and returns its status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        self.child.wait().expect("wait for courier")
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `courier` binary next to this test binary (target/<profile>/courier).
+fn courier_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let binary = profile_dir.join(format!("courier{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: build it first with `cargo build -p courier` (make test does)",
+        binary.display()
+    );
+    binary
+}
+
+/// Waits until `condition` holds, checking every 25 ms, and panics with
+/// `what` when `timeout` passes first, even if a check itself hangs.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(true) = tokio::time::timeout(left, condition()).await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
