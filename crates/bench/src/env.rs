@@ -1,0 +1,466 @@
+//! One isolated courier installation per scenario: a RabbitMQ prefix
+//! `bench-<hex>` and a fresh SQLite file or PostgreSQL database, configured
+//! only through `COURIER__` variables, with `courier serve` run as child
+//! processes of the release binary so their memory and CPU can be read from
+//! /proc. Everything is removed when the [`BenchEnv`] is cleaned up or
+//! dropped (also on error or interruption).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use courier::Settings;
+use courier_producer::{Publisher, Topology};
+use courier_store::{Store, StoreOptions};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use rand::RngExt;
+use sqlx::Connection as _;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+impl Db {
+    pub fn name(self) -> &'static str {
+        match self {
+            Db::Sqlite => "sqlite",
+            Db::Postgres => "postgres",
+        }
+    }
+}
+
+/// Where the services are and how courier is run.
+#[derive(Clone, Debug)]
+pub struct Services {
+    pub amqp_url: String,
+    /// Admin connection to PostgreSQL, used to create and drop databases.
+    pub pg_admin_url: String,
+    /// The release `courier` binary.
+    pub courier: PathBuf,
+    /// Where courier's logs go, one file per process.
+    pub log_dir: PathBuf,
+    /// Extra `COURIER__...` variables from `--set`, applied last.
+    pub overrides: Vec<(String, String)>,
+}
+
+pub fn token() -> String {
+    format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff)
+}
+
+pub struct BenchEnv {
+    pub db: Db,
+    pub prefix: String,
+    pub settings: Settings,
+    services: Services,
+    vars: Vec<(String, String)>,
+    /// The database to drop at the end (PostgreSQL).
+    pg_database: Option<String>,
+    /// The file to remove at the end (SQLite), with its -wal and -shm.
+    sqlite_path: Option<PathBuf>,
+    cleaned: bool,
+}
+
+impl BenchEnv {
+    /// Creates the database, applies the migrations with `courier migrate`,
+    /// and returns the environment; nothing runs yet.
+    pub async fn create(db: Db, services: &Services) -> anyhow::Result<Self> {
+        let token = token();
+        let prefix = format!("bench-{token}");
+        let (database_url, pg_database, sqlite_path) = match db {
+            Db::Sqlite => {
+                let path = std::env::temp_dir().join(format!("courier-bench-{token}.db"));
+                (format!("sqlite://{}", path.display()), None, Some(path))
+            }
+            Db::Postgres => {
+                let name = format!("courier_bench_{token}");
+                let mut admin = sqlx::PgConnection::connect(&services.pg_admin_url)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "could not connect to PostgreSQL at {} (is it running? --pg-admin-url)",
+                            services.pg_admin_url
+                        )
+                    })?;
+                // The name is ours: a fixed prefix and hex digits.
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await
+                    .with_context(|| format!("could not create database {name}"))?;
+                admin.close().await.ok();
+                let base = services
+                    .pg_admin_url
+                    .rsplit_once('/')
+                    .map(|(b, _)| b)
+                    .unwrap_or(&services.pg_admin_url);
+                (format!("{base}/{name}"), Some(name), None)
+            }
+        };
+        let mut vars: Vec<(String, String)> = [
+            ("COURIER__DATABASE__URL", database_url.as_str()),
+            ("COURIER__AMQP__URL", services.amqp_url.as_str()),
+            ("COURIER__AMQP__PREFIX", prefix.as_str()),
+            ("COURIER__DELIVERY__REQUIRE_HTTPS", "false"),
+            ("COURIER__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true"),
+            ("COURIER__HTTP__LISTEN", "127.0.0.1:0"),
+            ("COURIER__LOG__LEVEL", "warn"),
+            // Files, not a terminal: no colour codes.
+            ("COURIER__LOG__FORMAT", "json"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        vars.extend(services.overrides.iter().cloned());
+        let mut env = Self {
+            db,
+            prefix,
+            settings: Settings::load_from(None, vars.clone())
+                .context("the bench's courier settings are invalid (check --set)")?,
+            services: services.clone(),
+            vars,
+            pg_database,
+            sqlite_path,
+            cleaned: false,
+        };
+        if let Err(error) = env.migrate().await {
+            env.cleanup().await;
+            return Err(error);
+        }
+        Ok(env)
+    }
+
+    async fn migrate(&self) -> anyhow::Result<()> {
+        let log = self.log_path("migrate");
+        let output = self
+            .command(&log)?
+            .arg("migrate")
+            .output()
+            .await
+            .with_context(|| {
+                format!("could not run {} migrate", self.services.courier.display())
+            })?;
+        if !output.status.success() {
+            bail!(
+                "courier migrate failed ({}); see {}",
+                output.status,
+                log.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The ledger, opened in-process to create workspaces and webhooks
+    /// before courier starts. Close it before starting courier.
+    pub async fn store(&self) -> anyhow::Result<Store> {
+        Store::connect(
+            &self.settings.database.url,
+            &StoreOptions { max_connections: 8 },
+        )
+        .await
+        .context("could not open the bench ledger")
+    }
+
+    pub fn topology(&self) -> Topology {
+        self.settings.worker_config().topology()
+    }
+
+    pub async fn amqp(&self) -> anyhow::Result<Connection> {
+        Connection::connect(&self.services.amqp_url, ConnectionProperties::default())
+            .await
+            .with_context(|| {
+                format!(
+                    "could not reach RabbitMQ at {} (start it with `rabbitmq-server -detached`)",
+                    courier_producer::redact_url(&self.services.amqp_url)
+                )
+            })
+    }
+
+    /// A publisher on its own connection (keep the connection alive).
+    pub async fn publisher(&self) -> anyhow::Result<(Publisher, Connection)> {
+        let connection = self.amqp().await?;
+        let publisher = Publisher::on_connection(&connection, self.topology())
+            .await
+            .context("could not prepare the publisher")?;
+        Ok((publisher, connection))
+    }
+
+    fn log_path(&self, what: &str) -> PathBuf {
+        self.services
+            .log_dir
+            .join(format!("{}-{}-{what}.log", self.prefix, self.db.name()))
+    }
+
+    fn command(&self, log: &Path) -> anyhow::Result<tokio::process::Command> {
+        let stderr = std::fs::File::create(log)
+            .with_context(|| format!("could not create {}", log.display()))?;
+        let mut command = tokio::process::Command::new(&self.services.courier);
+        // Only our configuration: none of the caller's COURIER__ variables
+        // or RUST_LOG leak into the measured process.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("COURIER__") || key == "RUST_LOG" || key == "COURIER_CONFIG" {
+                command.env_remove(key);
+            }
+        }
+        command
+            .envs(self.vars.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true);
+        Ok(command)
+    }
+
+    /// Starts `courier serve` as worker number `n` and waits until it
+    /// consumes from both work queues.
+    pub async fn spawn_courier(&self, n: usize) -> anyhow::Result<CourierProcess> {
+        let log = self.log_path(&format!("serve{n}"));
+        let child = self
+            .command(&log)?
+            .arg("serve")
+            .spawn()
+            .with_context(|| format!("could not start {}", self.services.courier.display()))?;
+        let pid = child.id().context("courier exited at once")?;
+        Ok(CourierProcess { child, pid, log })
+    }
+
+    /// Waits until `workers` consumers are attached to the fan-out and the
+    /// deliveries queues: courier is ready (`http.listen` is port 0, so
+    /// /readyz's port is not known from outside).
+    pub async fn wait_ready(
+        &self,
+        processes: &mut [CourierProcess],
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let connection = self.amqp().await?;
+        let topology = self.topology();
+        let result = loop {
+            for process in processes.iter_mut() {
+                process.check_running()?;
+            }
+            if self
+                .consumers_attached(&connection, &topology, processes.len())
+                .await
+            {
+                break Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                break Err(anyhow::anyhow!(
+                    "courier did not start consuming within {timeout:?}; see {}",
+                    processes
+                        .first()
+                        .map(|p| p.log.display().to_string())
+                        .unwrap_or_default()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        connection.close(200, "".into()).await.ok();
+        result
+    }
+
+    async fn consumers_attached(
+        &self,
+        connection: &Connection,
+        topology: &Topology,
+        wanted: usize,
+    ) -> bool {
+        // A passive declare of a queue not declared yet closes its channel:
+        // one channel per look.
+        let Ok(channel) = connection.create_channel().await else {
+            return false;
+        };
+        let mut attached = true;
+        for queue in [topology.fanout_queue(), topology.deliveries_queue()] {
+            let declared = channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            if !matches!(declared, Ok(q) if q.consumer_count() as usize >= wanted) {
+                attached = false;
+                break;
+            }
+        }
+        if channel.status().connected() {
+            channel.close(200, "".into()).await.ok();
+        }
+        attached
+    }
+
+    /// Deletes the prefix's queues and exchanges, drops the database or
+    /// removes the SQLite files. Best effort, idempotent.
+    pub async fn cleanup(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        self.cleaned = true;
+        cleanup(
+            self.services.clone(),
+            self.topology(),
+            self.pg_database.take(),
+            self.sqlite_path.take(),
+        )
+        .await;
+    }
+}
+
+impl Drop for BenchEnv {
+    /// After an error or an interruption: clean up on a thread of its own,
+    /// which works inside or outside a runtime.
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        let services = self.services.clone();
+        let topology = self.topology();
+        let pg = self.pg_database.take();
+        let sqlite = self.sqlite_path.take();
+        std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(cleanup(services, topology, pg, sqlite));
+            }
+        })
+        .join()
+        .ok();
+    }
+}
+
+async fn cleanup(
+    services: Services,
+    topology: Topology,
+    pg_database: Option<String>,
+    sqlite_path: Option<PathBuf>,
+) {
+    if let Ok(connection) =
+        Connection::connect(&services.amqp_url, ConnectionProperties::default()).await
+        && let Ok(channel) = connection.create_channel().await
+    {
+        topology.delete_all(&channel).await;
+        connection.close(200, "".into()).await.ok();
+    }
+    if let Some(name) = pg_database
+        && let Ok(mut admin) = sqlx::PgConnection::connect(&services.pg_admin_url).await
+    {
+        if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await
+        {
+            eprintln!("warning: could not drop database {name}: {error}");
+        }
+        admin.close().await.ok();
+    }
+    if let Some(path) = sqlite_path {
+        for suffix in ["", "-wal", "-shm"] {
+            std::fs::remove_file(format!("{}{suffix}", path.display())).ok();
+        }
+    }
+}
+
+/// Peak resident memory and CPU time of a process, from /proc.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcSample {
+    /// VmHWM: the peak resident set, in KiB.
+    pub peak_rss_kib: u64,
+    /// utime + stime, in seconds.
+    pub cpu_s: f64,
+}
+
+/// A running `courier serve`; killed when dropped.
+pub struct CourierProcess {
+    child: tokio::process::Child,
+    pid: u32,
+    pub log: PathBuf,
+}
+
+impl CourierProcess {
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("courier exited ({status}); see {}", self.log.display());
+        }
+        Ok(())
+    }
+
+    pub fn sample(&self) -> anyhow::Result<ProcSample> {
+        proc_sample(self.pid)
+    }
+
+    /// SIGTERM, a few seconds to finish, then SIGKILL.
+    pub async fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            self.child.kill().await.ok();
+        }
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+pub fn proc_sample(pid: u32) -> anyhow::Result<ProcSample> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("could not read /proc/{pid}/status"))?;
+    let peak_rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/<pid>/status")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("could not read /proc/{pid}/stat"))?;
+    // The command name may hold spaces: fields are counted after its ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // After ')' come state (field 3), ..., utime (14), stime (15).
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/<pid>/stat")?
+            .parse::<f64>()?)
+    };
+    let cpu_s = (ticks(11)? + ticks(12)?) / clock_ticks_per_second();
+    Ok(ProcSample {
+        peak_rss_kib,
+        cpu_s,
+    })
+}
+
+/// The 1-minute load average of the machine.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}

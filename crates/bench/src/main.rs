@@ -1,0 +1,371 @@
+//! `courier-bench` (`make bench`): measures courier, run as the release
+//! binary against the local RabbitMQ and SQLite or PostgreSQL, against the
+//! bare limit of its own parts (lapin + a quorum queue + reqwest) in the
+//! same run, and prints a table plus `target/bench/report.json`.
+//!
+//! Scenarios live in `scenarios.rs`, the bare bound in `bare.rs`, the
+//! isolated environments (prefix, database, child processes) in `env.rs`,
+//! the receivers in `receiver.rs`. This crate must not be a dependency of
+//! anything: it only drives courier from outside, as an operator would.
+
+mod bare;
+mod env;
+mod receiver;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+
+use crate::env::{Db, Services};
+use crate::report::{Outcome, Status};
+use crate::scenarios::Sizes;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// 1 KiB events, one matching subscription each, as fast as possible.
+    #[value(name = "throughput-1")]
+    Throughput1,
+    /// Each event matches 10 subscriptions (10 receivers).
+    #[value(name = "fanout-10")]
+    Fanout10,
+    /// A fixed rate for a fixed time: publish-to-receipt percentiles.
+    Latency,
+    /// 100,000 subscriptions across 1,000 workspaces, each event matching one.
+    ManySubscriptions,
+    /// 10 endpoints, one answering after 5 s and one answering 500.
+    BadNeighbour,
+    /// throughput-1 with two worker processes.
+    ScaleOut,
+    /// lapin + quorum queue + reqwest alone (runs once, not per database).
+    BareBound,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 7] = [
+        Scenario::BareBound,
+        Scenario::Throughput1,
+        Scenario::Fanout10,
+        Scenario::Latency,
+        Scenario::ManySubscriptions,
+        Scenario::BadNeighbour,
+        Scenario::ScaleOut,
+    ];
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DbChoice {
+    Sqlite,
+    Postgres,
+    Both,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "courier-bench",
+    about = "Benchmarks courier against the bare limit of its parts (RabbitMQ + HTTP) on this machine"
+)]
+struct Cli {
+    /// Scenarios to run (repeat or comma-separate); all when absent. The
+    /// bare bound runs too unless --no-bare.
+    #[arg(long = "scenario", value_enum, value_delimiter = ',')]
+    scenarios: Vec<Scenario>,
+    /// Skip the bare bound (no percentages then).
+    #[arg(long)]
+    no_bare: bool,
+    #[arg(long, value_enum, default_value = "both")]
+    db: DbChoice,
+    /// Events of throughput-1, scale-out, many-subscriptions and the bare bound.
+    #[arg(long, default_value_t = 5000)]
+    events: u64,
+    /// Events of fanout-10 and bad-neighbour (10 deliveries each).
+    #[arg(long, default_value_t = 1000)]
+    fanout_events: u64,
+    /// latency: events per second.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// latency: how long to publish at --rate.
+    #[arg(long, default_value_t = 30)]
+    duration_secs: u64,
+    /// many-subscriptions: subscriptions in all.
+    #[arg(long, default_value_t = 100_000)]
+    subscriptions: u64,
+    /// many-subscriptions: across this many workspaces.
+    #[arg(long, default_value_t = 1000)]
+    workspaces: u64,
+    /// Size of each published event in bytes (JSON envelope included).
+    #[arg(long, default_value_t = 1024)]
+    payload_bytes: usize,
+    /// A scenario that has not drained this long after its last publish
+    /// reports "timed out" with what arrived.
+    #[arg(long, default_value_t = 120)]
+    drain_timeout_secs: u64,
+    /// How long courier may take to start consuming (it loads every
+    /// subscription first).
+    #[arg(long, default_value_t = 180)]
+    ready_timeout_secs: u64,
+    #[arg(
+        long,
+        env = "COURIER_BENCH_AMQP_URL",
+        default_value = courier_producer::DEFAULT_AMQP_URL
+    )]
+    amqp_url: String,
+    /// Admin connection used to create and drop the bench databases.
+    #[arg(
+        long,
+        env = "COURIER_BENCH_PG_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pg_admin_url: String,
+    /// The courier binary to measure; target/release/courier by default.
+    #[arg(long)]
+    courier: Option<PathBuf>,
+    /// Where the JSON report goes; target/bench/report.json by default.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Extra courier configuration for every scenario, e.g.
+    /// --set COURIER__AMQP__PREFETCH=512 (repeatable).
+    #[arg(long = "set", value_parser = parse_setting)]
+    set: Vec<(String, String)>,
+}
+
+fn parse_setting(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((k, v)) if k.starts_with("COURIER__") => Ok((k.to_owned(), v.to_owned())),
+        _ => Err("expected COURIER__SECTION__KEY=VALUE".into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: could not start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = run(cli) => result,
+            _ = tokio::signal::ctrl_c() => {
+                // Dropping the run kills courier and cleans up its prefix and
+                // database (BenchEnv and CourierProcess do it on drop).
+                bail!("interrupted")
+            }
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `target/<profile>`: where this binary lives, next to courier's.
+fn profile_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot tell where courier-bench runs from")?;
+    Ok(exe
+        .parent()
+        .context("courier-bench has no parent directory")?
+        .to_path_buf())
+}
+
+/// Runs the selected scenarios; false when one failed.
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let profile = profile_dir()?;
+    let courier = cli
+        .courier
+        .clone()
+        .unwrap_or_else(|| profile.join(format!("courier{}", std::env::consts::EXE_SUFFIX)));
+    if !courier.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build --release -p courier` (make bench does)",
+            courier.display()
+        );
+    }
+    let bench_dir = profile
+        .parent()
+        .map(|target| target.join("bench"))
+        .unwrap_or_else(|| PathBuf::from("target/bench"));
+    let out = cli
+        .out
+        .clone()
+        .unwrap_or_else(|| bench_dir.join("report.json"));
+    // courier's logs of this run only, one file per process.
+    let log_dir = bench_dir.join("logs");
+    if log_dir.exists() {
+        std::fs::remove_dir_all(&log_dir).ok();
+    }
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("could not create {}", log_dir.display()))?;
+
+    let services = Services {
+        amqp_url: cli.amqp_url.clone(),
+        pg_admin_url: cli.pg_admin_url.clone(),
+        courier: courier.clone(),
+        log_dir,
+        overrides: cli.set.clone(),
+    };
+    let sizes = Sizes {
+        events: cli.events.max(1),
+        fanout_events: cli.fanout_events.max(1),
+        rate: cli.rate.max(1.0),
+        duration: Duration::from_secs(cli.duration_secs.max(1)),
+        subscriptions: cli.subscriptions.max(1),
+        workspaces: cli.workspaces.max(1),
+        payload_bytes: cli.payload_bytes,
+        drain_timeout: Duration::from_secs(cli.drain_timeout_secs.max(1)),
+        ready_timeout: Duration::from_secs(cli.ready_timeout_secs.max(1)),
+    };
+    let selected: Vec<Scenario> = Scenario::ALL
+        .into_iter()
+        .filter(|s| match s {
+            Scenario::BareBound => !cli.no_bare,
+            s => cli.scenarios.is_empty() || cli.scenarios.contains(s),
+        })
+        .collect();
+    let dbs: &[Db] = match cli.db {
+        DbChoice::Sqlite => &[Db::Sqlite],
+        DbChoice::Postgres => &[Db::Postgres],
+        DbChoice::Both => &[Db::Sqlite, Db::Postgres],
+    };
+
+    let load_start = env::load_average();
+    let started_at = chrono::Utc::now();
+    let mut outcomes = Vec::new();
+    // Scenario by scenario, both databases back to back, so the two are
+    // measured under the most similar machine load.
+    for scenario in selected {
+        if scenario == Scenario::BareBound {
+            outcomes.push(bare::run(&services, &sizes).await);
+            continue;
+        }
+        for &db in dbs {
+            let outcome = match scenario {
+                Scenario::Throughput1 => scenarios::throughput_1(&services, &sizes, db).await,
+                Scenario::Fanout10 => scenarios::fanout_10(&services, &sizes, db).await,
+                Scenario::Latency => scenarios::latency(&services, &sizes, db).await,
+                Scenario::ManySubscriptions => {
+                    scenarios::many_subscriptions(&services, &sizes, db).await
+                }
+                Scenario::BadNeighbour => scenarios::bad_neighbour(&services, &sizes, db).await,
+                Scenario::ScaleOut => scenarios::scale_out(&services, &sizes, db).await,
+                Scenario::BareBound => unreachable!("handled above"),
+            };
+            if let Some(error) = &outcome.error {
+                eprintln!("   {} on {}: {error}", outcome.scenario, outcome.db);
+            }
+            outcomes.push(outcome);
+        }
+    }
+    compare(&mut outcomes);
+
+    let table = report::table(&outcomes);
+    println!();
+    print!("{table}");
+    let report = json!({
+        "started_at": started_at,
+        "finished_at": chrono::Utc::now(),
+        "machine": {
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "load_start": load_start,
+            "load_end": env::load_average(),
+        },
+        "courier": courier.display().to_string(),
+        "overrides": cli.set.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+        "sizes": {
+            "events": sizes.events,
+            "fanout_events": sizes.fanout_events,
+            "rate": sizes.rate,
+            "duration_s": sizes.duration.as_secs(),
+            "subscriptions": sizes.subscriptions,
+            "workspaces": sizes.workspaces,
+            "payload_bytes": sizes.payload_bytes,
+            "drain_timeout_s": sizes.drain_timeout.as_secs(),
+        },
+        "results": outcomes,
+    });
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(&out, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("could not write {}", out.display()))?;
+    println!("\nreport: {}", out.display());
+    Ok(outcomes.iter().all(|o| o.status != Status::Failed))
+}
+
+/// Percentages of the bare bound, and the comparisons the scenarios ask
+/// for: many-subscriptions and scale-out against throughput-1, bad-neighbour
+/// per healthy endpoint against fanout-10's (all healthy).
+fn compare(outcomes: &mut [Outcome]) {
+    let find = |outcomes: &[Outcome], scenario: &str, db: &str| {
+        outcomes
+            .iter()
+            .find(|o| o.scenario == scenario && o.db == db)
+            .map(|o| (o.events_per_s, o.deliveries_per_s))
+    };
+    let bare = find(outcomes, "bare-bound", "none");
+    let pct = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b * 100.0),
+        _ => None,
+    };
+    for i in 0..outcomes.len() {
+        let (scenario, db) = (outcomes[i].scenario.clone(), outcomes[i].db.clone());
+        if let Some((bare_events, bare_deliveries)) = bare
+            && scenario != "bare-bound"
+        {
+            let o = &mut outcomes[i];
+            o.events_pct_of_bare = pct(o.events_per_s, bare_events);
+            o.deliveries_pct_of_bare = pct(o.deliveries_per_s, bare_deliveries);
+        }
+        let baseline = match scenario.as_str() {
+            "many-subscriptions" | "scale-out" => {
+                find(outcomes, "throughput-1", &db).map(|(_, d)| ("throughput-1", d, 1.0, 1.0))
+            }
+            "bad-neighbour" => {
+                find(outcomes, "fanout-10", &db).map(|(_, d)| ("fanout-10", d, 8.0, 10.0))
+            }
+            _ => None,
+        };
+        let o = &mut outcomes[i];
+        match baseline {
+            Some((name, base, ours_per, base_per)) => {
+                let per_endpoint = pct(
+                    o.deliveries_per_s.map(|d| d / ours_per),
+                    base.map(|d| d / base_per),
+                );
+                if let Some(p) = per_endpoint {
+                    o.extra(&format!("pct_of_{}", name.replace('-', "_")), p);
+                    let what = if ours_per > 1.0 {
+                        "per healthy endpoint "
+                    } else {
+                        ""
+                    };
+                    o.note(format!("{what}{p:.0}% of {name}"));
+                }
+            }
+            None if matches!(
+                scenario.as_str(),
+                "many-subscriptions" | "scale-out" | "bad-neighbour"
+            ) =>
+            {
+                let name = if scenario == "bad-neighbour" {
+                    "fanout-10"
+                } else {
+                    "throughput-1"
+                };
+                o.note(format!("run {name} too for a comparison"));
+            }
+            None => {}
+        }
+    }
+}

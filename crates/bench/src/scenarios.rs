@@ -1,0 +1,569 @@
+//! The courier scenarios. Each one builds an environment of its own (prefix,
+//! database, subscriptions, receivers), starts `courier serve`, publishes,
+//! waits for the healthy receivers to have everything or for the deadline,
+//! reads courier's /proc figures, and tears it all down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use courier_model::{Channel, Event, EventType, WorkspaceId};
+use courier_producer::Publisher;
+use courier_store::{Store, Workspace};
+use futures_util::StreamExt;
+use futures_util::stream::{self, BoxStream};
+use serde_json::json;
+
+use crate::env::{BenchEnv, CourierProcess, Db, Services};
+use crate::receiver::{Behavior, Receivers, Recorder, Window};
+use crate::report::{Outcome, Status};
+
+/// Publishes in flight at once: confirms are pipelined, not awaited in turn.
+pub const PUBLISH_WINDOW: usize = 256;
+
+/// How big and how long; every loop of the bench is bounded by these.
+#[derive(Clone, Debug)]
+pub struct Sizes {
+    /// Events of throughput-1, scale-out, many-subscriptions and the bare bound.
+    pub events: u64,
+    /// Events of fanout-10 and bad-neighbour (each makes 10 deliveries).
+    pub fanout_events: u64,
+    /// latency: events per second, and for how long.
+    pub rate: f64,
+    pub duration: Duration,
+    /// many-subscriptions: how many, across how many workspaces.
+    pub subscriptions: u64,
+    pub workspaces: u64,
+    /// Size of one published event, JSON envelope included.
+    pub payload_bytes: usize,
+    /// How long after the last publish the receivers may take to get
+    /// everything before the scenario reports "timed out".
+    pub drain_timeout: Duration,
+    /// How long courier may take to start consuming.
+    pub ready_timeout: Duration,
+}
+
+/// Which workspace and channel event number `seq` is published with.
+pub type Route = Arc<dyn Fn(u64) -> (WorkspaceId, Option<Channel>) + Send + Sync>;
+
+/// Filler that brings an event to `payload_bytes` once encoded.
+pub fn padding(payload_bytes: usize) -> anyhow::Result<String> {
+    let probe = Event::new(
+        WorkspaceId::parse("bench-w00000")?,
+        EventType::OrderCreated,
+        None,
+        json!({"seq": 10_000_000u64, "t_us": 1_000_000_000u64, "pad": ""}),
+    )?;
+    let size = probe.to_vec()?.len();
+    Ok("x".repeat(payload_bytes.saturating_sub(size)))
+}
+
+/// What publishing achieved.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub accepted: u64,
+    pub failed: u64,
+    pub first_error: Option<String>,
+    pub start_us: u64,
+    pub end_us: u64,
+}
+
+/// Publishes `events` events (`data.seq` = 0..events, `data.t_us` = the
+/// publish time on the recorder's clock), as fast as the window allows or
+/// at `rate` per second, and gives up at `deadline`.
+pub async fn publish(
+    publisher: &Publisher,
+    recorder: &Recorder,
+    route: &Route,
+    events: u64,
+    rate: Option<f64>,
+    pad: &str,
+    deadline: Duration,
+) -> Published {
+    let seqs: BoxStream<'static, u64> = match rate {
+        None => stream::iter(0..events).boxed(),
+        Some(rate) => {
+            let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            // Catch up after a stall so the average rate holds.
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            stream::unfold((0u64, interval), move |(seq, mut interval)| async move {
+                if seq >= events {
+                    return None;
+                }
+                interval.tick().await;
+                Some((seq, (seq + 1, interval)))
+            })
+            .boxed()
+        }
+    };
+    let mut published = Published {
+        start_us: recorder.now_us(),
+        ..Published::default()
+    };
+    let results = seqs
+        .map(|seq| {
+            let (workspace, channel) = route(seq);
+            async move {
+                let data = json!({"seq": seq, "t_us": recorder.now_us(), "pad": pad});
+                let event = Event::new(workspace, EventType::OrderCreated, channel, data)?;
+                publisher.publish(&event).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(PUBLISH_WINDOW);
+    let counting = results.for_each(|result| {
+        match result {
+            Ok(()) => published.accepted += 1,
+            Err(error) => {
+                published.failed += 1;
+                published
+                    .first_error
+                    .get_or_insert_with(|| format!("{error:#}"));
+            }
+        }
+        async {}
+    });
+    let finished = tokio::time::timeout(deadline, counting).await.is_ok();
+    if !finished {
+        let unsent = events - published.accepted - published.failed;
+        published.failed += unsent;
+        published
+            .first_error
+            .get_or_insert_with(|| format!("publishing did not finish within {deadline:?}"));
+    }
+    published.end_us = recorder.now_us();
+    published
+}
+
+/// Waits until the healthy receivers have `expected` distinct deliveries,
+/// or `timeout` passes; true when everything arrived.
+pub async fn wait_drained(recorder: &Recorder, expected: u64, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if recorder.healthy_distinct() >= expected {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Fills the figures every scenario shares from what was published and
+/// what arrived.
+pub fn fill(outcome: &mut Outcome, published: &Published, window: &Window, drained: bool) {
+    outcome.events_published = published.accepted;
+    outcome.events_failed = published.failed;
+    outcome.deliveries_received = window.count;
+    let publish_s = published.end_us.saturating_sub(published.start_us) as f64 / 1e6;
+    outcome.events_per_s = (publish_s > 0.0).then(|| published.accepted as f64 / publish_s);
+    outcome.deliveries_per_s = window.rate();
+    if window.count > 0 {
+        outcome.drain_s = Some(window.last_us.saturating_sub(published.end_us) as f64 / 1e6);
+        outcome.total_s = Some(window.last_us.saturating_sub(published.start_us) as f64 / 1e6);
+    }
+    if let Some(error) = &published.first_error {
+        outcome.status = Status::Failed;
+        outcome.error = Some(format!("{} events not accepted: {error}", published.failed));
+    } else if !drained {
+        outcome.status = Status::TimedOut;
+    }
+}
+
+/// How the subscriptions of a scenario are laid out.
+enum Layout {
+    /// One workspace; every receiver subscribed once to order.created.
+    OneWorkspace,
+    /// `workspaces` workspaces of `per_workspace` subscriptions each, all to
+    /// the first receiver, each for one channel: an event matches one.
+    Many { workspaces: u64, per_workspace: u64 },
+}
+
+struct Shape {
+    name: &'static str,
+    workers: usize,
+    behaviors: Vec<Behavior>,
+    layout: Layout,
+    events: u64,
+    rate: Option<f64>,
+}
+
+pub async fn throughput_1(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
+    run(
+        services,
+        sizes,
+        db,
+        Shape {
+            name: "throughput-1",
+            workers: 1,
+            behaviors: vec![Behavior::Ok],
+            layout: Layout::OneWorkspace,
+            events: sizes.events,
+            rate: None,
+        },
+    )
+    .await
+}
+
+pub async fn scale_out(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
+    run(
+        services,
+        sizes,
+        db,
+        Shape {
+            name: "scale-out",
+            workers: 2,
+            behaviors: vec![Behavior::Ok],
+            layout: Layout::OneWorkspace,
+            events: sizes.events,
+            rate: None,
+        },
+    )
+    .await
+}
+
+pub async fn fanout_10(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
+    run(
+        services,
+        sizes,
+        db,
+        Shape {
+            name: "fanout-10",
+            workers: 1,
+            behaviors: vec![Behavior::Ok; 10],
+            layout: Layout::OneWorkspace,
+            events: sizes.fanout_events,
+            rate: None,
+        },
+    )
+    .await
+}
+
+pub async fn bad_neighbour(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
+    let mut behaviors = vec![Behavior::Ok; 10];
+    behaviors[0] = Behavior::Late(Duration::from_secs(5));
+    behaviors[1] = Behavior::Status(500);
+    run(
+        services,
+        sizes,
+        db,
+        Shape {
+            name: "bad-neighbour",
+            workers: 1,
+            behaviors,
+            layout: Layout::OneWorkspace,
+            events: sizes.fanout_events,
+            rate: None,
+        },
+    )
+    .await
+}
+
+pub async fn latency(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
+    run(
+        services,
+        sizes,
+        db,
+        Shape {
+            name: "latency",
+            workers: 1,
+            behaviors: vec![Behavior::Ok],
+            layout: Layout::OneWorkspace,
+            events: (sizes.rate * sizes.duration.as_secs_f64()).round() as u64,
+            rate: Some(sizes.rate),
+        },
+    )
+    .await
+}
+
+pub async fn many_subscriptions(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
+    let workspaces = sizes.workspaces.clamp(1, sizes.subscriptions.max(1));
+    run(
+        services,
+        sizes,
+        db,
+        Shape {
+            name: "many-subscriptions",
+            workers: 1,
+            behaviors: vec![Behavior::Ok],
+            layout: Layout::Many {
+                workspaces,
+                per_workspace: (sizes.subscriptions / workspaces).max(1),
+            },
+            events: sizes.events,
+            rate: None,
+        },
+    )
+    .await
+}
+
+async fn run(services: &Services, sizes: &Sizes, db: Db, shape: Shape) -> Outcome {
+    let mut outcome = Outcome::new(shape.name, db.name());
+    outcome.workers = shape.workers as u32;
+    eprintln!("-- {} on {}", shape.name, db.name());
+    let mut env = match BenchEnv::create(db, services).await {
+        Ok(env) => env,
+        Err(error) => return finish(outcome.failed(&error)),
+    };
+    let result = measure(&env, sizes, &shape, &mut outcome).await;
+    env.cleanup().await;
+    match result {
+        Ok(()) => finish(outcome),
+        Err(error) => finish(outcome.failed(&error)),
+    }
+}
+
+fn finish(mut outcome: Outcome) -> Outcome {
+    outcome.load_end = crate::env::load_average();
+    outcome
+}
+
+async fn measure(
+    env: &BenchEnv,
+    sizes: &Sizes,
+    shape: &Shape,
+    outcome: &mut Outcome,
+) -> anyhow::Result<()> {
+    let recorder = Recorder::new();
+    let receivers = Receivers::start(&recorder, &shape.behaviors).await?;
+    let healthy = shape
+        .behaviors
+        .iter()
+        .filter(|b| **b == Behavior::Ok)
+        .count() as u64;
+
+    let store = env.store().await?;
+    let setup = tokio::time::Instant::now();
+    let route = subscribe(&store, &shape.layout, receivers.urls()).await;
+    store.close().await;
+    let route = route?;
+    outcome.extra("setup_s", setup.elapsed().as_secs_f64());
+
+    let mut processes = Vec::with_capacity(shape.workers);
+    for n in 0..shape.workers {
+        processes.push(env.spawn_courier(n).await?);
+    }
+    let ready = env.wait_ready(&mut processes, sizes.ready_timeout).await?;
+    outcome.extra("courier_ready_s", ready.as_secs_f64());
+
+    let expected = shape.events * healthy;
+    outcome.deliveries_expected = expected;
+    let pad = padding(sizes.payload_bytes)?;
+    let before = sample_all(&processes)?;
+    let (publisher, connection) = env.publisher().await?;
+    let publish_deadline = match shape.rate {
+        Some(_) => sizes.duration + sizes.drain_timeout,
+        None => sizes.drain_timeout,
+    };
+    let published = publish(
+        &publisher,
+        &recorder,
+        &route,
+        shape.events,
+        shape.rate,
+        &pad,
+        publish_deadline,
+    )
+    .await;
+    connection.close(200, "".into()).await.ok();
+    let drained = wait_drained(&recorder, expected, sizes.drain_timeout).await;
+    let after = sample_all(&processes)?;
+    for process in processes {
+        process.stop().await;
+    }
+
+    let arrivals = recorder.arrivals();
+    let window = Window::of(&arrivals);
+    fill(outcome, &published, &window, drained);
+    outcome.peak_rss_mb = Some(after.1 as f64 / 1024.0);
+    let cpu = after.0 - before.0;
+    outcome.extra("courier_cpu_s", cpu);
+    if window.count > 0 {
+        outcome.cpu_s_per_1000 = Some(cpu / window.count as f64 * 1000.0);
+    }
+    if recorder.unreadable() > 0 {
+        outcome.note(format!(
+            "{} request bodies were not courier's shape",
+            recorder.unreadable()
+        ));
+    }
+    let duplicates = arrivals.iter().filter(|a| a.healthy && !a.first).count();
+    outcome.extra("duplicates", duplicates as u64);
+
+    match shape.name {
+        "latency" => latency_figures(outcome, &arrivals, shape, &published),
+        "bad-neighbour" => {
+            let late = arrivals.iter().filter(|a| a.receiver == 0).count();
+            let broken = arrivals.iter().filter(|a| a.receiver == 1).count();
+            outcome.extra("late_endpoint_requests", late as u64);
+            outcome.extra("failing_endpoint_requests", broken as u64);
+            outcome.note(format!(
+                "5s endpoint got {late}, 500 endpoint {broken} requests"
+            ));
+        }
+        "many-subscriptions" => {
+            outcome.note(format!(
+                "{} subs inserted in {:.1}s, courier ready in {:.1}s",
+                subscription_count(&shape.layout),
+                outcome.extra["setup_s"].as_f64().unwrap_or_default(),
+                ready.as_secs_f64()
+            ));
+            outcome.extra("subscriptions", subscription_count(&shape.layout));
+        }
+        _ => {}
+    }
+    drop(receivers);
+    Ok(())
+}
+
+fn subscription_count(layout: &Layout) -> u64 {
+    match layout {
+        Layout::OneWorkspace => 0,
+        Layout::Many {
+            workspaces,
+            per_workspace,
+        } => workspaces * per_workspace,
+    }
+}
+
+/// Publish-to-receipt percentiles over the first arrival of each event.
+fn latency_figures(
+    outcome: &mut Outcome,
+    arrivals: &[crate::receiver::Arrival],
+    shape: &Shape,
+    published: &Published,
+) {
+    let mut latencies: Vec<u64> = arrivals
+        .iter()
+        .filter(|a| a.first && a.healthy)
+        .map(|a| a.at_us.saturating_sub(a.sent_us))
+        .collect();
+    latencies.sort_unstable();
+    let pct = |p: f64| -> Option<f64> {
+        let last = latencies.len().checked_sub(1)?;
+        let i = ((p / 100.0) * last as f64).round() as usize;
+        Some(latencies[i.min(last)] as f64 / 1000.0)
+    };
+    let publish_s = published.end_us.saturating_sub(published.start_us) as f64 / 1e6;
+    let achieved = (publish_s > 0.0).then(|| published.accepted as f64 / publish_s);
+    for (key, p) in [
+        ("latency_p50_ms", 50.0),
+        ("latency_p95_ms", 95.0),
+        ("latency_p99_ms", 99.0),
+        ("latency_max_ms", 100.0),
+    ] {
+        if let Some(v) = pct(p) {
+            outcome.extra(key, v);
+        }
+    }
+    if let Some(rate) = shape.rate {
+        outcome.extra("target_rate", rate);
+    }
+    let show = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or("-".into());
+    outcome.note(format!(
+        "ms p50 {} p95 {} p99 {} max {} at {}/s",
+        show(pct(50.0)),
+        show(pct(95.0)),
+        show(pct(99.0)),
+        show(pct(100.0)),
+        show(achieved).trim_end_matches(".0"),
+    ));
+}
+
+/// (courier CPU seconds summed, largest peak RSS in KiB) over processes.
+fn sample_all(processes: &[CourierProcess]) -> anyhow::Result<(f64, u64)> {
+    let mut cpu = 0.0;
+    let mut rss = 0;
+    for process in processes {
+        let sample = process.sample()?;
+        cpu += sample.cpu_s;
+        rss = rss.max(sample.peak_rss_kib);
+    }
+    Ok((cpu, rss))
+}
+
+/// Creates the workspaces and webhooks through the same code the admin CLI
+/// uses, and returns how to address events to them.
+async fn subscribe(store: &Store, layout: &Layout, urls: &[String]) -> anyhow::Result<Route> {
+    match *layout {
+        Layout::OneWorkspace => {
+            let workspace = workspace(store, 0).await?;
+            for url in urls {
+                webhook(store, &workspace, url, vec![]).await?;
+            }
+            Ok(Arc::new(move |_| (workspace.clone(), None)))
+        }
+        Layout::Many {
+            workspaces,
+            per_workspace,
+        } => {
+            let mut ids = Vec::with_capacity(workspaces as usize);
+            for w in 0..workspaces {
+                ids.push(workspace(store, w).await?);
+            }
+            let channels: Vec<Channel> = (0..per_workspace)
+                .map(|c| Channel::parse(&format!("c{c}")))
+                .collect::<Result<_, _>>()?;
+            let url = urls.first().context("no receiver")?;
+            // SQLite takes one writer at a time; a few in flight keep
+            // PostgreSQL's round trips overlapped.
+            let pairs = ids
+                .iter()
+                .flat_map(|w| channels.iter().map(move |c| (w, c)));
+            let failures: Vec<anyhow::Error> = stream::iter(pairs)
+                .map(|(w, c)| webhook(store, w, url, vec![c.to_string()]))
+                .buffer_unordered(8)
+                .filter_map(|r| async move { r.err() })
+                .collect()
+                .await;
+            if let Some(error) = failures.into_iter().next() {
+                return Err(error);
+            }
+            Ok(Arc::new(move |seq| {
+                let w = (seq % workspaces) as usize;
+                let c = ((seq / workspaces) % per_workspace) as usize;
+                (ids[w].clone(), Some(channels[c].clone()))
+            }))
+        }
+    }
+}
+
+async fn workspace(store: &Store, n: u64) -> anyhow::Result<WorkspaceId> {
+    let id = WorkspaceId::parse(format!("bench-w{n:05}"))?;
+    store
+        .create_workspace(&Workspace {
+            id: id.clone(),
+            name: format!("bench workspace {n}"),
+            created_at: chrono::Utc::now(),
+        })
+        .await
+        .context("could not create a workspace")?;
+    Ok(id)
+}
+
+async fn webhook(
+    store: &Store,
+    workspace: &WorkspaceId,
+    url: &str,
+    channels: Vec<String>,
+) -> anyhow::Result<()> {
+    courier::webhooks::create(
+        store,
+        workspace,
+        courier::webhooks::NewWebhook {
+            name: "bench".into(),
+            url: url.into(),
+            events: vec!["order.created".into()],
+            channels,
+            secret: None,
+            active: true,
+        },
+        courier::webhooks::UrlPolicy {
+            require_https: false,
+        },
+    )
+    .await
+    .context("could not create a webhook")?;
+    Ok(())
+}
