@@ -1,0 +1,62 @@
+# courier: `make run` starts the server on the embedded SQLite ledger,
+# `make test` runs every test against the local RabbitMQ and PostgreSQL.
+
+CARGO ?= cargo
+COURIER := target/release/courier
+
+.PHONY: run demo test test-unit lint fmt build release sweep services tools check-deploy bench
+
+build:
+	$(CARGO) build --workspace --bins
+
+release:
+	$(CARGO) build --release -p courier -p courier-producer
+
+## Run courier (worker pipeline) on sqlite://courier.db against the local RabbitMQ.
+run: release
+	$(COURIER) migrate
+	$(COURIER) serve
+
+## Watch order and shipment events reach a local receiver, signed.
+demo: build
+	deploy/demo.sh
+
+## Benchmark courier against the bare limit of RabbitMQ + HTTP on this
+## machine: a table, and target/bench/report.json. SCENARIO=latency (or a
+## comma-separated list) picks scenarios; BENCH_ARGS passes more options
+## (see `cargo run --release -p courier-bench -- --help`).
+bench: release
+	$(CARGO) run --release -p courier-bench -- $(if $(SCENARIO),--scenario $(SCENARIO),) $(BENCH_ARGS)
+
+## Every test: deployment files, unit, store on both databases, producer
+## CLI, end-to-end.
+test: tools check-deploy build sweep
+	@if command -v cargo-nextest >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+## Removes queues and databases that earlier test runs left behind (a test
+## run cleans up after itself; this catches runs that were killed).
+sweep:
+	@tests/sweep.sh
+
+## Checks that RabbitMQ and PostgreSQL answer, starting them when they do not.
+services:
+	@tests/services.sh
+
+## Installs the tools the tests need beyond Rust (promtool), when missing.
+tools:
+	@tests/tools.sh
+
+## Prometheus config, alert rules and their unit tests, Grafana dashboard.
+check-deploy: tools
+	@deploy/check.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
