@@ -101,6 +101,10 @@ impl Ledger {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
+        debug_assert!(
+            ops.is_sorted_by_key(WriteOp::kind_rank),
+            "the ops of one write must be in kind order (see WriteOp)"
+        );
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Message::Write(Request { ops, reply }))

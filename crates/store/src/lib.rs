@@ -59,6 +59,11 @@ pub struct Workspace {
 }
 
 /// One hot-path write. A batch of these commits in one transaction.
+///
+/// A batch may be applied in kind order (fan-outs, attempts, cancels) rather
+/// than as listed, to make fewer statements of it; so the ops of one
+/// [`Ledger::write_many`] call must already be in that order (a fan-out
+/// before the attempts of its deliveries, never the other way round).
 #[derive(Clone, Debug)]
 pub enum WriteOp {
     /// Record an event and one pending delivery per matching subscription.
@@ -71,6 +76,44 @@ pub enum WriteOp {
     Attempt(AttemptWrite),
     /// Mark a delivery canceled (its subscription was deleted or disabled).
     Cancel { delivery_id: DeliveryId },
+}
+
+impl WriteOp {
+    /// Position of this kind of op in the order a batch is applied in.
+    pub fn kind_rank(&self) -> u8 {
+        match self {
+            WriteOp::FanOut { .. } => 0,
+            WriteOp::Attempt(_) => 1,
+            WriteOp::Cancel { .. } => 2,
+        }
+    }
+}
+
+/// The order a batch is applied in: indices of `ops`, by kind, stable within
+/// a kind.
+pub(crate) fn kind_order(ops: &[WriteOp]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..ops.len()).collect();
+    order.sort_by_key(|&i| ops[i].kind_rank());
+    order
+}
+
+/// Puts the results of ops applied in `order` back in the callers' order.
+pub(crate) fn in_callers_order(
+    order: &[usize],
+    applied: Vec<WriteResult>,
+) -> Result<Vec<WriteResult>> {
+    if applied.len() != order.len() {
+        return Err(StoreError::Corrupt(format!(
+            "ledger batch of {} ops returned {} results",
+            order.len(),
+            applied.len()
+        )));
+    }
+    let mut results: Vec<Option<WriteResult>> = vec![None; order.len()];
+    for (&i, result) in order.iter().zip(applied) {
+        results[i] = Some(result);
+    }
+    Ok(results.into_iter().flatten().collect())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use crate::rows::{
 use crate::{
     ApiKeyRecord, AttemptRecord, AttemptWrite, DeliveryContext, DeliveryCursor, DeliveryFilter,
     DeliveryLogEntry, DeliveryRecord, Result, StoreError, StoreOptions, Workspace, WriteOp,
-    WriteResult,
+    WriteResult, in_callers_order, kind_order,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -428,14 +428,21 @@ impl PgStore {
     }
 }
 
-/// Splits `ops` into runs that can each be applied as one set-based
-/// statement without changing what applying them one by one would do:
-/// fan-outs only ever insert-if-absent, so any number commute; attempts
-/// commute as long as no two touch the same delivery; cancels commute.
+/// Applies a batch as a few set-based statements. The batch is first put in
+/// kind order (fan-outs, then attempts, then cancels; stable within a kind),
+/// which is one of the orders its callers' concurrent requests could have
+/// arrived in, given each request lists its own ops in that order (see
+/// [`WriteOp`]). It is then split into runs that can each be one statement
+/// without changing what applying the ops one by one would do: fan-outs only
+/// ever insert-if-absent, so any number commute; attempts commute as long as
+/// no two touch the same delivery; cancels commute.
 async fn apply_in(conn: &mut PgConnection, ops: &[WriteOp]) -> Result<Vec<WriteResult>> {
     let now = Utc::now();
-    let mut results = Vec::with_capacity(ops.len());
-    let mut rest = ops;
+    let order = kind_order(ops);
+    let sorted: Vec<&WriteOp> = order.iter().map(|&i| &ops[i]).collect();
+
+    let mut sorted_results = Vec::with_capacity(ops.len());
+    let mut rest = sorted.as_slice();
     while let Some(first) = rest.first() {
         let len = match first {
             WriteOp::FanOut { .. } => rest
@@ -457,21 +464,22 @@ async fn apply_in(conn: &mut PgConnection, ops: &[WriteOp]) -> Result<Vec<WriteR
         };
         let (run, tail) = rest.split_at(len);
         match first {
-            WriteOp::FanOut { .. } => results.extend(fan_out_run(conn, run, now).await?),
-            WriteOp::Attempt(_) => results.extend(attempt_run(conn, run, now).await?),
+            WriteOp::FanOut { .. } => sorted_results.extend(fan_out_run(conn, run, now).await?),
+            WriteOp::Attempt(_) => sorted_results.extend(attempt_run(conn, run, now).await?),
             WriteOp::Cancel { .. } => {
                 cancel_run(conn, run, now).await?;
-                results.extend(run.iter().map(|_| WriteResult::Canceled));
+                sorted_results.extend(run.iter().map(|_| WriteResult::Canceled));
             }
         }
         rest = tail;
     }
-    Ok(results)
+
+    in_callers_order(&order, sorted_results)
 }
 
 async fn fan_out_run(
     conn: &mut PgConnection,
-    run: &[WriteOp],
+    run: &[&WriteOp],
     now: DateTime<Utc>,
 ) -> Result<Vec<WriteResult>> {
     let fan_outs: Vec<(&Event, &[(DeliveryId, SubscriptionId)])> = run
@@ -589,7 +597,7 @@ async fn fan_out_run(
 /// and updates exactly the deliveries whose attempt was new.
 async fn attempt_run(
     conn: &mut PgConnection,
-    run: &[WriteOp],
+    run: &[&WriteOp],
     now: DateTime<Utc>,
 ) -> Result<Vec<WriteResult>> {
     let attempts: Vec<&AttemptWrite> = run
@@ -686,7 +694,7 @@ async fn attempt_run(
         .collect())
 }
 
-async fn cancel_run(conn: &mut PgConnection, run: &[WriteOp], now: DateTime<Utc>) -> Result<()> {
+async fn cancel_run(conn: &mut PgConnection, run: &[&WriteOp], now: DateTime<Utc>) -> Result<()> {
     let ids: Vec<Uuid> = run
         .iter()
         .filter_map(|op| match op {

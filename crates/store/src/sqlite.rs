@@ -36,7 +36,7 @@ use crate::rows::{
 use crate::{
     ApiKeyRecord, AttemptRecord, AttemptWrite, DeliveryContext, DeliveryCursor, DeliveryFilter,
     DeliveryLogEntry, DeliveryRecord, Result, StoreError, StoreOptions, Workspace, WriteOp,
-    WriteResult,
+    WriteResult, in_callers_order, kind_order,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -524,13 +524,15 @@ impl SqliteStore {
     }
 }
 
-/// Applies `ops` in order inside the caller's write transaction. SQLite runs
-/// in-process, so a statement per op costs microseconds; what batching saves
-/// here is the commit (an fsync of the WAL), which happens once per batch.
+/// Applies `ops` inside the caller's write transaction, in kind order like
+/// the PostgreSQL ledger (see [`WriteOp`]). SQLite runs in-process, so a
+/// statement per op costs microseconds; what batching saves here is the
+/// commit (an fsync of the WAL), which happens once per batch.
 async fn apply_in(conn: &mut SqliteConnection, ops: &[WriteOp]) -> Result<Vec<WriteResult>> {
     let now = ts(&Utc::now());
+    let order = kind_order(ops);
     let mut results = Vec::with_capacity(ops.len());
-    for op in ops {
+    for op in order.iter().map(|&i| &ops[i]) {
         let result = match op {
             WriteOp::FanOut { event, deliveries } => fan_out(conn, event, deliveries, &now).await?,
             WriteOp::Attempt(attempt) => WriteResult::Attempt {
@@ -550,7 +552,7 @@ async fn apply_in(conn: &mut SqliteConnection, ops: &[WriteOp]) -> Result<Vec<Wr
         };
         results.push(result);
     }
-    Ok(results)
+    in_callers_order(&order, results)
 }
 
 async fn fan_out(

@@ -196,7 +196,7 @@ on_both_backends!(
     fan_out_is_idempotent,
     attempts_are_recorded_once,
     attempts_update_the_delivery,
-    mixed_ops_apply_in_order,
+    mixed_ops_apply_in_kind_order,
     cancel_leaves_final_deliveries_alone,
     delivery_context_with_and_without_subscription,
     ledger_commits_concurrent_writes,
@@ -733,7 +733,7 @@ async fn attempts_update_the_delivery(db: TestDb) {
     );
 }
 
-async fn mixed_ops_apply_in_order(db: TestDb) {
+async fn mixed_ops_apply_in_kind_order(db: TestDb) {
     let store = &db.store;
     let ws = workspace(store).await;
     let event = event(&ws);
@@ -743,14 +743,17 @@ async fn mixed_ops_apply_in_order(db: TestDb) {
     );
     let (a, b) = (deliveries[0].0, deliveries[1].0);
 
-    // One transaction: create, attempt twice, cancel the other, fan out again.
+    // One transaction: create, attempt twice, cancel the other, fan out
+    // again. A batch applies in kind order (its ops stand for concurrent
+    // callers), so the repeated fan-out runs before the attempts and finds
+    // both deliveries still pending; results come back in the given order.
     let results = store
         .apply(&[
             op.clone(),
             WriteOp::Attempt(failed_attempt(a, 1)),
             WriteOp::Attempt(failed_attempt(a, 2)),
             WriteOp::Cancel { delivery_id: b },
-            op,
+            op.clone(),
         ])
         .await
         .unwrap();
@@ -763,8 +766,15 @@ async fn mixed_ops_apply_in_order(db: TestDb) {
             WriteResult::Attempt { recorded: true },
             WriteResult::Attempt { recorded: true },
             WriteResult::Canceled,
-            WriteResult::FanOut { to_publish: vec![] },
+            WriteResult::FanOut {
+                to_publish: deliveries.clone()
+            },
         ]
+    );
+    // Now nothing of the event is pending any more.
+    assert_eq!(
+        store.apply(&[op]).await.unwrap(),
+        vec![WriteResult::FanOut { to_publish: vec![] }]
     );
     let record = store.get_delivery(a).await.unwrap().unwrap();
     assert_eq!(
