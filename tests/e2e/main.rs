@@ -4,6 +4,7 @@
 mod crash;
 mod delivery;
 mod deploy;
+mod fast_path;
 mod operations;
 mod poison;
 mod recovery;

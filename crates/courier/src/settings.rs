@@ -30,6 +30,7 @@ listen = "127.0.0.1:8080"
 timeout_ms = 10000
 max_in_flight = 256
 per_endpoint_in_flight = 32
+inline_first_attempt = true
 require_https = true
 allow_private_networks = false
 retry_client_errors = true
@@ -109,6 +110,7 @@ pub struct DeliverySettings {
     pub timeout_ms: u64,
     pub max_in_flight: usize,
     pub per_endpoint_in_flight: usize,
+    pub inline_first_attempt: bool,
     pub require_https: bool,
     pub allow_private_networks: bool,
     pub retry_client_errors: bool,
@@ -232,6 +234,7 @@ impl Settings {
             prefetch: self.amqp.prefetch,
             max_in_flight: d.max_in_flight,
             per_endpoint_in_flight: d.per_endpoint_in_flight,
+            inline_first_attempt: d.inline_first_attempt,
             http: courier_worker::HttpOptions {
                 timeout: Duration::from_millis(d.timeout_ms),
                 allow_private_networks: d.allow_private_networks,

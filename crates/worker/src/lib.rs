@@ -59,6 +59,10 @@ pub struct WorkerConfig {
     pub max_in_flight: usize,
     /// Deliveries being attempted at once against one endpoint.
     pub per_endpoint_in_flight: usize,
+    /// Make first attempts from the fan-out stage when the endpoint is
+    /// quick and has a free slot, instead of always through the deliveries
+    /// queue.
+    pub inline_first_attempt: bool,
     pub http: HttpOptions,
     pub retry: RetryPolicy,
     /// Retry 3xx/4xx other than 408/429 (receivers misconfigure often).
@@ -112,6 +116,7 @@ impl Worker {
         let stopping = CancellationToken::new();
         let pipeline = Arc::new(Pipeline {
             endpoints: limits::EndpointLimits::new(config.per_endpoint_in_flight),
+            http_slots: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
             subscriptions: subscriptions::SubscriptionCache::default(),
             config: config.clone(),
             topology,
@@ -144,7 +149,6 @@ impl Worker {
     /// back to the broker when the connection closes.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let topology = self.config.topology();
-        let http_slots = Arc::new(Semaphore::new(self.config.max_in_flight.max(1)));
         // Stop the other stage and the refresher if one stage fails.
         let stop = shutdown.child_token();
         // Waits for the database end with the worker, not before: in-flight
@@ -176,7 +180,7 @@ impl Worker {
                 health: &self.health.delivery,
                 queue: topology.deliveries_queue(),
                 prefetch: self.config.prefetch,
-                slots: http_slots,
+                slots: Arc::clone(&self.pipeline.http_slots),
                 grace: self.config.shutdown_grace,
             },
             stop.clone(),

@@ -1,42 +1,178 @@
-//! Per-endpoint concurrency caps, so one slow receiver cannot hold every
-//! delivery slot of a worker.
+//! Per-endpoint concurrency caps and a running estimate of each endpoint's
+//! response time, so one slow receiver can hold neither every delivery slot
+//! of a worker nor the events whose other deliveries are ready to go.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use courier_model::SubscriptionId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// What courier expects of a healthy endpoint: answers within this long on
+/// average, so that a delivery waiting for one of its slots waits at most
+/// this long. A slower endpoint gets no first attempts from the fan-out stage
+/// (they would hold up the event's other deliveries) and its deliveries do
+/// not queue for its slots inside a worker (they would hold the worker's
+/// slots): they are put off instead.
+pub const QUICK: Duration = Duration::from_millis(250);
+
 #[derive(Debug)]
 pub struct EndpointLimits {
     per_endpoint: usize,
-    semaphores: Mutex<HashMap<SubscriptionId, Arc<Semaphore>>>,
+    endpoints: Mutex<HashMap<SubscriptionId, Arc<Endpoint>>>,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    slots: Arc<Semaphore>,
+    /// Exponentially weighted mean of recent attempt durations, in µs.
+    mean_micros: AtomicU64,
+}
+
+impl Endpoint {
+    fn is_slow(&self) -> bool {
+        self.mean_micros.load(Ordering::Relaxed) > QUICK.as_micros() as u64
+    }
+}
+
+/// The right to make one attempt at an endpoint. Report how long the attempt
+/// took with [`Slot::observe`]; dropping the slot frees it.
+#[derive(Debug)]
+pub struct Slot {
+    endpoint: Arc<Endpoint>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    pub fn observe(&self, took: Duration) {
+        let sample = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        // mean += (sample - mean) / 4; a lost race only drops one sample.
+        let _ =
+            self.endpoint
+                .mean_micros
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |mean| {
+                    Some(mean - mean / 4 + sample / 4)
+                });
+    }
 }
 
 impl EndpointLimits {
     pub fn new(per_endpoint: usize) -> Self {
         Self {
             per_endpoint: per_endpoint.max(1),
-            semaphores: Mutex::new(HashMap::new()),
+            endpoints: Mutex::new(HashMap::new()),
         }
     }
 
-    pub async fn acquire(&self, endpoint: SubscriptionId) -> OwnedSemaphorePermit {
-        let semaphore = {
-            let mut map = self.semaphores.lock().unwrap_or_else(|e| e.into_inner());
-            // Forget idle endpoints now and then so the map tracks only the
-            // endpoints in use, not every endpoint ever seen.
-            if map.len() > 4096 {
-                map.retain(|_, s| Arc::strong_count(s) > 1);
-            }
-            Arc::clone(
-                map.entry(endpoint)
-                    .or_insert_with(|| Arc::new(Semaphore::new(self.per_endpoint))),
-            )
-        };
-        semaphore
-            .acquire_owned()
+    fn endpoint(&self, id: SubscriptionId) -> Arc<Endpoint> {
+        let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget idle endpoints now and then so the map tracks only the
+        // endpoints in use, not every endpoint ever seen (a slot or a waiter
+        // holds its endpoint).
+        if map.len() > 4096 {
+            map.retain(|_, e| Arc::strong_count(e) > 1);
+        }
+        Arc::clone(map.entry(id).or_insert_with(|| {
+            Arc::new(Endpoint {
+                slots: Arc::new(Semaphore::new(self.per_endpoint)),
+                mean_micros: AtomicU64::new(0),
+            })
+        }))
+    }
+
+    /// A slot for an endpoint that has been answering quickly, waiting at
+    /// most [`QUICK`] for one: the fan-out stage's test for attempting
+    /// right away. `None` for a slow or saturated endpoint.
+    pub async fn acquire_quick(&self, id: SubscriptionId) -> Option<Slot> {
+        let endpoint = self.endpoint(id);
+        if endpoint.is_slow() {
+            return None;
+        }
+        Self::wait(endpoint).await
+    }
+
+    /// A slot, waiting at most [`QUICK`] for one, and not at all for a slow
+    /// endpoint whose slots are all taken. `None` means the endpoint is
+    /// busy: the caller puts the delivery off rather than hold a worker
+    /// slot in a queue behind it.
+    pub async fn acquire(&self, id: SubscriptionId) -> Option<Slot> {
+        let endpoint = self.endpoint(id);
+        if let Ok(permit) = Arc::clone(&endpoint.slots).try_acquire_owned() {
+            return Some(Slot {
+                endpoint,
+                _permit: permit,
+            });
+        }
+        if endpoint.is_slow() {
+            return None;
+        }
+        Self::wait(endpoint).await
+    }
+
+    async fn wait(endpoint: Arc<Endpoint>) -> Option<Slot> {
+        let permit = tokio::time::timeout(QUICK, Arc::clone(&endpoint.slots).acquire_owned())
             .await
-            .expect("endpoint semaphores are never closed")
+            .ok()?
+            .expect("endpoint semaphores are never closed");
+        Some(Slot {
+            endpoint,
+            _permit: permit,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_endpoints_lose_the_quick_path_and_full_ones_are_busy() {
+        let limits = EndpointLimits::new(2);
+        let id = SubscriptionId::generate();
+
+        let a = limits
+            .acquire_quick(id)
+            .await
+            .expect("a fresh endpoint is quick");
+        let b = limits.acquire(id).await.expect("a second slot");
+        // Full: a waiter gets the slot that frees within QUICK ...
+        let freed = tokio::spawn(async move {
+            tokio::time::sleep(QUICK / 2).await;
+            drop(a);
+        });
+        let c = limits.acquire(id).await.expect("a slot freed in time");
+        freed.await.unwrap();
+        // ... and gives up after QUICK when none does.
+        let started = tokio::time::Instant::now();
+        assert!(limits.acquire_quick(id).await.is_none());
+        assert_eq!(started.elapsed(), QUICK);
+        drop((b, c));
+
+        // Slow answers take the endpoint off the quick path, and a slow
+        // endpoint whose slots are taken is busy at once.
+        let slot = limits.acquire(id).await.unwrap();
+        slot.observe(Duration::from_secs(5));
+        assert!(
+            limits.acquire_quick(id).await.is_none(),
+            "5 s answers are not quick"
+        );
+        let other = limits.acquire(id).await.expect("a free slot is still used");
+        let started = tokio::time::Instant::now();
+        assert!(limits.acquire(id).await.is_none());
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "no wait for a slow endpoint"
+        );
+        drop((slot, other));
+
+        // Quick answers bring it back.
+        for _ in 0..20 {
+            let slot = limits.acquire(id).await.unwrap();
+            slot.observe(Duration::from_millis(2));
+        }
+        assert!(limits.acquire_quick(id).await.is_some(), "quick again");
     }
 }

@@ -3,8 +3,8 @@
 //! never a URL, an id or anything else that grows without limit.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Seconds, from a fast local receiver (~1 ms) to the default timeout (10 s).
@@ -38,6 +38,8 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     /// Messages set aside in the poison queue, by stage.
     pub poison: IntCounterVec,
+    /// Attempts put off because their endpoint was busy (no attempt made).
+    pub deferred: IntCounter,
     /// Attempts under way right now.
     pub in_flight: IntGauge,
     /// Ready messages per courier queue, as the broker reports them.
@@ -97,6 +99,14 @@ impl Metrics {
             &["outcome"],
         );
 
+        let deferred = IntCounter::new(
+            "courier_deliveries_deferred_total",
+            "Attempts put off to a retry tier because their endpoint's slots were all busy.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(deferred.clone()))
+            .expect("unique metric");
         let subscription_reloads = counter(
             "courier_subscription_reloads_total",
             "Reloads of the matching index, by what triggered them (start, notice, periodic).",
@@ -194,6 +204,7 @@ impl Metrics {
             delivery_latency,
             dead_lettered,
             poison,
+            deferred,
             in_flight,
             queue_messages,
             queue_consumers,
@@ -235,6 +246,7 @@ mod tests {
         for name in [
             "courier_attempts_total",
             "courier_deliveries_in_flight",
+            "courier_deliveries_deferred_total",
             "courier_delivery_latency_seconds",
             "courier_ledger_batch_size",
             "courier_publish_confirm_seconds",

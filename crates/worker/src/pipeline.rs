@@ -1,30 +1,34 @@
 //! The two stages' handlers. Each takes one broker message and returns what
 //! to tell the broker; every branch that acks says why that is safe.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use courier_model::{
-    AttemptResult, Decision, DeliveryId, DeliveryMessage, DeliveryStatus, Event,
-    SubscriptionStatus, classify, sign_headers,
+    AttemptResult, Decision, DeliveryId, DeliveryMessage, DeliveryStatus, Event, Subscription,
+    SubscriptionId, SubscriptionStatus, classify, sign_headers,
 };
 use courier_producer::topology::DELIVERY_ROUTING_KEY;
 use courier_producer::{ConfirmedChannel, PublishError, Topology};
 use courier_store::{
     AttemptWrite, DeliveryContext, Ledger, Store, StoreError, WriteOp, WriteResult,
 };
-use futures_util::future::try_join_all;
+use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, try_join_all};
+use futures_util::stream::FuturesUnordered;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use rand::RngExt;
 use reqwest::header::{HeaderMap, HeaderValue};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::consumer::Handled;
-use crate::limits::EndpointLimits;
+use crate::limits::{EndpointLimits, QUICK, Slot};
 use crate::metrics::Metrics;
 use crate::subscriptions::SubscriptionCache;
 use crate::{WebhookClient, WorkerConfig, error_chain};
@@ -48,6 +52,8 @@ pub struct Pipeline {
     pub(crate) client: WebhookClient,
     pub(crate) subscriptions: SubscriptionCache,
     pub(crate) endpoints: EndpointLimits,
+    /// Bounds the attempts in flight across both stages.
+    pub(crate) http_slots: Arc<Semaphore>,
     pub(crate) metrics: Arc<Metrics>,
     /// Cancelled on shutdown: ends the waits for a database to come back.
     pub(crate) stopping: CancellationToken,
@@ -149,9 +155,9 @@ impl Pipeline {
         let span =
             tracing::info_span!("fan_out", event_id = %event.id, event_type = %event.event_type);
         async {
-            match self.try_fan_out(&event).await {
-                Ok(published) => {
-                    tracing::debug!(deliveries = published, "event fanned out");
+            match self.try_fan_out(&event, message.redelivered).await {
+                Ok(deliveries) => {
+                    tracing::debug!(deliveries, "event fanned out");
                     Handled::Ack
                 }
                 Err(error) => self.requeue_after(&error).await,
@@ -161,48 +167,226 @@ impl Pipeline {
         .await
     }
 
-    async fn try_fan_out(&self, event: &Arc<Event>) -> Result<usize, StepError> {
+    /// Records the event and its deliveries, makes the first attempts that
+    /// can be made at once right here, and hands the rest to the deliveries
+    /// queue. Everything the event caused (deliveries, attempts, their
+    /// follow-up messages) is durable before it returns, and so before the
+    /// event is acked.
+    async fn try_fan_out(&self, event: &Arc<Event>, redelivered: bool) -> Result<usize, StepError> {
         let matches = self.subscriptions.matching(event);
         if matches.is_empty() {
             // Nothing to deliver, nothing to record: acking loses nothing.
             return Ok(0);
         }
-        let deliveries = matches
+        let deliveries: Vec<(DeliveryId, SubscriptionId)> = matches
             .iter()
             .map(|s| (DeliveryId::derive(&event.id, s.id), s.id))
             .collect();
-        let op = WriteOp::FanOut {
+
+        // First attempts go out now to endpoints that answer quickly and
+        // have a slot. A redelivered event may have been half done by a
+        // worker that died: it takes the queue, and `recover`.
+        let inline = self.config.inline_first_attempt && !redelivered;
+        let mut settled = Vec::with_capacity(matches.len());
+        let mut running = FuturesUnordered::new();
+        for (subscription, &(delivery_id, _)) in matches.iter().zip(&deliveries) {
+            let msg = DeliveryMessage::new(delivery_id, event.id.clone(), subscription.id, 1);
+            if inline {
+                running.push(self.first_attempt(event, subscription, msg));
+            } else {
+                settled.push(First::Queue(msg));
+            }
+        }
+        // An endpoint that turns out slow must not keep the others' attempts
+        // out of the ledger: what is done within QUICK is recorded now, the
+        // rest as it finishes (the event stays unacked until then).
+        if !running.is_empty() {
+            let patience = tokio::time::sleep(QUICK);
+            tokio::pin!(patience);
+            loop {
+                tokio::select! {
+                    next = running.next() => match next {
+                        Some(first) => settled.push(first),
+                        None => break,
+                    },
+                    () = &mut patience => break,
+                }
+            }
+        }
+        let (recorded, late) = tokio::join!(
+            self.record_fan_out(event, deliveries, settled, redelivered),
+            running.collect::<Vec<_>>(),
+        );
+        let to_publish = recorded?;
+        if !late.is_empty() {
+            self.record_firsts(event, late, &to_publish).await?;
+        }
+        Ok(matches.len())
+    }
+
+    /// The first attempt of a delivery, made right away if its endpoint has
+    /// been answering quickly and a slot frees within [`QUICK`]; otherwise
+    /// the delivery is left to the deliveries queue.
+    async fn first_attempt(
+        &self,
+        event: &Event,
+        subscription: &Subscription,
+        msg: DeliveryMessage,
+    ) -> First {
+        let span = delivery_span(&msg);
+        async {
+            let worker_slot = Arc::clone(&self.http_slots).acquire_owned();
+            let Ok(Ok(worker_slot)) = tokio::time::timeout(QUICK, worker_slot).await else {
+                return First::Queue(msg);
+            };
+            let Some(slot) = self.endpoints.acquire_quick(subscription.id).await else {
+                return First::Queue(msg);
+            };
+            let attempted = self.attempt(event, subscription, &msg, slot).await;
+            drop(worker_slot);
+            First::Attempted(msg, attempted, tracing::Span::current())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Commits the event, its deliveries and the first attempts settled so
+    /// far in one transaction, then publishes what must follow. Returns the
+    /// deliveries the ledger had no attempt of before (all of them for a
+    /// new event).
+    async fn record_fan_out(
+        &self,
+        event: &Arc<Event>,
+        deliveries: Vec<(DeliveryId, SubscriptionId)>,
+        settled: Vec<First>,
+        redelivered: bool,
+    ) -> Result<Vec<(DeliveryId, SubscriptionId)>, StepError> {
+        let (attempted, queue) = First::split(settled);
+        let mut ops = Vec::with_capacity(1 + attempted.len());
+        ops.push(WriteOp::FanOut {
             event: Arc::clone(event),
             deliveries,
-        };
-        let written = self
-            .durably("recording the fan-out", || self.ledger.write(op.clone()))
-            .await?;
-        let WriteResult::FanOut { to_publish } = written else {
-            unreachable!("a fan-out write yields a fan-out result")
-        };
-        // The event and its deliveries are committed; now make sure a message
-        // for each pending delivery is confirmed before the event is acked.
-        // After a crash here the event comes back and the still-pending
-        // deliveries are published again (receivers dedupe on webhook-id).
-        let exchange = self.topology.deliveries_exchange();
-        let bodies: Vec<Vec<u8>> = to_publish
-            .iter()
-            .map(|&(delivery_id, subscription_id)| {
-                DeliveryMessage::new(delivery_id, event.id.clone(), subscription_id, 1).to_vec()
-            })
-            .collect();
-        try_join_all(
-            bodies
+        });
+        ops.extend(
+            attempted
                 .iter()
-                .map(|body| self.publish(&exchange, DELIVERY_ROUTING_KEY, body, json_properties())),
-        )
-        .await?;
+                .map(|(_, a, _)| WriteOp::Attempt(a.write.clone())),
+        );
+        let results = self
+            .durably("recording the fan-out", || {
+                self.ledger.write_many(ops.clone())
+            })
+            .await?;
+        let mut results = results.into_iter();
+        let Some(WriteResult::FanOut { to_publish }) = results.next() else {
+            unreachable!("a fan-out write yields a fan-out result first")
+        };
         self.metrics
             .deliveries_created
             .with_label_values(&[event.event_type.as_str()])
-            .inc_by(bodies.len() as u64);
-        Ok(bodies.len())
+            .inc_by(to_publish.len() as u64);
+
+        // Committed. Now every message that must follow is confirmed before
+        // the event is acked. After a crash in between, the event comes back
+        // redelivered and `recover` finds what is missing.
+        let (first, resend) = if redelivered {
+            self.recover(event).await?
+        } else {
+            (still_waiting(queue, &to_publish), Vec::new())
+        };
+        self.send_follow_ups(event, &attempted, results, resend, first)
+            .await?;
+        Ok(to_publish)
+    }
+
+    /// Records first attempts that finished after their fan-out was
+    /// committed, and publishes what follows them and first messages for
+    /// the deliveries that found no slot in time.
+    async fn record_firsts(
+        &self,
+        event: &Event,
+        late: Vec<First>,
+        to_publish: &[(DeliveryId, SubscriptionId)],
+    ) -> Result<(), StepError> {
+        let (attempted, queue) = First::split(late);
+        let ops: Vec<WriteOp> = attempted
+            .iter()
+            .map(|(_, a, _)| WriteOp::Attempt(a.write.clone()))
+            .collect();
+        let results = self
+            .durably("recording attempts", || self.ledger.write_many(ops.clone()))
+            .await?;
+        let first = still_waiting(queue, to_publish);
+        self.send_follow_ups(event, &attempted, results.into_iter(), Vec::new(), first)
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes, all at once, the follow-ups of the attempts the ledger
+    /// took (`results` answers `attempted` in order), follow-ups to send
+    /// again, and first messages for deliveries not attempted here.
+    async fn send_follow_ups(
+        &self,
+        event: &Event,
+        attempted: &[AttemptedHere],
+        results: impl Iterator<Item = WriteResult>,
+        resend: Vec<(DeliveryMessage, DeliveryStatus)>,
+        first: Vec<DeliveryMessage>,
+    ) -> Result<(), PublishError> {
+        let bodies: Vec<Vec<u8>> = first.iter().map(DeliveryMessage::to_vec).collect();
+        let exchange = self.topology.deliveries_exchange();
+        let mut sends: Vec<BoxFuture<'_, Result<(), PublishError>>> = Vec::new();
+        for ((msg, attempted, span), result) in attempted.iter().zip(results) {
+            if result == (WriteResult::Attempt { recorded: true }) {
+                sends.push(Box::pin(
+                    self.follow_up(msg, attempted, event)
+                        .instrument(span.clone()),
+                ));
+            } else {
+                span.in_scope(|| {
+                    tracing::info!("duplicate attempt; the other worker's record stands")
+                });
+            }
+        }
+        for (msg, status) in resend {
+            sends.push(Box::pin(self.resend_follow_up(msg, status)));
+        }
+        for body in &bodies {
+            sends.push(Box::pin(self.publish(
+                &exchange,
+                DELIVERY_ROUTING_KEY,
+                body,
+                json_properties(),
+            )));
+        }
+        try_join_all(sends).await?;
+        Ok(())
+    }
+
+    /// For a redelivered event: the worker that had it may have died after
+    /// committing and before publishing. Finds what of the event is still
+    /// owed a message: deliveries never attempted (they get their first
+    /// message) and first attempts whose follow-up may be missing (it is
+    /// sent again; a follow-up sent twice is fenced by its attempt number).
+    async fn recover(
+        &self,
+        event: &Event,
+    ) -> Result<(Vec<DeliveryMessage>, Vec<(DeliveryMessage, DeliveryStatus)>), StoreError> {
+        let records = self
+            .durably("reading the event's deliveries", || {
+                self.store.deliveries_of_event(&event.id)
+            })
+            .await?;
+        let (mut first, mut resend) = (Vec::new(), Vec::new());
+        for record in records {
+            let msg = DeliveryMessage::new(record.id, event.id.clone(), record.subscription_id, 1);
+            match (record.status, record.attempts) {
+                (DeliveryStatus::Pending, 0) => first.push(msg),
+                (status, 1) => resend.push((msg, status)),
+                _ => {}
+            }
+        }
+        Ok((first, resend))
     }
 
     // --- stage 2: delivery ------------------------------------------------------
@@ -221,24 +405,22 @@ impl Pipeline {
                     .await;
             }
         };
-        let span = tracing::info_span!(
-            "deliver",
-            event_id = %msg.event_id,
-            delivery_id = %msg.delivery_id,
-            webhook_id = %msg.subscription_id,
-            attempt = msg.attempt,
-        );
         async {
             match self.try_deliver(&msg, message.redelivered).await {
                 Ok(()) => Handled::Ack,
                 Err(error) => self.requeue_after(&error).await,
             }
         }
-        .instrument(span)
+        .instrument(delivery_span(&msg))
         .await
     }
 
     async fn try_deliver(&self, msg: &DeliveryMessage, redelivered: bool) -> Result<(), StepError> {
+        // A busy endpoint's deliveries wait in a retry tier, not in this
+        // worker's slots, where they would starve every other endpoint.
+        let Some(slot) = self.endpoints.acquire(msg.subscription_id).await else {
+            return Ok(self.defer(msg).await?);
+        };
         let Some(DeliveryContext {
             delivery,
             event,
@@ -261,20 +443,7 @@ impl Pipeline {
             // made it may have died before publishing the follow-up: publish
             // it again (a duplicate follow-up is fenced the same way).
             if redelivered && delivery.attempts == msg.attempt {
-                match delivery.status {
-                    DeliveryStatus::Retrying => {
-                        let delay = self
-                            .config
-                            .retry
-                            .delay_after(msg.attempt)
-                            .or_else(|| self.topology.retry_tiers().last().copied());
-                        if let Some(delay) = delay {
-                            self.schedule_retry(msg, delay).await?;
-                        }
-                    }
-                    DeliveryStatus::Dead => self.dead_letter(msg).await?,
-                    _ => {}
-                }
+                self.resend_follow_up(msg.clone(), delivery.status).await?;
             }
             tracing::debug!(
                 status = delivery.status.as_str(),
@@ -301,7 +470,34 @@ impl Pipeline {
             return Ok(());
         };
 
-        // The attempt itself, bounded per endpoint.
+        let attempted = self.attempt(&event, &subscription, msg, slot).await;
+        let op = WriteOp::Attempt(attempted.write.clone());
+        let recorded = self
+            .durably("recording the attempt", || self.ledger.write(op.clone()))
+            .await?;
+        if recorded != (WriteResult::Attempt { recorded: true }) {
+            // Another worker recorded this attempt number first; it owns the
+            // follow-up.
+            tracing::info!("duplicate attempt; the other worker's record stands");
+            return Ok(());
+        }
+        // The attempt is committed; the follow-up must be confirmed before
+        // the ack, or a crash here would strand the delivery as "retrying".
+        self.follow_up(msg, &attempted, &event).await?;
+        Ok(())
+    }
+
+    // --- attempts and what follows them ---------------------------------------
+
+    /// Signs and POSTs one attempt, holding the endpoint's slot only for the
+    /// request, and decides what comes next. Records nothing.
+    async fn attempt(
+        &self,
+        event: &Event,
+        subscription: &Subscription,
+        msg: &DeliveryMessage,
+        slot: Slot,
+    ) -> Attempted {
         let body = event.webhook_body();
         let started_at = Utc::now();
         let timestamp = started_at.timestamp();
@@ -318,13 +514,11 @@ impl Pipeline {
                 &body,
             )),
         );
-        let outcome = {
-            let _slot = self.endpoints.acquire(subscription.id).await;
-            self.metrics.in_flight.inc();
-            let outcome = self.client.post(&subscription.url, headers, body).await;
-            self.metrics.in_flight.dec();
-            outcome
-        };
+        self.metrics.in_flight.inc();
+        let outcome = self.client.post(&subscription.url, headers, body).await;
+        self.metrics.in_flight.dec();
+        slot.observe(outcome.duration);
+        drop(slot);
 
         let decision = classify(
             outcome.result,
@@ -347,32 +541,38 @@ impl Pipeline {
             AttemptResult::Response { status } => (Some(status), None),
             AttemptResult::Failed { kind } => (None, Some(kind)),
         };
-        let op = WriteOp::Attempt(AttemptWrite {
-            delivery_id: msg.delivery_id,
-            attempt: msg.attempt,
-            url: subscription.url.to_string(),
-            started_at,
-            duration_ms: outcome.duration.as_millis().min(u32::MAX as u128) as u32,
-            response_status,
-            error_kind,
-            error: outcome.error.clone(),
-            response_excerpt: outcome.excerpt,
-            new_status,
-            next_attempt_at: next_delay
-                .and_then(|d| chrono::Duration::from_std(d).ok())
-                .map(|d| started_at + d),
-        });
-        let recorded = self
-            .durably("recording the attempt", || self.ledger.write(op.clone()))
-            .await?;
-        if recorded != (WriteResult::Attempt { recorded: true }) {
-            // Another worker recorded this attempt number first; it owns the
-            // follow-up.
-            tracing::info!("duplicate attempt; the other worker's record stands");
-            return Ok(());
+        Attempted {
+            write: AttemptWrite {
+                delivery_id: msg.delivery_id,
+                attempt: msg.attempt,
+                url: subscription.url.to_string(),
+                started_at,
+                duration_ms: outcome.duration.as_millis().min(u32::MAX as u128) as u32,
+                response_status,
+                error_kind,
+                error: outcome.error,
+                response_excerpt: outcome.excerpt,
+                new_status,
+                next_attempt_at: next_delay
+                    .and_then(|d| chrono::Duration::from_std(d).ok())
+                    .map(|d| started_at + d),
+            },
+            class: outcome.result.class(),
+            duration: outcome.duration,
+            decision,
+            next_delay,
         }
-        let class = outcome.result.class();
-        let label = match decision {
+    }
+
+    /// Once the ledger holds an attempt: counts it, logs it and publishes
+    /// what follows it (the next attempt or the dead letter).
+    async fn follow_up(
+        &self,
+        msg: &DeliveryMessage,
+        attempted: &Attempted,
+        event: &Event,
+    ) -> Result<(), PublishError> {
+        let label = match attempted.decision {
             Decision::Succeeded => "success",
             Decision::Retry { .. } => "retry",
             Decision::Dead => "dead",
@@ -380,13 +580,13 @@ impl Pipeline {
         let event_type = event.event_type.as_str();
         self.metrics
             .attempts
-            .with_label_values(&[label, class, event_type])
+            .with_label_values(&[label, attempted.class, event_type])
             .inc();
         self.metrics
             .attempt_duration
-            .with_label_values(&[class])
-            .observe(outcome.duration.as_secs_f64());
-        match decision {
+            .with_label_values(&[attempted.class])
+            .observe(attempted.duration.as_secs_f64());
+        match attempted.decision {
             Decision::Succeeded => {
                 let latency = (Utc::now() - event.occurred_at)
                     .to_std()
@@ -401,20 +601,69 @@ impl Pipeline {
             Decision::Retry { .. } => {}
         }
         tracing::info!(
-            status = new_status.as_str(),
-            response = outcome.result.class(),
-            duration_ms = outcome.duration.as_millis() as u64,
-            error = outcome.error.as_deref().unwrap_or(""),
+            status = attempted.write.new_status.as_str(),
+            response = attempted.class,
+            duration_ms = attempted.duration.as_millis() as u64,
+            error = attempted.write.error.as_deref().unwrap_or(""),
             "attempt recorded",
         );
-
-        // The attempt is committed; the follow-up must be confirmed before
-        // the ack, or a crash here would strand the delivery as "retrying".
-        match (decision, next_delay) {
-            (Decision::Retry { .. }, Some(delay)) => self.schedule_retry(msg, delay).await?,
-            (Decision::Dead, _) => self.dead_letter(msg).await?,
-            _ => {}
+        match (attempted.decision, attempted.next_delay) {
+            (Decision::Retry { .. }, Some(delay)) => self.schedule_retry(msg, delay).await,
+            (Decision::Dead, _) => self.dead_letter(msg).await,
+            _ => Ok(()),
         }
+    }
+
+    /// Publishes again the follow-up of attempt `msg.attempt`, which the
+    /// ledger shows as made, for when the worker that made it may have died
+    /// before publishing it.
+    async fn resend_follow_up(
+        &self,
+        msg: DeliveryMessage,
+        status: DeliveryStatus,
+    ) -> Result<(), PublishError> {
+        match status {
+            DeliveryStatus::Retrying => {
+                let delay = self
+                    .config
+                    .retry
+                    .delay_after(msg.attempt)
+                    .or_else(|| self.topology.retry_tiers().last().copied());
+                match delay {
+                    Some(delay) => self.schedule_retry(&msg, delay).await,
+                    None => Ok(()),
+                }
+            }
+            DeliveryStatus::Dead => self.dead_letter(&msg).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Puts an attempt off because its endpoint is busy: the same message,
+    /// counted as deferred once more, waits in a retry tier (longer each
+    /// time, up to [`MAX_DEFERRAL`]) and comes back to the deliveries queue.
+    async fn defer(&self, msg: &DeliveryMessage) -> Result<(), PublishError> {
+        let delay = FIRST_DEFERRAL
+            .saturating_mul(1 << msg.deferrals.min(16))
+            .min(MAX_DEFERRAL);
+        let Some(tier) = self.topology.tier_for(delay) else {
+            unreachable!("a worker's topology always has retry tiers")
+        };
+        let expiration = delay.min(tier).as_millis().to_string();
+        let properties = json_properties().with_expiration(expiration.as_str().into());
+        self.publish(
+            "",
+            &self.topology.retry_queue(tier),
+            &msg.deferred().to_vec(),
+            properties,
+        )
+        .await?;
+        self.metrics.deferred.inc();
+        tracing::debug!(
+            deferrals = msg.deferrals + 1,
+            delay_ms = delay.as_millis() as u64,
+            "endpoint busy; attempt put off"
+        );
         Ok(())
     }
 
@@ -517,6 +766,74 @@ fn is_transient(error: &StoreError) -> bool {
         StoreError::LedgerClosed => false,
         _ => false,
     }
+}
+
+/// How a delivery's first attempt went in the fan-out stage.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per delivery of an event, moved a couple of times: cheaper than a box"
+)]
+enum First {
+    /// Made here; the span is the delivery's.
+    Attempted(DeliveryMessage, Attempted, tracing::Span),
+    /// Left to the deliveries queue.
+    Queue(DeliveryMessage),
+}
+
+type AttemptedHere = (DeliveryMessage, Attempted, tracing::Span);
+
+impl First {
+    fn split(firsts: Vec<First>) -> (Vec<AttemptedHere>, Vec<DeliveryMessage>) {
+        let (mut attempted, mut queue) = (Vec::new(), Vec::new());
+        for first in firsts {
+            match first {
+                First::Attempted(msg, a, span) => attempted.push((msg, a, span)),
+                First::Queue(msg) => queue.push(msg),
+            }
+        }
+        (attempted, queue)
+    }
+}
+
+/// The queued first messages whose deliveries the ledger still holds as never
+/// attempted (a duplicate of an event already fanned out owes nothing more).
+fn still_waiting(
+    queue: Vec<DeliveryMessage>,
+    to_publish: &[(DeliveryId, SubscriptionId)],
+) -> Vec<DeliveryMessage> {
+    let waiting: HashSet<DeliveryId> = to_publish.iter().map(|&(d, _)| d).collect();
+    queue
+        .into_iter()
+        .filter(|m| waiting.contains(&m.delivery_id))
+        .collect()
+}
+
+/// An attempt made and classified, not yet recorded.
+struct Attempted {
+    write: AttemptWrite,
+    decision: Decision,
+    next_delay: Option<Duration>,
+    /// Response class, for metrics.
+    class: &'static str,
+    duration: Duration,
+}
+
+/// A busy endpoint's delivery first waits this long, twice as long on each
+/// further deferral, at most [`MAX_DEFERRAL`].
+const FIRST_DEFERRAL: Duration = Duration::from_secs(1);
+const MAX_DEFERRAL: Duration = Duration::from_secs(60);
+
+/// The span of one delivery attempt: every line logged in it names the
+/// event, the delivery (the `webhook-id` the receiver sees), the webhook and
+/// the attempt.
+fn delivery_span(msg: &DeliveryMessage) -> tracing::Span {
+    tracing::info_span!(
+        "deliver",
+        event_id = %msg.event_id,
+        delivery_id = %msg.delivery_id,
+        webhook_id = %msg.subscription_id,
+        attempt = msg.attempt,
+    )
 }
 
 fn json_properties() -> BasicProperties {

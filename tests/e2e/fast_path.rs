@@ -1,0 +1,166 @@
+//! The fan-out stage's own first attempts: a slow endpoint holds up no other
+//! endpoint, and an event redelivered after its worker died gets every
+//! message that worker owed.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use courier_model::{DeliveryId, DeliveryStatus, ErrorKind, Event, EventType};
+use courier_store::{AttemptWrite, WriteOp};
+use courier_tests::{Behavior, Db, Receiver, TestEnv, metric_value, wait_for};
+use lapin::options::BasicGetOptions;
+use serde_json::json;
+
+crate::on_both_databases!(
+    a_slow_endpoint_does_not_hold_up_the_others,
+    a_redelivered_event_gets_what_its_dead_worker_owed
+);
+
+async fn a_slow_endpoint_does_not_hold_up_the_others(db: Db) {
+    const EVENTS: usize = 60;
+    let env = TestEnv::with(
+        db,
+        &[
+            ("COURIER__DELIVERY__PER_ENDPOINT_IN_FLIGHT", "2"),
+            // The stuck endpoint never times out while the test runs.
+            ("COURIER__DELIVERY__TIMEOUT_MS", "60000"),
+            ("COURIER__DELIVERY__SHUTDOWN_GRACE_MS", "200"),
+        ],
+    )
+    .await;
+    let ws = env.workspace("acme").await;
+    let stuck = Receiver::start(Behavior::Hang(Duration::from_secs(120))).await;
+    let healthy = Receiver::start(Behavior::Ok).await;
+    env.webhook(&ws, &stuck.url(), &["order.created"], &[])
+        .await;
+    env.webhook(&ws, &healthy.url(), &["order.created"], &[])
+        .await;
+
+    let worker = env.start_worker().await;
+    let (publisher, _connection) = env.publisher().await;
+    for seq in 0..EVENTS {
+        let event = Event::new(
+            ws.clone(),
+            EventType::OrderCreated,
+            None,
+            json!({"seq": seq}),
+        );
+        publisher.publish(&event.unwrap()).await.unwrap();
+    }
+
+    wait_for(
+        "every event at the healthy endpoint",
+        Duration::from_secs(60),
+        || async {
+            env.store
+                .delivery_counts()
+                .await
+                .unwrap()
+                .contains(&(DeliveryStatus::Succeeded, EVENTS as u64))
+        },
+    )
+    .await;
+    assert_eq!(healthy.count(), EVENTS, "once each");
+    // The stuck endpoint never had more requests than its slots, and its
+    // other deliveries were put off without counting as attempts.
+    assert!(stuck.count() <= 2, "{} requests at once", stuck.count());
+    assert_eq!(
+        env.store.delivery_counts().await.unwrap(),
+        [
+            (DeliveryStatus::Pending, EVENTS as u64),
+            (DeliveryStatus::Succeeded, EVENTS as u64)
+        ]
+    );
+    // The deliveries that found both of its slots taken are put off (to a
+    // retry tier) rather than held by the worker.
+    wait_for(
+        "the stuck endpoint's other deliveries to be put off",
+        Duration::from_secs(30),
+        || async {
+            let metrics = worker.get("/metrics").await.1;
+            metric_value(&metrics, "courier_deliveries_deferred_total") >= (EVENTS - 2) as f64
+        },
+    )
+    .await;
+    assert!(stuck.count() <= 2, "{} requests at once", stuck.count());
+    worker.stop().await.unwrap();
+}
+
+/// A worker made the first attempt of one delivery (it failed), recorded it
+/// with the event, and died before publishing the retry or the other
+/// delivery's message. The broker hands the event to the next worker marked
+/// redelivered, which must send both.
+async fn a_redelivered_event_gets_what_its_dead_worker_owed(db: Db) {
+    let env = TestEnv::new(db).await;
+    let ws = env.workspace("acme").await;
+    let attempted = Receiver::start(Behavior::Ok).await;
+    let untouched = Receiver::start(Behavior::Ok).await;
+    let first = env
+        .webhook(&ws, &attempted.url(), &["order.created"], &[])
+        .await;
+    let second = env
+        .webhook(&ws, &untouched.url(), &["order.created"], &[])
+        .await;
+
+    let event = Event::new(ws.clone(), EventType::OrderCreated, None, json!({"n": 1})).unwrap();
+    let (d1, d2) = (
+        DeliveryId::derive(&event.id, first.id),
+        DeliveryId::derive(&event.id, second.id),
+    );
+    let started_at = Utc::now();
+    env.store
+        .apply(&[
+            WriteOp::FanOut {
+                event: std::sync::Arc::new(event.clone()),
+                deliveries: vec![(d1, first.id), (d2, second.id)],
+            },
+            WriteOp::Attempt(AttemptWrite {
+                delivery_id: d1,
+                attempt: 1,
+                url: attempted.url(),
+                started_at,
+                duration_ms: 3,
+                response_status: None,
+                error_kind: Some(ErrorKind::Connect),
+                error: Some("connection refused".into()),
+                response_excerpt: None,
+                new_status: DeliveryStatus::Retrying,
+                next_attempt_at: Some(started_at + chrono::Duration::milliseconds(200)),
+            }),
+        ])
+        .await
+        .unwrap();
+
+    // The event, taken by a consumer that goes away without acking it.
+    let (publisher, _publisher_connection) = env.publisher().await;
+    publisher.publish(&event).await.unwrap();
+    let connection = env.amqp().await;
+    let channel = connection.create_channel().await.unwrap();
+    let taken = channel
+        .basic_get(
+            env.topology().fanout_queue().as_str().into(),
+            BasicGetOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(taken.is_some(), "a confirmed event is in the fan-out queue");
+    channel.close(200, "worker died".into()).await.unwrap();
+    connection.close(200, "".into()).await.ok();
+
+    let worker = env.start_worker().await;
+    wait_for(
+        "both deliveries to succeed",
+        Duration::from_secs(30),
+        || async { env.store.delivery_counts().await.unwrap() == [(DeliveryStatus::Succeeded, 2)] },
+    )
+    .await;
+    worker.stop().await.unwrap();
+
+    // The retry of the attempted delivery came as attempt 2; the untouched
+    // one got its first attempt. Nothing else was sent.
+    assert_eq!((attempted.count(), untouched.count()), (1, 1));
+    let attempts: Vec<_> = env.store.list_attempts(d1).await.unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[1].response_status, Some(200));
+    assert_eq!(env.store.list_attempts(d2).await.unwrap().len(), 1);
+}
