@@ -32,9 +32,23 @@ struct Endpoint {
 }
 
 impl Endpoint {
-    fn is_slow(&self) -> bool {
-        self.mean_micros.load(Ordering::Relaxed) > QUICK.as_micros() as u64
+    fn slow(&self) -> Option<NoSlot> {
+        let mean = self.mean_micros.load(Ordering::Relaxed);
+        (mean > QUICK.as_micros() as u64).then(|| NoSlot::Slow {
+            mean: Duration::from_micros(mean),
+            full: self.slots.available_permits() == 0,
+        })
     }
+}
+
+/// Why no slot was had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoSlot {
+    /// The endpoint has been answering slowly, `mean` on average; `full`
+    /// when every one of its slots is taken.
+    Slow { mean: Duration, full: bool },
+    /// It is quick, but no slot freed within [`QUICK`].
+    Busy,
 }
 
 /// The right to make one attempt at an endpoint. Report how long the attempt
@@ -84,31 +98,31 @@ impl EndpointLimits {
 
     /// A slot for an endpoint that has been answering quickly, waiting at
     /// most [`QUICK`] for one: the fan-out stage's test for attempting
-    /// right away. `None` for a slow or saturated endpoint.
-    pub async fn acquire_quick(&self, id: SubscriptionId) -> Option<Slot> {
+    /// right away.
+    pub async fn acquire_quick(&self, id: SubscriptionId) -> Result<Slot, NoSlot> {
         let endpoint = self.endpoint(id);
-        if endpoint.is_slow() {
-            return None;
+        if let Some(slow) = endpoint.slow() {
+            return Err(slow);
         }
-        Self::wait(endpoint).await
+        Self::wait(endpoint).await.ok_or(NoSlot::Busy)
     }
 
     /// A slot, waiting at most [`QUICK`] for one, and not at all for a slow
-    /// endpoint whose slots are all taken. `None` means the endpoint is
-    /// busy: the caller puts the delivery off rather than hold a worker
-    /// slot in a queue behind it.
-    pub async fn acquire(&self, id: SubscriptionId) -> Option<Slot> {
+    /// endpoint whose slots are all taken. An error means the caller should
+    /// put the delivery off rather than hold a worker slot in a queue
+    /// behind the endpoint.
+    pub async fn acquire(&self, id: SubscriptionId) -> Result<Slot, NoSlot> {
         let endpoint = self.endpoint(id);
         if let Ok(permit) = Arc::clone(&endpoint.slots).try_acquire_owned() {
-            return Some(Slot {
+            return Ok(Slot {
                 endpoint,
                 _permit: permit,
             });
         }
-        if endpoint.is_slow() {
-            return None;
+        if let Some(slow) = endpoint.slow() {
+            return Err(slow);
         }
-        Self::wait(endpoint).await
+        Self::wait(endpoint).await.ok_or(NoSlot::Busy)
     }
 
     async fn wait(endpoint: Arc<Endpoint>) -> Option<Slot> {
@@ -146,7 +160,7 @@ mod tests {
         freed.await.unwrap();
         // ... and gives up after QUICK when none does.
         let started = tokio::time::Instant::now();
-        assert!(limits.acquire_quick(id).await.is_none());
+        assert_eq!(limits.acquire_quick(id).await.err(), Some(NoSlot::Busy));
         assert_eq!(started.elapsed(), QUICK);
         drop((b, c));
 
@@ -154,13 +168,18 @@ mod tests {
         // endpoint whose slots are taken is busy at once.
         let slot = limits.acquire(id).await.unwrap();
         slot.observe(Duration::from_secs(5));
-        assert!(
-            limits.acquire_quick(id).await.is_none(),
+        let mean = Duration::from_millis(1250);
+        assert_eq!(
+            limits.acquire_quick(id).await.err(),
+            Some(NoSlot::Slow { mean, full: false }),
             "5 s answers are not quick"
         );
         let other = limits.acquire(id).await.expect("a free slot is still used");
         let started = tokio::time::Instant::now();
-        assert!(limits.acquire(id).await.is_none());
+        assert_eq!(
+            limits.acquire(id).await.err(),
+            Some(NoSlot::Slow { mean, full: true })
+        );
         assert_eq!(
             started.elapsed(),
             Duration::ZERO,
@@ -173,6 +192,6 @@ mod tests {
             let slot = limits.acquire(id).await.unwrap();
             slot.observe(Duration::from_millis(2));
         }
-        assert!(limits.acquire_quick(id).await.is_some(), "quick again");
+        assert!(limits.acquire_quick(id).await.is_ok(), "quick again");
     }
 }

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::consumer::Handled;
-use crate::limits::{EndpointLimits, QUICK, Slot};
+use crate::limits::{EndpointLimits, NoSlot, QUICK, Slot};
 use crate::metrics::Metrics;
 use crate::subscriptions::SubscriptionCache;
 use crate::{WebhookClient, WorkerConfig, error_chain};
@@ -194,7 +194,7 @@ impl Pipeline {
             if inline {
                 running.push(self.first_attempt(event, subscription, msg));
             } else {
-                settled.push(First::Queue(msg));
+                settled.push(First::Queue(msg, None));
             }
         }
         // An endpoint that turns out slow must not keep the others' attempts
@@ -237,10 +237,13 @@ impl Pipeline {
         async {
             let worker_slot = Arc::clone(&self.http_slots).acquire_owned();
             let Ok(Ok(worker_slot)) = tokio::time::timeout(QUICK, worker_slot).await else {
-                return First::Queue(msg);
+                return First::Queue(msg, None);
             };
-            let Some(slot) = self.endpoints.acquire_quick(subscription.id).await else {
-                return First::Queue(msg);
+            let slot = match self.endpoints.acquire_quick(subscription.id).await {
+                Ok(slot) => slot,
+                // Known slow and saturated: straight to waiting.
+                Err(NoSlot::Slow { mean, full: true }) => return First::Queue(msg, Some(mean)),
+                Err(_) => return First::Queue(msg, None),
             };
             let attempted = self.attempt(event, subscription, &msg, slot).await;
             drop(worker_slot);
@@ -331,9 +334,12 @@ impl Pipeline {
         attempted: &[AttemptedHere],
         results: impl Iterator<Item = WriteResult>,
         resend: Vec<(DeliveryMessage, DeliveryStatus)>,
-        first: Vec<DeliveryMessage>,
+        first: Vec<Queued>,
     ) -> Result<(), PublishError> {
-        let bodies: Vec<Vec<u8>> = first.iter().map(DeliveryMessage::to_vec).collect();
+        let (now, later): (Vec<Queued>, Vec<Queued>) = first
+            .into_iter()
+            .partition(|(_, deferral)| deferral.is_none());
+        let bodies: Vec<Vec<u8>> = now.iter().map(|(m, _)| m.to_vec()).collect();
         let exchange = self.topology.deliveries_exchange();
         let mut sends: Vec<BoxFuture<'_, Result<(), PublishError>>> = Vec::new();
         for ((msg, attempted, span), result) in attempted.iter().zip(results) {
@@ -350,6 +356,9 @@ impl Pipeline {
         }
         for (msg, status) in resend {
             sends.push(Box::pin(self.resend_follow_up(msg, status)));
+        }
+        for (msg, mean) in &later {
+            sends.push(Box::pin(self.defer(msg, mean.unwrap_or_default())));
         }
         for body in &bodies {
             sends.push(Box::pin(self.publish(
@@ -371,7 +380,7 @@ impl Pipeline {
     async fn recover(
         &self,
         event: &Event,
-    ) -> Result<(Vec<DeliveryMessage>, Vec<(DeliveryMessage, DeliveryStatus)>), StoreError> {
+    ) -> Result<(Vec<Queued>, Vec<(DeliveryMessage, DeliveryStatus)>), StoreError> {
         let records = self
             .durably("reading the event's deliveries", || {
                 self.store.deliveries_of_event(&event.id)
@@ -381,7 +390,7 @@ impl Pipeline {
         for record in records {
             let msg = DeliveryMessage::new(record.id, event.id.clone(), record.subscription_id, 1);
             match (record.status, record.attempts) {
-                (DeliveryStatus::Pending, 0) => first.push(msg),
+                (DeliveryStatus::Pending, 0) => first.push((msg, None)),
                 (status, 1) => resend.push((msg, status)),
                 _ => {}
             }
@@ -418,8 +427,10 @@ impl Pipeline {
     async fn try_deliver(&self, msg: &DeliveryMessage, redelivered: bool) -> Result<(), StepError> {
         // A busy endpoint's deliveries wait in a retry tier, not in this
         // worker's slots, where they would starve every other endpoint.
-        let Some(slot) = self.endpoints.acquire(msg.subscription_id).await else {
-            return Ok(self.defer(msg).await?);
+        let slot = match self.endpoints.acquire(msg.subscription_id).await {
+            Ok(slot) => slot,
+            Err(NoSlot::Slow { mean, .. }) => return Ok(self.defer(msg, mean).await?),
+            Err(NoSlot::Busy) => return Ok(self.defer(msg, Duration::ZERO).await?),
         };
         let Some(DeliveryContext {
             delivery,
@@ -640,10 +651,13 @@ impl Pipeline {
     }
 
     /// Puts an attempt off because its endpoint is busy: the same message,
-    /// counted as deferred once more, waits in a retry tier (longer each
-    /// time, up to [`MAX_DEFERRAL`]) and comes back to the deliveries queue.
-    async fn defer(&self, msg: &DeliveryMessage) -> Result<(), PublishError> {
+    /// counted as deferred once more, waits in a retry tier and comes back
+    /// to the deliveries queue. The first wait is the endpoint's mean
+    /// response time (at least [`FIRST_DEFERRAL`]), doubling each time, up
+    /// to [`MAX_DEFERRAL`].
+    async fn defer(&self, msg: &DeliveryMessage, mean: Duration) -> Result<(), PublishError> {
         let delay = FIRST_DEFERRAL
+            .max(mean)
             .saturating_mul(1 << msg.deferrals.min(16))
             .min(MAX_DEFERRAL);
         let Some(tier) = self.topology.tier_for(delay) else {
@@ -776,19 +790,21 @@ fn is_transient(error: &StoreError) -> bool {
 enum First {
     /// Made here; the span is the delivery's.
     Attempted(DeliveryMessage, Attempted, tracing::Span),
-    /// Left to the deliveries queue.
-    Queue(DeliveryMessage),
+    /// Left to the deliveries queue, or, with the endpoint's mean response
+    /// time, put off because the endpoint is slow and saturated.
+    Queue(DeliveryMessage, Option<Duration>),
 }
 
 type AttemptedHere = (DeliveryMessage, Attempted, tracing::Span);
+type Queued = (DeliveryMessage, Option<Duration>);
 
 impl First {
-    fn split(firsts: Vec<First>) -> (Vec<AttemptedHere>, Vec<DeliveryMessage>) {
+    fn split(firsts: Vec<First>) -> (Vec<AttemptedHere>, Vec<Queued>) {
         let (mut attempted, mut queue) = (Vec::new(), Vec::new());
         for first in firsts {
             match first {
                 First::Attempted(msg, a, span) => attempted.push((msg, a, span)),
-                First::Queue(msg) => queue.push(msg),
+                First::Queue(msg, deferral) => queue.push((msg, deferral)),
             }
         }
         (attempted, queue)
@@ -797,14 +813,11 @@ impl First {
 
 /// The queued first messages whose deliveries the ledger still holds as never
 /// attempted (a duplicate of an event already fanned out owes nothing more).
-fn still_waiting(
-    queue: Vec<DeliveryMessage>,
-    to_publish: &[(DeliveryId, SubscriptionId)],
-) -> Vec<DeliveryMessage> {
+fn still_waiting(queue: Vec<Queued>, to_publish: &[(DeliveryId, SubscriptionId)]) -> Vec<Queued> {
     let waiting: HashSet<DeliveryId> = to_publish.iter().map(|&(d, _)| d).collect();
     queue
         .into_iter()
-        .filter(|m| waiting.contains(&m.delivery_id))
+        .filter(|(m, _)| waiting.contains(&m.delivery_id))
         .collect()
 }
 
