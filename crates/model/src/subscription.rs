@@ -186,20 +186,24 @@ impl SubscriptionIndex {
     pub fn new(subscriptions: impl IntoIterator<Item = Subscription>) -> Self {
         let mut index = Self::default();
         for sub in subscriptions {
-            if sub.status != SubscriptionStatus::Enabled {
-                continue;
-            }
-            let sub = Arc::new(sub);
-            for &ty in &sub.event_types {
-                index
-                    .by_key
-                    .entry((sub.workspace_id.clone(), ty))
-                    .or_default()
-                    .push(Arc::clone(&sub));
-            }
-            index.len += 1;
+            index.insert(sub);
         }
         index
+    }
+
+    /// Adds one subscription (a disabled one is left out).
+    pub fn insert(&mut self, sub: Subscription) {
+        if sub.status != SubscriptionStatus::Enabled {
+            return;
+        }
+        let sub = Arc::new(sub);
+        for &ty in &sub.event_types {
+            self.by_key
+                .entry((sub.workspace_id.clone(), ty))
+                .or_default()
+                .push(Arc::clone(&sub));
+        }
+        self.len += 1;
     }
 
     /// Enabled subscriptions indexed.

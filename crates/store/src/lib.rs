@@ -58,6 +58,13 @@ pub struct Workspace {
     pub created_at: DateTime<Utc>,
 }
 
+/// How many subscriptions there are and when the latest change was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubscriptionsFingerprint {
+    pub count: i64,
+    pub latest: Option<DateTime<Utc>>,
+}
+
 /// One hot-path write. A batch of these commits in one transaction.
 ///
 /// A batch may be applied in kind order (fan-outs, attempts, cancels) rather
@@ -366,7 +373,26 @@ impl Store {
 
     /// Every enabled subscription, for the matching index.
     pub async fn load_enabled_subscriptions(&self) -> Result<Vec<Subscription>> {
-        dispatch!(self, s => s.load_enabled_subscriptions().await)
+        let mut all = Vec::new();
+        self.for_each_enabled_subscription(&mut |s| all.push(s))
+            .await?;
+        Ok(all)
+    }
+
+    /// Streams every enabled subscription into `each` (in id order) without
+    /// holding them all; returns how many there were.
+    pub async fn for_each_enabled_subscription(
+        &self,
+        each: &mut (dyn FnMut(Subscription) + Send),
+    ) -> Result<usize> {
+        dispatch!(self, s => s.for_each_enabled_subscription(each).await)
+    }
+
+    /// Changes whenever a subscription is created, updated or deleted (as
+    /// long as clocks move forward): a cheap test of whether a cached set
+    /// is stale.
+    pub async fn subscriptions_fingerprint(&self) -> Result<SubscriptionsFingerprint> {
+        dispatch!(self, s => s.subscriptions_fingerprint().await)
     }
 
     // --- API keys ----------------------------------------------------------

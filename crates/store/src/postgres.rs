@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use courier_model::{
     DeliveryId, DeliveryStatus, Event, EventId, Subscription, SubscriptionId, WorkspaceId,
 };
+use futures_util::TryStreamExt;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
@@ -23,8 +24,8 @@ use crate::rows::{
 };
 use crate::{
     ApiKeyRecord, AttemptRecord, AttemptWrite, DeliveryContext, DeliveryCursor, DeliveryFilter,
-    DeliveryLogEntry, DeliveryRecord, Result, StoreError, StoreOptions, Workspace, WriteOp,
-    WriteResult, in_callers_order, kind_order,
+    DeliveryLogEntry, DeliveryRecord, Result, StoreError, StoreOptions, SubscriptionsFingerprint,
+    Workspace, WriteOp, WriteResult, in_callers_order, kind_order,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -309,17 +310,34 @@ impl PgStore {
         Ok(done.rows_affected() > 0)
     }
 
-    pub async fn load_enabled_subscriptions(&self) -> Result<Vec<Subscription>> {
-        sqlx::query(concat!(
+    /// Streams every enabled subscription into `each`, one row at a time,
+    /// so a large set is never held twice in memory. Returns how many.
+    pub async fn for_each_enabled_subscription(
+        &self,
+        each: &mut (dyn FnMut(Subscription) + Send),
+    ) -> Result<usize> {
+        let mut rows = sqlx::query(concat!(
             "SELECT ",
             rows::subscription_columns!(),
             " FROM subscriptions s WHERE s.status = 'enabled' ORDER BY s.id"
         ))
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(subscription_from_row)
-        .collect()
+        .fetch(&self.pool);
+        let mut n = 0;
+        while let Some(row) = rows.try_next().await? {
+            each(subscription_from_row(&row)?);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub async fn subscriptions_fingerprint(&self) -> Result<SubscriptionsFingerprint> {
+        let row = sqlx::query("SELECT COUNT(*) AS n, MAX(updated_at) AS latest FROM subscriptions")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(SubscriptionsFingerprint {
+            count: row.try_get::<i64, _>("n")?,
+            latest: row.try_get("latest")?,
+        })
     }
 
     // --- hot path -----------------------------------------------------------

@@ -190,6 +190,7 @@ on_both_backends!(
     migrating_twice_is_harmless,
     workspaces_are_created_once,
     subscriptions_round_trip_and_page,
+    subscription_fingerprint_tracks_every_change,
     subscriptions_are_scoped_to_their_workspace,
     subscription_needs_its_workspace,
     enabled_subscriptions_skip_disabled,
@@ -380,6 +381,36 @@ async fn workspaces_are_created_once(db: TestDb) {
         None
     );
     assert_eq!(store.list_workspaces().await.unwrap(), vec![first, second]);
+}
+
+async fn subscription_fingerprint_tracks_every_change(db: TestDb) {
+    let store = &db.store;
+    let ws = workspace(store).await;
+    // Each change gives a fingerprint other than the one before it, which
+    // is what a cache loaded before the change compares against.
+    let mut last = store.subscriptions_fingerprint().await.unwrap();
+    let mut changed = |fingerprint| {
+        assert_ne!(fingerprint, last);
+        last = fingerprint;
+    };
+
+    let mut sub = subscription(&ws, &[EventType::OrderCreated], &[]);
+    store.insert_subscription(&sub).await.unwrap();
+    changed(store.subscriptions_fingerprint().await.unwrap());
+
+    // Updates (to the status as well) stamp a later updated_at.
+    sub.status = SubscriptionStatus::Disabled;
+    sub.updated_at += chrono::Duration::milliseconds(5);
+    assert!(store.update_subscription(&sub).await.unwrap());
+    changed(store.subscriptions_fingerprint().await.unwrap());
+
+    store.delete_subscription(&ws, sub.id).await.unwrap();
+    changed(store.subscriptions_fingerprint().await.unwrap());
+    // Unchanged ledger, unchanged fingerprint.
+    assert_eq!(
+        store.subscriptions_fingerprint().await.unwrap(),
+        store.subscriptions_fingerprint().await.unwrap()
+    );
 }
 
 async fn subscriptions_round_trip_and_page(db: TestDb) {

@@ -81,6 +81,9 @@ impl WorkerConfig {
 }
 
 /// A worker, ready to run: topology declared, subscriptions loaded.
+/// Periodic subscription checks between two unconditional reloads.
+const FULL_RELOAD_EVERY: u64 = 12;
+
 pub struct Worker {
     pipeline: Arc<Pipeline>,
     connection: Arc<Connection>,
@@ -200,12 +203,16 @@ impl Worker {
                 let mut ticks = tokio::time::interval(every);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 ticks.tick().await;
-                loop {
+                for tick in 1u64.. {
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = ticks.tick() => {}
                     }
-                    if let Err(error) = pipeline.reload_subscriptions("periodic").await {
+                    // A cheap check each time; a full reload when it shows a
+                    // change, and every FULL_RELOAD_EVERY ticks regardless
+                    // (a change stamped by a clock running behind).
+                    let full = tick.is_multiple_of(FULL_RELOAD_EVERY);
+                    if let Err(error) = pipeline.refresh_subscriptions(full).await {
                         tracing::warn!(error = %error_chain(&error), "reloading subscriptions failed");
                     }
                 }

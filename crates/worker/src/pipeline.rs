@@ -76,6 +76,15 @@ impl Pipeline {
         Ok(n)
     }
 
+    /// The periodic refresh: reloads the matching index if the ledger's
+    /// subscriptions changed since the last load, or if `full`.
+    pub async fn refresh_subscriptions(&self, full: bool) -> Result<(), StoreError> {
+        if full || self.subscriptions.is_stale(&self.store).await? {
+            self.reload_subscriptions("periodic").await?;
+        }
+        Ok(())
+    }
+
     /// Runs a ledger operation until it succeeds, waiting out transient
     /// database failures (a restart, a failover) with backoff instead of
     /// handing the message back: requeueing would burn through the queue's
