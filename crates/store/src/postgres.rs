@@ -458,6 +458,21 @@ async fn apply_in(conn: &mut PgConnection, ops: &[WriteOp]) -> Result<Vec<WriteR
     let now = Utc::now();
     let order = kind_order(ops);
     let sorted: Vec<&WriteOp> = order.iter().map(|&i| &ops[i]).collect();
+    // First attempts of deliveries this batch may create: such a delivery
+    // is inserted in the state its attempt leads to, instead of inserted
+    // pending and then updated (a second row version and, when the page is
+    // full, an entry in every index).
+    let mut first_attempts: HashMap<Uuid, &AttemptWrite> = HashMap::new();
+    for op in &sorted {
+        if let WriteOp::Attempt(a) = op
+            && a.attempt == 1
+        {
+            first_attempts.entry(a.delivery_id.0).or_insert(a);
+        }
+    }
+    // Deliveries inserted with their first attempt's state: that attempt
+    // then only needs its row.
+    let mut born_attempted = HashSet::new();
 
     let mut sorted_results = Vec::with_capacity(ops.len());
     let mut rest = sorted.as_slice();
@@ -482,8 +497,14 @@ async fn apply_in(conn: &mut PgConnection, ops: &[WriteOp]) -> Result<Vec<WriteR
         };
         let (run, tail) = rest.split_at(len);
         match first {
-            WriteOp::FanOut { .. } => sorted_results.extend(fan_out_run(conn, run, now).await?),
-            WriteOp::Attempt(_) => sorted_results.extend(attempt_run(conn, run, now).await?),
+            WriteOp::FanOut { .. } => {
+                let (results, born) = fan_out_run(conn, run, now, &first_attempts).await?;
+                sorted_results.extend(results);
+                born_attempted.extend(born);
+            }
+            WriteOp::Attempt(_) => {
+                sorted_results.extend(attempt_run(conn, run, now, &mut born_attempted).await?)
+            }
             WriteOp::Cancel { .. } => {
                 cancel_run(conn, run, now).await?;
                 sorted_results.extend(run.iter().map(|_| WriteResult::Canceled));
@@ -495,11 +516,14 @@ async fn apply_in(conn: &mut PgConnection, ops: &[WriteOp]) -> Result<Vec<WriteR
     in_callers_order(&order, sorted_results)
 }
 
+/// Returns the fan-outs' results and the deliveries it inserted in the state
+/// of their attempt in `first_attempts`.
 async fn fan_out_run(
     conn: &mut PgConnection,
     run: &[&WriteOp],
     now: DateTime<Utc>,
-) -> Result<Vec<WriteResult>> {
+    first_attempts: &HashMap<Uuid, &AttemptWrite>,
+) -> Result<(Vec<WriteResult>, HashSet<Uuid>)> {
     let fan_outs: Vec<(&Event, &[(DeliveryId, SubscriptionId)])> = run
         .iter()
         .filter_map(|op| match op {
@@ -547,6 +571,8 @@ async fn fan_out_run(
     let mut seen = HashSet::new();
     let (mut d_ids, mut d_events, mut d_subs, mut d_workspaces, mut d_types) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let (mut d_status, mut d_attempts, mut d_response, mut d_last, mut d_next) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for (event, deliveries) in &fan_outs {
         for (delivery, sub) in *deliveries {
             if seen.insert(delivery.0) {
@@ -555,27 +581,48 @@ async fn fan_out_run(
                 d_subs.push(sub.0);
                 d_workspaces.push(event.workspace_id.as_str());
                 d_types.push(event.event_type.as_str());
+                let first = first_attempts.get(&delivery.0);
+                d_status.push(first.map_or("pending", |a| a.new_status.as_str()));
+                d_attempts.push(i32::from(first.is_some()));
+                d_response.push(first.and_then(|a| a.response_status.map(i32::from)));
+                d_last.push(first.map(|a| a.started_at));
+                d_next.push(first.and_then(|a| a.next_attempt_at));
             }
         }
     }
+    let mut born_attempted = HashSet::new();
     if !d_ids.is_empty() {
-        sqlx::query(
+        let inserted: Vec<Uuid> = sqlx::query_scalar(
             "INSERT INTO deliveries (id, event_id, subscription_id, workspace_id, event_type, \
-             status, attempts, created_at, updated_at) \
+             status, attempts, last_response_status, last_attempt_at, next_attempt_at, \
+             created_at, updated_at) \
              SELECT u.id, u.event_id, u.subscription_id, u.workspace_id, u.event_type, \
-             'pending', 0, $6, $6 \
-             FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[]) \
-             AS u(id, event_id, subscription_id, workspace_id, event_type) \
-             ON CONFLICT (event_id, subscription_id) DO NOTHING",
+             u.status, u.attempts, u.last_response_status, u.last_attempt_at, \
+             u.next_attempt_at, $11, $11 \
+             FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], \
+             $6::text[], $7::int[], $8::int[], $9::timestamptz[], $10::timestamptz[]) \
+             AS u(id, event_id, subscription_id, workspace_id, event_type, status, attempts, \
+             last_response_status, last_attempt_at, next_attempt_at) \
+             ON CONFLICT (event_id, subscription_id) DO NOTHING RETURNING id",
         )
         .bind(&d_ids)
         .bind(&d_events)
         .bind(&d_subs)
         .bind(&d_workspaces)
         .bind(&d_types)
+        .bind(&d_status)
+        .bind(&d_attempts)
+        .bind(&d_response)
+        .bind(&d_last)
+        .bind(&d_next)
         .bind(now)
-        .execute(&mut *conn)
+        .fetch_all(&mut *conn)
         .await?;
+        born_attempted.extend(
+            inserted
+                .into_iter()
+                .filter(|id| first_attempts.contains_key(id)),
+        );
     }
 
     let is_new = |i: usize, event: &Event| {
@@ -590,7 +637,7 @@ async fn fan_out_run(
         .filter(|(i, (event, _))| !is_new(*i, event))
         .flat_map(|(_, (_, deliveries))| deliveries.iter().map(|(d, _)| d.0))
         .collect();
-    let pending: HashSet<Uuid> = if recheck.is_empty() {
+    let mut pending: HashSet<Uuid> = if recheck.is_empty() {
         HashSet::new()
     } else {
         sqlx::query_scalar(
@@ -602,21 +649,27 @@ async fn fan_out_run(
         .into_iter()
         .collect()
     };
-    Ok(fan_outs
+    // Applied one by one, every fan-out comes before every attempt: to them,
+    // a delivery born with its first attempt's state is still pending.
+    pending.extend(born_attempted.iter().copied());
+    let results = fan_outs
         .iter()
         .enumerate()
         .map(|(i, (event, deliveries))| WriteResult::FanOut {
             to_publish: rows::to_publish(deliveries, is_new(i, event), &pending),
         })
-        .collect())
+        .collect();
+    Ok((results, born_attempted))
 }
 
 /// Attempts of distinct deliveries: one statement inserts the attempt rows
-/// and updates exactly the deliveries whose attempt was new.
+/// and updates exactly the deliveries whose attempt was new, except those
+/// born in this batch already in their first attempt's state.
 async fn attempt_run(
     conn: &mut PgConnection,
     run: &[&WriteOp],
     now: DateTime<Utc>,
+    born_attempted: &mut HashSet<Uuid>,
 ) -> Result<Vec<WriteResult>> {
     let attempts: Vec<&AttemptWrite> = run
         .iter()
@@ -625,13 +678,17 @@ async fn attempt_run(
             _ => None,
         })
         .collect();
+    let born: Vec<bool> = attempts
+        .iter()
+        .map(|a| a.attempt == 1 && born_attempted.remove(&a.delivery_id.0))
+        .collect();
     let recorded: HashSet<Uuid> = sqlx::query_scalar(
         "WITH u AS ( \
              SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], \
                  $5::int[], $6::int[], $7::text[], $8::text[], $9::text[], $10::text[], \
-                 $11::timestamptz[]) \
+                 $11::timestamptz[], $13::bool[]) \
              AS u(delivery_id, attempt, url, started_at, duration_ms, response_status, \
-                 error_kind, error, response_excerpt, new_status, next_attempt_at) \
+                 error_kind, error, response_excerpt, new_status, next_attempt_at, born) \
          ), ins AS ( \
              INSERT INTO attempts (delivery_id, attempt, url, started_at, duration_ms, \
                  response_status, error_kind, error, response_excerpt) \
@@ -639,14 +696,15 @@ async fn attempt_run(
                  error_kind, error, response_excerpt FROM u \
              ON CONFLICT (delivery_id, attempt) DO NOTHING \
              RETURNING delivery_id, attempt \
+         ), upd AS ( \
+             UPDATE deliveries d SET status = u.new_status, \
+                 attempts = GREATEST(d.attempts, u.attempt), \
+                 last_response_status = u.response_status, last_attempt_at = u.started_at, \
+                 next_attempt_at = u.next_attempt_at, updated_at = $12 \
+             FROM ins JOIN u ON u.delivery_id = ins.delivery_id AND u.attempt = ins.attempt \
+             WHERE d.id = ins.delivery_id AND NOT u.born \
          ) \
-         UPDATE deliveries d SET status = u.new_status, \
-             attempts = GREATEST(d.attempts, u.attempt), \
-             last_response_status = u.response_status, last_attempt_at = u.started_at, \
-             next_attempt_at = u.next_attempt_at, updated_at = $12 \
-         FROM ins JOIN u ON u.delivery_id = ins.delivery_id AND u.attempt = ins.attempt \
-         WHERE d.id = ins.delivery_id \
-         RETURNING d.id",
+         SELECT delivery_id FROM ins",
     )
     .bind(attempts.iter().map(|a| a.delivery_id.0).collect::<Vec<_>>())
     .bind(
@@ -700,6 +758,7 @@ async fn attempt_run(
             .collect::<Vec<_>>(),
     )
     .bind(now)
+    .bind(&born)
     .fetch_all(&mut *conn)
     .await?
     .into_iter()

@@ -198,6 +198,7 @@ on_both_backends!(
     attempts_are_recorded_once,
     attempts_update_the_delivery,
     mixed_ops_apply_in_kind_order,
+    fan_out_and_first_attempts_in_one_batch,
     cancel_leaves_final_deliveries_alone,
     delivery_context_with_and_without_subscription,
     ledger_commits_concurrent_writes,
@@ -831,6 +832,74 @@ async fn mixed_ops_apply_in_kind_order(db: TestDb) {
             .is_empty()
     );
     assert!(store.apply(&[]).await.unwrap().is_empty());
+}
+
+/// The fan-out stage's write: an event, its deliveries and the first
+/// attempts of some of them, together (PostgreSQL inserts those deliveries
+/// in their attempt's state directly; both must read the same afterwards).
+async fn fan_out_and_first_attempts_in_one_batch(db: TestDb) {
+    let store = &db.store;
+    let ws = workspace(store).await;
+    let event = event(&ws);
+    let subs = [SubscriptionId::generate(), SubscriptionId::generate()];
+    let (op, deliveries) = fan_out(&event, &subs);
+    let (tried, queued) = (deliveries[0].0, deliveries[1].0);
+    let attempt = failed_attempt(tried, 1);
+    let results = store
+        .apply(&[op.clone(), WriteOp::Attempt(attempt.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        vec![
+            WriteResult::FanOut {
+                to_publish: deliveries.clone()
+            },
+            WriteResult::Attempt { recorded: true },
+        ]
+    );
+    let record = store.get_delivery(tried).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            record.status,
+            record.attempts,
+            record.last_response_status,
+            record.last_attempt_at,
+            record.next_attempt_at
+        ),
+        (
+            DeliveryStatus::Retrying,
+            1,
+            Some(503),
+            Some(attempt.started_at),
+            attempt.next_attempt_at
+        )
+    );
+    assert_eq!(store.list_attempts(tried).await.unwrap().len(), 1);
+    assert_eq!(status_of(store, queued).await, DeliveryStatus::Pending);
+
+    // The same again (a duplicate event): nothing new, the attempt fenced.
+    let again = store.apply(&[op, WriteOp::Attempt(attempt)]).await.unwrap();
+    assert_eq!(
+        again,
+        vec![
+            WriteResult::FanOut {
+                to_publish: vec![deliveries[1]]
+            },
+            WriteResult::Attempt { recorded: false },
+        ]
+    );
+    // The next attempt updates the delivery as usual.
+    let second = store
+        .apply(&[WriteOp::Attempt(succeeded_attempt(tried, 2))])
+        .await
+        .unwrap();
+    assert_eq!(second, vec![WriteResult::Attempt { recorded: true }]);
+    let record = store.get_delivery(tried).await.unwrap().unwrap();
+    assert_eq!(
+        (record.status, record.attempts),
+        (DeliveryStatus::Succeeded, 2)
+    );
 }
 
 async fn cancel_leaves_final_deliveries_alone(db: TestDb) {
