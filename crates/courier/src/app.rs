@@ -292,7 +292,8 @@ async fn supervise_api_broker(
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    connection.close(200, "courier stopping".into()).await.ok();
+                    let close = connection.close(200, "courier stopping".into());
+                    courier_producer::bounded("connection.close", close).await;
                     return;
                 }
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -382,7 +383,8 @@ async fn run_worker(
             Err(error) => Err(error),
         };
         health.set_connected(false);
-        if let Err(error) = connection.close(200, "courier stopping".into()).await {
+        let close = connection.close(200, "courier stopping".into());
+        if let Some(Err(error)) = courier_producer::bounded("connection.close", close).await {
             tracing::debug!(error = %error, "closing the RabbitMQ connection");
         }
         match outcome {

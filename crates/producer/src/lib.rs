@@ -14,3 +14,25 @@ pub use topology::Topology;
 
 /// The default broker URL, matching `amqp.url`'s default.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// How long courier waits for the broker to answer a housekeeping call
+/// (cancel a consumer, close a channel or connection, read a queue's depth).
+/// lapin waits for such answers without limit, and a broker that drops or
+/// never sends one must not keep a worker from shutting down.
+pub const BROKER_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs a broker call for at most [`BROKER_CALL_TIMEOUT`]; `None` (logged,
+/// naming `what`) when it did not answer in time.
+pub async fn bounded<F: std::future::Future>(what: &str, call: F) -> Option<F::Output> {
+    match tokio::time::timeout(BROKER_CALL_TIMEOUT, call).await {
+        Ok(output) => Some(output),
+        Err(_) => {
+            tracing::warn!(
+                call = what,
+                timeout_s = BROKER_CALL_TIMEOUT.as_secs(),
+                "RabbitMQ did not answer in time; going on without it"
+            );
+            None
+        }
+    }
+}

@@ -103,10 +103,8 @@ where
 
     stage.health.detached();
     // Stop the broker from sending more, then let in-flight work finish.
-    if let Err(error) = channel
-        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await
-    {
+    let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+    if let Some(Err(error)) = courier_producer::bounded("basic.cancel", cancel).await {
         tracing::debug!(error = %error, "cancelling the consumer");
     }
     // Whatever is still unacked after the grace period is redelivered once
@@ -149,7 +147,8 @@ async fn settle(acker: &lapin::Acker, handled: Handled) {
 }
 
 async fn close(channel: &Channel) {
-    if let Err(error) = channel.close(200, "shutdown".into()).await {
+    let close = channel.close(200, "shutdown".into());
+    if let Some(Err(error)) = courier_producer::bounded("channel.close", close).await {
         tracing::debug!(error = %error, "closing channel");
     }
 }

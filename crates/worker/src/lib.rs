@@ -312,14 +312,12 @@ async fn watch_changes(
             },
         }
     }
-    channel
-        .basic_cancel(
-            consumer.tag(),
-            lapin::options::BasicCancelOptions::default(),
-        )
-        .await
-        .ok();
-    channel.close(200, "".into()).await.ok();
+    let cancel = channel.basic_cancel(
+        consumer.tag(),
+        lapin::options::BasicCancelOptions::default(),
+    );
+    courier_producer::bounded("basic.cancel", cancel).await;
+    courier_producer::bounded("channel.close", channel.close(200, "".into())).await;
 }
 
 /// Reads the depth of every courier queue and the consumers of the work
@@ -362,18 +360,22 @@ async fn queue_depths(
                     passive: true,
                     ..QueueDeclareOptions::default()
                 };
-                match channel
-                    .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-                    .await
-                {
-                    Ok(q) => {
+                let declare =
+                    channel.queue_declare(queue.as_str().into(), passive, FieldTable::default());
+                let answer = tokio::select! {
+                    _ = stop.cancelled() => None,
+                    answer = courier_producer::bounded("queue.declare", declare) => answer,
+                };
+                match answer {
+                    Some(Ok(q)) => {
                         messages += i64::from(q.message_count());
                         consumers += i64::from(q.consumer_count());
                     }
-                    Err(error) => {
+                    Some(Err(error)) => {
                         tracing::debug!(queue, error = %error, "reading queue depth");
                         return;
                     }
+                    None => return,
                 }
             }
             metrics
@@ -388,7 +390,7 @@ async fn queue_depths(
             }
         }
     }
-    channel.close(200, "".into()).await.ok();
+    courier_producer::bounded("channel.close", channel.close(200, "".into())).await;
 }
 
 /// Renders an error with its causes on one line, for logs.
