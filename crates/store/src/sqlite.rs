@@ -15,7 +15,7 @@
 //! text with exactly six fractional digits, so that text order is time order,
 //! and UUIDs as lowercase hyphenated text. Lists are JSON arrays.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -552,13 +552,34 @@ impl SqliteStore {
 async fn apply_in(conn: &mut SqliteConnection, ops: &[WriteOp]) -> Result<Vec<WriteResult>> {
     let now = ts(&Utc::now());
     let order = kind_order(ops);
+    // As on PostgreSQL: a delivery whose first attempt is in this batch is
+    // inserted in that attempt's state, and the attempt then only adds its
+    // row (no second write of the delivery).
+    let mut first_attempts: HashMap<Uuid, &AttemptWrite> = HashMap::new();
+    for op in order.iter().map(|&i| &ops[i]) {
+        if let WriteOp::Attempt(a) = op
+            && a.attempt == 1
+        {
+            first_attempts.entry(a.delivery_id.0).or_insert(a);
+        }
+    }
+    let mut born_attempted = HashSet::new();
     let mut results = Vec::with_capacity(ops.len());
     for op in order.iter().map(|&i| &ops[i]) {
         let result = match op {
-            WriteOp::FanOut { event, deliveries } => fan_out(conn, event, deliveries, &now).await?,
-            WriteOp::Attempt(attempt) => WriteResult::Attempt {
-                recorded: record_attempt(conn, attempt, &now).await?,
-            },
+            WriteOp::FanOut { event, deliveries } => {
+                let births = Births {
+                    first_attempts: &first_attempts,
+                    born: &mut born_attempted,
+                };
+                fan_out(conn, event, deliveries, &now, births).await?
+            }
+            WriteOp::Attempt(attempt) => {
+                let born = attempt.attempt == 1 && born_attempted.remove(&attempt.delivery_id.0);
+                WriteResult::Attempt {
+                    recorded: record_attempt(conn, attempt, &now, born).await?,
+                }
+            }
             WriteOp::Cancel { delivery_id } => {
                 sqlx::query(
                     "UPDATE deliveries SET status = 'canceled', next_attempt_at = NULL, \
@@ -576,11 +597,18 @@ async fn apply_in(conn: &mut SqliteConnection, ops: &[WriteOp]) -> Result<Vec<Wr
     in_callers_order(&order, results)
 }
 
+/// The first attempts of a batch, and the deliveries inserted in their state.
+struct Births<'a, 'b> {
+    first_attempts: &'a HashMap<Uuid, &'b AttemptWrite>,
+    born: &'a mut HashSet<Uuid>,
+}
+
 async fn fan_out(
     conn: &mut SqliteConnection,
     event: &courier_model::Event,
     deliveries: &[(DeliveryId, SubscriptionId)],
     now: &str,
+    births: Births<'_, '_>,
 ) -> Result<WriteResult> {
     let data = serde_json::to_string(&event.data).map_err(|e| corrupt("events.data", e))?;
     let inserted = sqlx::query(
@@ -605,48 +633,77 @@ async fn fan_out(
     // One statement for all rows: the pairs travel as one JSON array that
     // json_each unrolls (SQLite's UNNEST). `WHERE true` resolves SQLite's
     // parsing ambiguity between a join's ON and the upsert's ON CONFLICT.
-    let pairs: Vec<[String; 2]> = deliveries
+    let rows: Vec<serde_json::Value> = deliveries
         .iter()
-        .map(|(d, s)| [d.0.to_string(), s.0.to_string()])
+        .map(|(d, s)| match births.first_attempts.get(&d.0) {
+            None => serde_json::json!([d.0.to_string(), s.0.to_string(), "pending", 0]),
+            Some(a) => serde_json::json!([
+                d.0.to_string(),
+                s.0.to_string(),
+                a.new_status.as_str(),
+                1,
+                a.response_status,
+                ts(&a.started_at),
+                a.next_attempt_at.as_ref().map(ts),
+            ]),
+        })
         .collect();
-    let pairs = serde_json::to_string(&pairs).map_err(|e| corrupt("deliveries", e))?;
-    sqlx::query(
+    let rows = serde_json::to_string(&rows).map_err(|e| corrupt("deliveries", e))?;
+    let created: Vec<String> = sqlx::query_scalar(
         "INSERT INTO deliveries (id, event_id, subscription_id, workspace_id, event_type, \
-         status, attempts, created_at, updated_at) \
+         status, attempts, last_response_status, last_attempt_at, next_attempt_at, \
+         created_at, updated_at) \
          SELECT json_extract(value, '$[0]'), ?1, json_extract(value, '$[1]'), ?2, ?3, \
-         'pending', 0, ?4, ?4 FROM json_each(?5) WHERE true \
-         ON CONFLICT (event_id, subscription_id) DO NOTHING",
+         json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
+         json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
+         json_extract(value, '$[6]'), ?4, ?4 FROM json_each(?5) WHERE true \
+         ON CONFLICT (event_id, subscription_id) DO NOTHING RETURNING id",
     )
     .bind(event.id.as_str())
     .bind(event.workspace_id.as_str())
     .bind(event.event_type.as_str())
     .bind(now)
-    .bind(&pairs)
-    .execute(&mut *conn)
+    .bind(&rows)
+    .fetch_all(&mut *conn)
     .await?;
+    for id in created {
+        let id = parse_uuid("deliveries.id", &id)?;
+        if births.first_attempts.contains_key(&id) {
+            births.born.insert(id);
+        }
+    }
 
     if inserted {
         return Ok(WriteResult::FanOut {
             to_publish: deliveries.to_vec(),
         });
     }
-    let pending: HashSet<Uuid> = sqlx::query(
+    let mut pending: HashSet<Uuid> = sqlx::query(
         "SELECT id FROM deliveries WHERE status = 'pending' \
          AND id IN (SELECT json_extract(value, '$[0]') FROM json_each(?1))",
     )
-    .bind(&pairs)
+    .bind(&rows)
     .fetch_all(&mut *conn)
     .await?
     .iter()
     .map(|row| parse_uuid("deliveries.id", row.try_get("id")?))
     .collect::<Result<_>>()?;
+    // Applied one by one, every fan-out comes before every attempt: to them,
+    // a delivery born with its first attempt's state is still pending.
+    pending.extend(births.born.iter().copied());
     Ok(WriteResult::FanOut {
         to_publish: rows::to_publish(deliveries, false, &pending),
     })
 }
 
 /// `false` when this attempt number is already recorded: then nothing changes.
-async fn record_attempt(conn: &mut SqliteConnection, a: &AttemptWrite, now: &str) -> Result<bool> {
+/// `born`: the delivery was inserted in this attempt's state already.
+async fn record_attempt(
+    conn: &mut SqliteConnection,
+    a: &AttemptWrite,
+    now: &str,
+    born: bool,
+) -> Result<bool> {
     let delivery_id = a.delivery_id.0.to_string();
     let started_at = ts(&a.started_at);
     let inserted = sqlx::query(
@@ -668,8 +725,8 @@ async fn record_attempt(conn: &mut SqliteConnection, a: &AttemptWrite, now: &str
     .await?
     .rows_affected()
         == 1;
-    if !inserted {
-        return Ok(false);
+    if !inserted || born {
+        return Ok(inserted);
     }
     sqlx::query(
         "UPDATE deliveries SET status = ?2, attempts = MAX(attempts, ?3), \
