@@ -13,6 +13,7 @@ use serde_json::json;
 
 crate::on_both_databases!(
     a_slow_endpoint_does_not_hold_up_the_others,
+    without_retry_tiers_a_busy_endpoint_is_waited_for,
     a_redelivered_event_gets_what_its_dead_worker_owed
 );
 
@@ -83,6 +84,57 @@ async fn a_slow_endpoint_does_not_hold_up_the_others(db: Db) {
     )
     .await;
     assert!(stuck.count() <= 2, "{} requests at once", stuck.count());
+    worker.stop().await.unwrap();
+}
+
+/// With a single attempt allowed there is no retry tier to put a busy
+/// endpoint's deliveries off in: the worker waits for its slots instead.
+async fn without_retry_tiers_a_busy_endpoint_is_waited_for(db: Db) {
+    const EVENTS: usize = 8;
+    let env = TestEnv::with(
+        db,
+        &[
+            ("COURIER__RETRY__MAX_ATTEMPTS", "1"),
+            ("COURIER__DELIVERY__PER_ENDPOINT_IN_FLIGHT", "1"),
+        ],
+    )
+    .await;
+    assert!(env.topology().retry_tiers().is_empty());
+    let ws = env.workspace("acme").await;
+    let busy = Receiver::start(Behavior::Slow(Duration::from_millis(300))).await;
+    let healthy = Receiver::start(Behavior::Ok).await;
+    env.webhook(&ws, &busy.url(), &["order.created"], &[]).await;
+    env.webhook(&ws, &healthy.url(), &["order.created"], &[])
+        .await;
+
+    let worker = env.start_worker().await;
+    let (publisher, _connection) = env.publisher().await;
+    for seq in 0..EVENTS {
+        let event = Event::new(
+            ws.clone(),
+            EventType::OrderCreated,
+            None,
+            json!({"seq": seq}),
+        );
+        publisher.publish(&event.unwrap()).await.unwrap();
+    }
+    // One slot at the busy endpoint: its deliveries wait in the worker and
+    // go out one after the other, none put off, none lost.
+    wait_for(
+        "every delivery to succeed",
+        Duration::from_secs(30),
+        || async {
+            env.store.delivery_counts().await.unwrap()
+                == [(DeliveryStatus::Succeeded, 2 * EVENTS as u64)]
+        },
+    )
+    .await;
+    assert_eq!((healthy.count(), busy.count()), (EVENTS, EVENTS));
+    let metrics = worker.get("/metrics").await.1;
+    assert_eq!(
+        metric_value(&metrics, "courier_deliveries_deferred_total"),
+        0.0
+    );
     worker.stop().await.unwrap();
 }
 

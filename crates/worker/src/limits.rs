@@ -125,6 +125,19 @@ impl EndpointLimits {
         Self::wait(endpoint).await.ok_or(NoSlot::Busy)
     }
 
+    /// A slot, however long it takes.
+    pub async fn acquire_waiting(&self, id: SubscriptionId) -> Slot {
+        let endpoint = self.endpoint(id);
+        let permit = Arc::clone(&endpoint.slots)
+            .acquire_owned()
+            .await
+            .expect("endpoint semaphores are never closed");
+        Slot {
+            endpoint,
+            _permit: permit,
+        }
+    }
+
     async fn wait(endpoint: Arc<Endpoint>) -> Option<Slot> {
         let permit = tokio::time::timeout(QUICK, Arc::clone(&endpoint.slots).acquire_owned())
             .await

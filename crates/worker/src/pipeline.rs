@@ -438,6 +438,10 @@ impl Pipeline {
         // worker's slots, where they would starve every other endpoint.
         let slot = match self.endpoints.acquire(msg.subscription_id).await {
             Ok(slot) => slot,
+            // No tier to put it off in: wait here.
+            Err(_) if self.topology.retry_tiers().is_empty() => {
+                self.endpoints.acquire_waiting(msg.subscription_id).await
+            }
             Err(NoSlot::Slow { mean, .. }) => return Ok(self.defer(msg, mean).await?),
             Err(NoSlot::Busy) => return Ok(self.defer(msg, Duration::ZERO).await?),
         };
@@ -663,24 +667,26 @@ impl Pipeline {
     /// counted as deferred once more, waits in a retry tier and comes back
     /// to the deliveries queue. The first wait is the endpoint's mean
     /// response time (at least [`FIRST_DEFERRAL`]), doubling each time, up
-    /// to [`MAX_DEFERRAL`].
+    /// to [`MAX_DEFERRAL`]. With no retry tiers (a policy of one attempt)
+    /// the message goes to the deliveries queue at once, where the delivery
+    /// stage waits for a slot.
     async fn defer(&self, msg: &DeliveryMessage, mean: Duration) -> Result<(), PublishError> {
         let delay = FIRST_DEFERRAL
             .max(mean)
             .saturating_mul(1 << msg.deferrals.min(16))
             .min(MAX_DEFERRAL);
         let Some(tier) = self.topology.tier_for(delay) else {
-            unreachable!("a worker's topology always has retry tiers")
+            let exchange = self.topology.deliveries_exchange();
+            return self
+                .publish(
+                    &exchange,
+                    DELIVERY_ROUTING_KEY,
+                    &msg.to_vec(),
+                    json_properties(),
+                )
+                .await;
         };
-        let expiration = delay.min(tier).as_millis().to_string();
-        let properties = json_properties().with_expiration(expiration.as_str().into());
-        self.publish(
-            "",
-            &self.topology.retry_queue(tier),
-            &msg.deferred().to_vec(),
-            properties,
-        )
-        .await?;
+        self.park(&msg.deferred(), delay, tier).await?;
         self.metrics.deferred.inc();
         tracing::debug!(
             deferrals = msg.deferrals + 1,
@@ -697,15 +703,26 @@ impl Pipeline {
         msg: &DeliveryMessage,
         delay: Duration,
     ) -> Result<(), PublishError> {
-        let Some(tier) = self.topology.tier_for(delay) else {
-            return self.dead_letter(msg).await;
-        };
+        match self.topology.tier_for(delay) {
+            Some(tier) => self.park(&msg.next_attempt(), delay, tier).await,
+            None => self.dead_letter(msg).await,
+        }
+    }
+
+    /// Publishes `msg` to the retry tier `tier`, to come back to the
+    /// deliveries queue after `delay` (at most the tier's length).
+    async fn park(
+        &self,
+        msg: &DeliveryMessage,
+        delay: Duration,
+        tier: Duration,
+    ) -> Result<(), PublishError> {
         let expiration = delay.min(tier).as_millis().to_string();
         let properties = json_properties().with_expiration(expiration.as_str().into());
         self.publish(
             "",
             &self.topology.retry_queue(tier),
-            &msg.next_attempt().to_vec(),
+            &msg.to_vec(),
             properties,
         )
         .await
