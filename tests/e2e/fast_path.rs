@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use courier_model::{DeliveryId, DeliveryStatus, ErrorKind, Event, EventType};
+use courier_model::{DeliveryId, DeliveryStatus, ErrorKind, Event, EventType, WorkspaceId};
 use courier_store::{AttemptWrite, WriteOp};
 use courier_tests::{Behavior, Db, Receiver, TestEnv, metric_value, wait_for};
 use lapin::options::BasicGetOptions;
@@ -32,22 +32,10 @@ async fn a_slow_endpoint_does_not_hold_up_the_others(db: Db) {
     let ws = env.workspace("acme").await;
     let stuck = Receiver::start(Behavior::Hang(Duration::from_secs(120))).await;
     let healthy = Receiver::start(Behavior::Ok).await;
-    env.webhook(&ws, &stuck.url(), &["order.created"], &[])
-        .await;
-    env.webhook(&ws, &healthy.url(), &["order.created"], &[])
-        .await;
+    subscribe_to_orders(&env, &ws, [&stuck, &healthy]).await;
 
     let worker = env.start_worker().await;
-    let (publisher, _connection) = env.publisher().await;
-    for seq in 0..EVENTS {
-        let event = Event::new(
-            ws.clone(),
-            EventType::OrderCreated,
-            None,
-            json!({"seq": seq}),
-        );
-        publisher.publish(&event.unwrap()).await.unwrap();
-    }
+    publish_orders(&env, &ws, EVENTS).await;
 
     wait_for(
         "every event at the healthy endpoint",
@@ -103,21 +91,10 @@ async fn without_retry_tiers_a_busy_endpoint_is_waited_for(db: Db) {
     let ws = env.workspace("acme").await;
     let busy = Receiver::start(Behavior::Slow(Duration::from_millis(300))).await;
     let healthy = Receiver::start(Behavior::Ok).await;
-    env.webhook(&ws, &busy.url(), &["order.created"], &[]).await;
-    env.webhook(&ws, &healthy.url(), &["order.created"], &[])
-        .await;
+    subscribe_to_orders(&env, &ws, [&busy, &healthy]).await;
 
     let worker = env.start_worker().await;
-    let (publisher, _connection) = env.publisher().await;
-    for seq in 0..EVENTS {
-        let event = Event::new(
-            ws.clone(),
-            EventType::OrderCreated,
-            None,
-            json!({"seq": seq}),
-        );
-        publisher.publish(&event.unwrap()).await.unwrap();
-    }
+    publish_orders(&env, &ws, EVENTS).await;
     // One slot at the busy endpoint: its deliveries wait in the worker and
     // go out one after the other, none put off, none lost.
     wait_for(
@@ -215,4 +192,25 @@ async fn a_redelivered_event_gets_what_its_dead_worker_owed(db: Db) {
     assert_eq!(attempts.len(), 2);
     assert_eq!(attempts[1].response_status, Some(200));
     assert_eq!(env.store.list_attempts(d2).await.unwrap().len(), 1);
+}
+
+async fn subscribe_to_orders(env: &TestEnv, ws: &WorkspaceId, receivers: [&Receiver; 2]) {
+    for receiver in receivers {
+        env.webhook(ws, &receiver.url(), &["order.created"], &[])
+            .await;
+    }
+}
+
+/// Publishes `n` order.created events, each confirmed.
+async fn publish_orders(env: &TestEnv, ws: &WorkspaceId, n: usize) {
+    let (publisher, _connection) = env.publisher().await;
+    for seq in 0..n {
+        let event = Event::new(
+            ws.clone(),
+            EventType::OrderCreated,
+            None,
+            json!({"seq": seq}),
+        );
+        publisher.publish(&event.unwrap()).await.unwrap();
+    }
 }
