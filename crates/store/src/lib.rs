@@ -96,6 +96,26 @@ impl WriteOp {
     }
 }
 
+/// The first attempt (attempt 1) of each delivery among `ops`, the first
+/// such op winning. A delivery a batch creates with its first attempt in the
+/// same batch is inserted in the state that attempt leads to, instead of
+/// inserted pending and then updated (a second row version and, when the
+/// page is full, an entry in every index); the attempt then only adds its
+/// row.
+pub(crate) fn first_attempts<'a>(
+    ops: impl Iterator<Item = &'a WriteOp>,
+) -> std::collections::HashMap<uuid::Uuid, &'a AttemptWrite> {
+    let mut first = std::collections::HashMap::new();
+    for op in ops {
+        if let WriteOp::Attempt(a) = op
+            && a.attempt == 1
+        {
+            first.entry(a.delivery_id.0).or_insert(a);
+        }
+    }
+    first
+}
+
 /// The order a batch is applied in: indices of `ops`, by kind, stable within
 /// a kind.
 pub(crate) fn kind_order(ops: &[WriteOp]) -> Vec<usize> {

@@ -458,18 +458,7 @@ async fn apply_in(conn: &mut PgConnection, ops: &[WriteOp]) -> Result<Vec<WriteR
     let now = Utc::now();
     let order = kind_order(ops);
     let sorted: Vec<&WriteOp> = order.iter().map(|&i| &ops[i]).collect();
-    // First attempts of deliveries this batch may create: such a delivery
-    // is inserted in the state its attempt leads to, instead of inserted
-    // pending and then updated (a second row version and, when the page is
-    // full, an entry in every index).
-    let mut first_attempts: HashMap<Uuid, &AttemptWrite> = HashMap::new();
-    for op in &sorted {
-        if let WriteOp::Attempt(a) = op
-            && a.attempt == 1
-        {
-            first_attempts.entry(a.delivery_id.0).or_insert(a);
-        }
-    }
+    let first_attempts = crate::first_attempts(sorted.iter().copied());
     // Deliveries inserted with their first attempt's state: that attempt
     // then only needs its row.
     let mut born_attempted = HashSet::new();

@@ -552,17 +552,7 @@ impl SqliteStore {
 async fn apply_in(conn: &mut SqliteConnection, ops: &[WriteOp]) -> Result<Vec<WriteResult>> {
     let now = ts(&Utc::now());
     let order = kind_order(ops);
-    // As on PostgreSQL: a delivery whose first attempt is in this batch is
-    // inserted in that attempt's state, and the attempt then only adds its
-    // row (no second write of the delivery).
-    let mut first_attempts: HashMap<Uuid, &AttemptWrite> = HashMap::new();
-    for op in order.iter().map(|&i| &ops[i]) {
-        if let WriteOp::Attempt(a) = op
-            && a.attempt == 1
-        {
-            first_attempts.entry(a.delivery_id.0).or_insert(a);
-        }
-    }
+    let first_attempts = crate::first_attempts(order.iter().map(|&i| &ops[i]));
     let mut born_attempted = HashSet::new();
     let mut results = Vec::with_capacity(ops.len());
     for op in order.iter().map(|&i| &ops[i]) {
