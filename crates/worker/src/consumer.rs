@@ -1,6 +1,6 @@
 //! One stage's consume loop: take messages within the prefetch window, run
 //! the stage's handler on each in its own task, and ack or requeue by what
-//! the handler decided, only after it finished.
+//! the handler decided, only after it finished (in batches: see `acks`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::sync::Semaphore;
@@ -18,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::WorkerError;
+use crate::acks::Settler;
 use crate::health::{HEARTBEAT, StageHealth};
 
 /// What to tell the broker about a message once its handler is done.
@@ -65,6 +64,7 @@ where
     stage.health.attached();
 
     let tasks = TaskTracker::new();
+    let settler = Settler::start();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let result = loop {
         let next = tokio::select! {
@@ -92,11 +92,12 @@ where
             _ = shutdown.cancelled() => break Ok(()),
             permit = Arc::clone(&stage.slots).acquire_owned() => permit.expect("stage semaphores are never closed"),
         };
-        let acker = delivery.acker.clone();
+        let tag = delivery.delivery_tag;
+        settler.received(tag, delivery.acker.clone());
+        let settle = settler.handle();
         let work = handler(delivery);
         tasks.spawn(async move {
-            let handled = work.await;
-            settle(&acker, handled).await;
+            settle.finished(tag, work.await);
             drop(permit);
         });
     };
@@ -116,34 +117,9 @@ where
     {
         tracing::warn!(queue = %stage.queue, unfinished = tasks.len(), "grace period over; handing unfinished messages back");
     }
+    settler.finish().await;
     close(&channel).await;
     result
-}
-
-async fn settle(acker: &lapin::Acker, handled: Handled) {
-    let outcome = match handled {
-        Handled::Ack => acker.ack(BasicAckOptions::default()).await,
-        Handled::Requeue => {
-            acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-        }
-    };
-    match outcome {
-        Ok(true) => {}
-        // The channel was recovered since this message arrived: the broker
-        // will redeliver it, and the handlers are idempotent.
-        Ok(false) => tracing::warn!(
-            ?handled,
-            "message settled on a stale channel; it will be redelivered"
-        ),
-        Err(error) => {
-            tracing::warn!(?handled, error = %error, "could not settle message; it will be redelivered")
-        }
-    }
 }
 
 async fn close(channel: &Channel) {

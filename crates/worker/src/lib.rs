@@ -11,6 +11,7 @@
 //! redelivery, never loss. This crate owns no configuration parsing and no
 //! HTTP server: the `courier` binary wires it.
 
+mod acks;
 mod consumer;
 pub mod health;
 pub mod http;

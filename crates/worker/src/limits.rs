@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use courier_model::SubscriptionId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// What courier expects of a healthy endpoint: answers within this long on
 /// average, so that a delivery waiting for one of its slots waits at most
@@ -29,14 +30,47 @@ struct Endpoint {
     slots: Arc<Semaphore>,
     /// Exponentially weighted mean of recent attempt durations, in µs.
     mean_micros: AtomicU64,
+    /// When a slot was last taken or freed, in µs after `created`.
+    progress_micros: AtomicU64,
+    created: Instant,
 }
 
 impl Endpoint {
+    fn new(slots: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(slots)),
+            mean_micros: AtomicU64::new(0),
+            progress_micros: AtomicU64::new(0),
+            created: Instant::now(),
+        }
+    }
+
+    fn now_micros(&self) -> u64 {
+        self.created.elapsed().as_micros().min(u128::from(u64::MAX)) as u64
+    }
+
+    fn progressed(&self) {
+        self.progress_micros
+            .fetch_max(self.now_micros(), Ordering::Relaxed);
+    }
+
+    /// Slow if its answers have been, or if every slot is taken and none
+    /// has freed for longer than [`QUICK`]: attempts stuck on an endpoint
+    /// that has not answered yet say as much as a mean would, and waiting
+    /// for their slots would only hold the waiter up.
     fn slow(&self) -> Option<NoSlot> {
         let mean = self.mean_micros.load(Ordering::Relaxed);
-        (mean > QUICK.as_micros() as u64).then(|| NoSlot::Slow {
-            mean: Duration::from_micros(mean),
-            full: self.slots.available_permits() == 0,
+        let full = self.slots.available_permits() == 0;
+        let stalled = if full {
+            self.now_micros()
+                .saturating_sub(self.progress_micros.load(Ordering::Relaxed))
+        } else {
+            0
+        };
+        let slow = mean.max(stalled);
+        (slow > QUICK.as_micros() as u64).then(|| NoSlot::Slow {
+            mean: Duration::from_micros(slow),
+            full,
         })
     }
 }
@@ -59,7 +93,21 @@ pub struct Slot {
     _permit: OwnedSemaphorePermit,
 }
 
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.endpoint.progressed();
+    }
+}
+
 impl Slot {
+    fn new(endpoint: Arc<Endpoint>, permit: OwnedSemaphorePermit) -> Self {
+        endpoint.progressed();
+        Self {
+            endpoint,
+            _permit: permit,
+        }
+    }
+
     pub fn observe(&self, took: Duration) {
         let sample = took.as_micros().min(u128::from(u64::MAX)) as u64;
         // mean += (sample - mean) / 4; a lost race only drops one sample.
@@ -88,12 +136,10 @@ impl EndpointLimits {
         if map.len() > 4096 {
             map.retain(|_, e| Arc::strong_count(e) > 1);
         }
-        Arc::clone(map.entry(id).or_insert_with(|| {
-            Arc::new(Endpoint {
-                slots: Arc::new(Semaphore::new(self.per_endpoint)),
-                mean_micros: AtomicU64::new(0),
-            })
-        }))
+        Arc::clone(
+            map.entry(id)
+                .or_insert_with(|| Arc::new(Endpoint::new(self.per_endpoint))),
+        )
     }
 
     /// A slot for an endpoint that has been answering quickly, waiting at
@@ -114,10 +160,7 @@ impl EndpointLimits {
     pub async fn acquire(&self, id: SubscriptionId) -> Result<Slot, NoSlot> {
         let endpoint = self.endpoint(id);
         if let Ok(permit) = Arc::clone(&endpoint.slots).try_acquire_owned() {
-            return Ok(Slot {
-                endpoint,
-                _permit: permit,
-            });
+            return Ok(Slot::new(endpoint, permit));
         }
         if let Some(slow) = endpoint.slow() {
             return Err(slow);
@@ -132,10 +175,7 @@ impl EndpointLimits {
             .acquire_owned()
             .await
             .expect("endpoint semaphores are never closed");
-        Slot {
-            endpoint,
-            _permit: permit,
-        }
+        Slot::new(endpoint, permit)
     }
 
     async fn wait(endpoint: Arc<Endpoint>) -> Option<Slot> {
@@ -143,10 +183,7 @@ impl EndpointLimits {
             .await
             .ok()?
             .expect("endpoint semaphores are never closed");
-        Some(Slot {
-            endpoint,
-            _permit: permit,
-        })
+        Some(Slot::new(endpoint, permit))
     }
 }
 
@@ -206,5 +243,32 @@ mod tests {
             slot.observe(Duration::from_millis(2));
         }
         assert!(limits.acquire_quick(id).await.is_ok(), "quick again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_stuck_on_its_first_requests_is_slow_before_it_answers() {
+        let limits = EndpointLimits::new(2);
+        let id = SubscriptionId::generate();
+        let held = (
+            limits.acquire(id).await.unwrap(),
+            limits.acquire(id).await.unwrap(),
+        );
+        // Just filled: a waiter may still get a slot soon, so it waits.
+        let started = Instant::now();
+        assert_eq!(limits.acquire_quick(id).await.err(), Some(NoSlot::Busy));
+        assert_eq!(started.elapsed(), QUICK);
+
+        // Nothing freed for longer than QUICK: slow, no more waiting.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let started = Instant::now();
+        match limits.acquire(id).await {
+            Err(NoSlot::Slow { mean, full: true }) => assert!(mean > QUICK, "{mean:?}"),
+            other => panic!("expected slow and full, got {other:?}"),
+        }
+        assert_eq!(started.elapsed(), Duration::ZERO);
+
+        // A freed slot is progress: the endpoint is usable again.
+        drop(held);
+        assert!(limits.acquire_quick(id).await.is_ok());
     }
 }
