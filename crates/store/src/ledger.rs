@@ -235,7 +235,7 @@ async fn commit(store: &Store, batch: Vec<Request>) {
 /// would fail every request alike.
 fn caused_by_an_op(err: &StoreError) -> bool {
     match err {
-        StoreError::Corrupt(_) => true,
+        StoreError::Corrupt(_) | StoreError::UnknownDelivery(_) => true,
         StoreError::Database(sqlx::Error::Database(db)) => {
             let sqlite_code = db
                 .try_downcast_ref::<sqlx::sqlite::SqliteError>()

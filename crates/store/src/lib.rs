@@ -31,6 +31,8 @@ pub enum StoreError {
     Conflict { what: &'static str },
     #[error("{what} not found")]
     NotFound { what: &'static str },
+    #[error("attempt of delivery {0}, which is not in the ledger")]
+    UnknownDelivery(courier_model::DeliveryId),
     #[error("ledger row is corrupt: {0}")]
     Corrupt(String),
     #[error("database error")]

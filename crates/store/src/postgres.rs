@@ -671,7 +671,10 @@ async fn attempt_run(
         .iter()
         .map(|a| a.attempt == 1 && born_attempted.remove(&a.delivery_id.0))
         .collect();
-    let recorded: HashSet<Uuid> = sqlx::query_scalar(
+    // No foreign key stands behind attempts (see migration 0002): an
+    // attempt whose delivery is not in the ledger shows as a new attempt
+    // that updated no delivery, and fails the batch as the key would have.
+    let inserted: Vec<(Uuid, bool)> = sqlx::query_as(
         "WITH u AS ( \
              SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], \
                  $5::int[], $6::int[], $7::text[], $8::text[], $9::text[], $10::text[], \
@@ -692,8 +695,11 @@ async fn attempt_run(
                  next_attempt_at = u.next_attempt_at, updated_at = $12 \
              FROM ins JOIN u ON u.delivery_id = ins.delivery_id AND u.attempt = ins.attempt \
              WHERE d.id = ins.delivery_id AND NOT u.born \
+             RETURNING d.id \
          ) \
-         SELECT delivery_id FROM ins",
+         SELECT ins.delivery_id, u.born OR upd.id IS NOT NULL \
+         FROM ins JOIN u ON u.delivery_id = ins.delivery_id AND u.attempt = ins.attempt \
+         LEFT JOIN upd ON upd.id = ins.delivery_id",
     )
     .bind(attempts.iter().map(|a| a.delivery_id.0).collect::<Vec<_>>())
     .bind(
@@ -749,9 +755,11 @@ async fn attempt_run(
     .bind(now)
     .bind(&born)
     .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .collect();
+    .await?;
+    if let Some(&(missing, _)) = inserted.iter().find(|(_, known)| !known) {
+        return Err(StoreError::UnknownDelivery(DeliveryId(missing)));
+    }
+    let recorded: HashSet<Uuid> = inserted.into_iter().map(|(id, _)| id).collect();
     Ok(attempts
         .iter()
         .map(|a| WriteResult::Attempt {
