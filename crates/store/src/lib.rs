@@ -126,6 +126,31 @@ pub(crate) fn kind_order(ops: &[WriteOp]) -> Vec<usize> {
     order
 }
 
+/// Splits ops sorted by kind into runs that one statement each can apply:
+/// ops of one kind, and for attempts, of distinct deliveries (two attempts
+/// of one delivery must update it one after the other).
+pub(crate) fn runs<'s, 'o>(mut sorted: &'s [&'o WriteOp]) -> impl Iterator<Item = &'s [&'o WriteOp]> {
+    std::iter::from_fn(move || {
+        let first = sorted.first()?;
+        let len = match first {
+            WriteOp::Attempt(_) => {
+                let mut seen = std::collections::HashSet::new();
+                sorted
+                    .iter()
+                    .take_while(|op| matches!(op, WriteOp::Attempt(a) if seen.insert(a.delivery_id)))
+                    .count()
+            }
+            _ => sorted
+                .iter()
+                .take_while(|op| op.kind_rank() == first.kind_rank())
+                .count(),
+        };
+        let (run, rest) = sorted.split_at(len);
+        sorted = rest;
+        Some(run)
+    })
+}
+
 /// Puts the results of ops applied in `order` back in the callers' order.
 pub(crate) fn in_callers_order(
     order: &[usize],

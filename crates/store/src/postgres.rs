@@ -464,28 +464,8 @@ async fn apply_in(conn: &mut PgConnection, ops: &[WriteOp]) -> Result<Vec<WriteR
     let mut born_attempted = HashSet::new();
 
     let mut sorted_results = Vec::with_capacity(ops.len());
-    let mut rest = sorted.as_slice();
-    while let Some(first) = rest.first() {
-        let len = match first {
-            WriteOp::FanOut { .. } => rest
-                .iter()
-                .take_while(|op| matches!(op, WriteOp::FanOut { .. }))
-                .count(),
-            WriteOp::Attempt(_) => {
-                let mut seen = HashSet::new();
-                rest.iter()
-                    .take_while(
-                        |op| matches!(op, WriteOp::Attempt(a) if seen.insert(a.delivery_id)),
-                    )
-                    .count()
-            }
-            WriteOp::Cancel { .. } => rest
-                .iter()
-                .take_while(|op| matches!(op, WriteOp::Cancel { .. }))
-                .count(),
-        };
-        let (run, tail) = rest.split_at(len);
-        match first {
+    for run in crate::runs(&sorted) {
+        match run[0] {
             WriteOp::FanOut { .. } => {
                 let (results, born) = fan_out_run(conn, run, now, &first_attempts).await?;
                 sorted_results.extend(results);
@@ -499,7 +479,6 @@ async fn apply_in(conn: &mut PgConnection, ops: &[WriteOp]) -> Result<Vec<WriteR
                 sorted_results.extend(run.iter().map(|_| WriteResult::Canceled));
             }
         }
-        rest = tail;
     }
 
     in_callers_order(&order, sorted_results)

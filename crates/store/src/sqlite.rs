@@ -546,43 +546,46 @@ impl SqliteStore {
 }
 
 /// Applies `ops` inside the caller's write transaction, in kind order like
-/// the PostgreSQL ledger (see [`WriteOp`]). SQLite runs in-process, so a
-/// statement per op costs microseconds; what batching saves here is the
-/// commit (an fsync of the WAL), which happens once per batch.
+/// the PostgreSQL ledger (see [`WriteOp`]). A fan-out takes two statements,
+/// a run of attempts two in all: every statement is a round trip to the
+/// connection's thread, and the commit (an fsync of the WAL) happens once
+/// per batch.
 async fn apply_in(conn: &mut SqliteConnection, ops: &[WriteOp]) -> Result<Vec<WriteResult>> {
     let now = ts(&Utc::now());
     let order = kind_order(ops);
-    let first_attempts = crate::first_attempts(order.iter().map(|&i| &ops[i]));
+    let sorted: Vec<&WriteOp> = order.iter().map(|&i| &ops[i]).collect();
+    let first_attempts = crate::first_attempts(sorted.iter().copied());
     let mut born_attempted = HashSet::new();
     let mut results = Vec::with_capacity(ops.len());
-    for op in order.iter().map(|&i| &ops[i]) {
-        let result = match op {
-            WriteOp::FanOut { event, deliveries } => {
-                let births = Births {
-                    first_attempts: &first_attempts,
-                    born: &mut born_attempted,
-                };
-                fan_out(conn, event, deliveries, &now, births).await?
-            }
-            WriteOp::Attempt(attempt) => {
-                let born = attempt.attempt == 1 && born_attempted.remove(&attempt.delivery_id.0);
-                WriteResult::Attempt {
-                    recorded: record_attempt(conn, attempt, &now, born).await?,
+    for run in crate::runs(&sorted) {
+        if let WriteOp::Attempt(_) = run[0] {
+            results.extend(attempt_run(conn, run, &now, &mut born_attempted).await?);
+            continue;
+        }
+        for op in run {
+            let result = match op {
+                WriteOp::FanOut { event, deliveries } => {
+                    let births = Births {
+                        first_attempts: &first_attempts,
+                        born: &mut born_attempted,
+                    };
+                    fan_out(conn, event, deliveries, &now, births).await?
                 }
-            }
-            WriteOp::Cancel { delivery_id } => {
-                sqlx::query(
-                    "UPDATE deliveries SET status = 'canceled', next_attempt_at = NULL, \
-                     updated_at = ?2 WHERE id = ?1 AND status IN ('pending', 'retrying')",
-                )
-                .bind(delivery_id.0.to_string())
-                .bind(&now)
-                .execute(&mut *conn)
-                .await?;
-                WriteResult::Canceled
-            }
-        };
-        results.push(result);
+                WriteOp::Cancel { delivery_id } => {
+                    sqlx::query(
+                        "UPDATE deliveries SET status = 'canceled', next_attempt_at = NULL, \
+                         updated_at = ?2 WHERE id = ?1 AND status IN ('pending', 'retrying')",
+                    )
+                    .bind(delivery_id.0.to_string())
+                    .bind(&now)
+                    .execute(&mut *conn)
+                    .await?;
+                    WriteResult::Canceled
+                }
+                WriteOp::Attempt(_) => unreachable!("runs hold one kind of op"),
+            };
+            results.push(result);
+        }
     }
     in_callers_order(&order, results)
 }
@@ -686,53 +689,94 @@ async fn fan_out(
     })
 }
 
-/// `false` when this attempt number is already recorded: then nothing changes.
-/// `born`: the delivery was inserted in this attempt's state already.
-async fn record_attempt(
+/// Attempts of distinct deliveries: one statement inserts the attempt rows
+/// (an attempt number already recorded changes nothing), one updates the
+/// deliveries whose attempt was new, except those born in this batch
+/// already in their first attempt's state. Both take their rows as one
+/// JSON array.
+async fn attempt_run(
     conn: &mut SqliteConnection,
-    a: &AttemptWrite,
+    run: &[&WriteOp],
     now: &str,
-    born: bool,
-) -> Result<bool> {
-    let delivery_id = a.delivery_id.0.to_string();
-    let started_at = ts(&a.started_at);
-    let inserted = sqlx::query(
+    born_attempted: &mut HashSet<Uuid>,
+) -> Result<Vec<WriteResult>> {
+    let attempts: Vec<&AttemptWrite> = run
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::Attempt(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    let rows: Vec<serde_json::Value> = attempts
+        .iter()
+        .map(|a| {
+            serde_json::json!([
+                a.delivery_id.0.to_string(),
+                a.attempt,
+                a.url,
+                ts(&a.started_at),
+                a.duration_ms,
+                a.response_status,
+                a.error_kind.map(|k| k.as_str()),
+                a.error,
+                a.response_excerpt,
+            ])
+        })
+        .collect();
+    let rows = serde_json::to_string(&rows).map_err(|e| corrupt("attempts", e))?;
+    let recorded: HashSet<Uuid> = sqlx::query_scalar::<_, String>(
         "INSERT INTO attempts (delivery_id, attempt, url, started_at, duration_ms, \
          response_status, error_kind, error, response_excerpt) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-         ON CONFLICT (delivery_id, attempt) DO NOTHING",
+         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+         json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
+         json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
+         json_extract(value, '$[6]'), json_extract(value, '$[7]'), \
+         json_extract(value, '$[8]') FROM json_each(?1) WHERE true \
+         ON CONFLICT (delivery_id, attempt) DO NOTHING RETURNING delivery_id",
     )
-    .bind(&delivery_id)
-    .bind(i64::from(a.attempt))
-    .bind(&a.url)
-    .bind(&started_at)
-    .bind(i64::from(a.duration_ms))
-    .bind(a.response_status.map(i64::from))
-    .bind(a.error_kind.map(|k| k.as_str()))
-    .bind(a.error.as_deref())
-    .bind(a.response_excerpt.as_deref())
-    .execute(&mut *conn)
+    .bind(&rows)
+    .fetch_all(&mut *conn)
     .await?
-    .rows_affected()
-        == 1;
-    if !inserted || born {
-        return Ok(inserted);
+    .iter()
+    .map(|id| parse_uuid("attempts.delivery_id", id))
+    .collect::<Result<_>>()?;
+
+    let updates: Vec<serde_json::Value> = attempts
+        .iter()
+        .filter(|a| recorded.contains(&a.delivery_id.0))
+        .filter(|a| !(a.attempt == 1 && born_attempted.remove(&a.delivery_id.0)))
+        .map(|a| {
+            serde_json::json!([
+                a.delivery_id.0.to_string(),
+                a.new_status.as_str(),
+                a.attempt,
+                a.response_status,
+                ts(&a.started_at),
+                a.next_attempt_at.as_ref().map(ts),
+            ])
+        })
+        .collect();
+    if !updates.is_empty() {
+        let updates = serde_json::to_string(&updates).map_err(|e| corrupt("deliveries", e))?;
+        sqlx::query(
+            "UPDATE deliveries SET status = json_extract(u.value, '$[1]'), \
+             attempts = MAX(attempts, json_extract(u.value, '$[2]')), \
+             last_response_status = json_extract(u.value, '$[3]'), \
+             last_attempt_at = json_extract(u.value, '$[4]'), \
+             next_attempt_at = json_extract(u.value, '$[5]'), updated_at = ?2 \
+             FROM json_each(?1) AS u WHERE deliveries.id = json_extract(u.value, '$[0]')",
+        )
+        .bind(&updates)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
     }
-    sqlx::query(
-        "UPDATE deliveries SET status = ?2, attempts = MAX(attempts, ?3), \
-         last_response_status = ?4, last_attempt_at = ?5, next_attempt_at = ?6, updated_at = ?7 \
-         WHERE id = ?1",
-    )
-    .bind(&delivery_id)
-    .bind(a.new_status.as_str())
-    .bind(i64::from(a.attempt))
-    .bind(a.response_status.map(i64::from))
-    .bind(&started_at)
-    .bind(a.next_attempt_at.as_ref().map(ts))
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(true)
+    Ok(attempts
+        .iter()
+        .map(|a| WriteResult::Attempt {
+            recorded: recorded.contains(&a.delivery_id.0),
+        })
+        .collect())
 }
 
 // --- API keys and the delivery log ------------------------------------------
