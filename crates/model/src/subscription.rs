@@ -174,12 +174,22 @@ impl Subscription {
     }
 }
 
-/// Enabled subscriptions indexed by (workspace, event type), so that matching
-/// an event costs the subscriptions of that pair, not all of them.
+/// Enabled subscriptions indexed by (workspace, event type) and then by
+/// channel, so that matching an event costs its matches, not every
+/// subscription of the workspace.
 #[derive(Debug, Default)]
 pub struct SubscriptionIndex {
-    by_key: HashMap<(WorkspaceId, EventType), Vec<Arc<Subscription>>>,
+    by_key: HashMap<(WorkspaceId, EventType), Listeners>,
     len: usize,
+}
+
+/// The subscriptions to one event type of one workspace.
+#[derive(Debug, Default)]
+struct Listeners {
+    /// Those that list no channels: every channel.
+    every_channel: Vec<Arc<Subscription>>,
+    /// Those that list channels, under each of them.
+    by_channel: HashMap<Channel, Vec<Arc<Subscription>>>,
 }
 
 impl SubscriptionIndex {
@@ -198,10 +208,22 @@ impl SubscriptionIndex {
         }
         let sub = Arc::new(sub);
         for &ty in &sub.event_types {
-            self.by_key
+            let listeners = self
+                .by_key
                 .entry((sub.workspace_id.clone(), ty))
-                .or_default()
-                .push(Arc::clone(&sub));
+                .or_default();
+            if sub.channels.is_empty() {
+                listeners.every_channel.push(Arc::clone(&sub));
+            }
+            // Each channel once, even if listed twice.
+            let channels: std::collections::BTreeSet<&Channel> = sub.channels.iter().collect();
+            for channel in channels {
+                listeners
+                    .by_channel
+                    .entry(channel.clone())
+                    .or_default()
+                    .push(Arc::clone(&sub));
+            }
         }
         self.len += 1;
     }
@@ -217,15 +239,21 @@ impl SubscriptionIndex {
 
     pub fn matching(&self, event: &Event) -> Vec<Arc<Subscription>> {
         let key = (event.workspace_id.clone(), event.event_type);
-        self.by_key
-            .get(&key)
-            .map(|subs| {
-                subs.iter()
-                    .filter(|s| s.accepts_channel(event.channel.as_ref()))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+        let Some(listeners) = self.by_key.get(&key) else {
+            return Vec::new();
+        };
+        let of_channel = event
+            .channel
+            .as_ref()
+            .and_then(|c| listeners.by_channel.get(c))
+            .map_or(&[][..], Vec::as_slice);
+        // Each subscription is in at most one of the two lists.
+        listeners
+            .every_channel
+            .iter()
+            .chain(of_channel)
+            .cloned()
+            .collect()
     }
 }
 
@@ -276,7 +304,14 @@ mod tests {
         let amazon_only = sub("a", &[OrderCreated], &["amazon"], true);
         let disabled = sub("a", &[OrderCreated], &[], false);
         let other_ws = sub("b", &[OrderCreated], &[], true);
-        let subs = [&all_channels, &amazon_only, &disabled, &other_ws];
+        let two_channels = sub("a", &[OrderCanceled], &["ebay", "otto", "ebay"], true);
+        let subs = [
+            &all_channels,
+            &amazon_only,
+            &disabled,
+            &other_ws,
+            &two_channels,
+        ];
 
         let names = |e: &Event| -> Vec<SubscriptionId> {
             subs.iter().filter(|s| s.matches(e)).map(|s| s.id).collect()
@@ -296,11 +331,14 @@ mod tests {
 
         // The index agrees with the rule for every case.
         let index = SubscriptionIndex::new(subs.iter().map(|s| (*s).clone()));
-        assert_eq!(index.len(), 3);
+        assert_eq!(index.len(), 4);
         for e in [
             event("a", OrderCreated, Some("amazon")),
             event("a", OrderCreated, Some("ebay")),
             event("a", OrderCanceled, None),
+            event("a", OrderCanceled, Some("ebay")),
+            event("a", OrderCanceled, Some("otto")),
+            event("a", OrderCanceled, Some("amazon")),
             event("b", OrderCreated, Some("x")),
             event("c", OrderCreated, None),
         ] {
@@ -308,7 +346,7 @@ mod tests {
             let mut expected = names(&e);
             from_index.sort();
             expected.sort();
-            assert_eq!(from_index, expected);
+            assert_eq!(from_index, expected, "{:?} on {:?}", e.event_type, e.channel);
         }
     }
 

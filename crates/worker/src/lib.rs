@@ -81,10 +81,10 @@ impl WorkerConfig {
     }
 }
 
-/// A worker, ready to run: topology declared, subscriptions loaded.
 /// Periodic subscription checks between two unconditional reloads.
 const FULL_RELOAD_EVERY: u64 = 12;
 
+/// A worker, ready to run: topology declared, subscriptions loaded.
 pub struct Worker {
     pipeline: Arc<Pipeline>,
     connection: Arc<Connection>,
