@@ -338,6 +338,7 @@ async fn measure(
     let route = subscribe(&store, &shape.layout, receivers.urls()).await;
     store.close().await;
     let route = route?;
+    env.settle_database().await?;
     outcome.extra("setup_s", setup.elapsed().as_secs_f64());
 
     let mut processes = Vec::with_capacity(shape.workers);
