@@ -1,9 +1,15 @@
 //! Per-endpoint concurrency caps and a running estimate of each endpoint's
 //! response time, so one slow receiver can hold neither every delivery slot
 //! of a worker nor the events whose other deliveries are ready to go.
+//!
+//! A slow endpoint gets a quarter of the slots a quick one gets: its
+//! attempts would hold the worker's slots for as long as it takes to
+//! answer, and more requests at once rarely make a slow receiver faster.
+//! A new endpoint starts with that quarter too, and gets the rest with its
+//! first quick answer: one that never answers holds few slots meanwhile.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +34,12 @@ pub struct EndpointLimits {
 #[derive(Debug)]
 struct Endpoint {
     slots: Arc<Semaphore>,
+    /// The slots it has once it answered quickly, and those it may use
+    /// before that and while slow.
+    size: usize,
+    slow_size: usize,
+    /// Whether it answered quickly once, and so has all `size` slots.
+    opened: AtomicBool,
     /// Exponentially weighted mean of recent attempt durations, in µs.
     mean_micros: AtomicU64,
     /// When a slot was last taken or freed, in µs after `created`.
@@ -36,9 +48,13 @@ struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(slots: usize) -> Self {
+    fn new(size: usize) -> Self {
+        let slow_size = (size / 4).max(1);
         Self {
-            slots: Arc::new(Semaphore::new(slots)),
+            slots: Arc::new(Semaphore::new(slow_size)),
+            size,
+            slow_size,
+            opened: AtomicBool::new(false),
             mean_micros: AtomicU64::new(0),
             progress_micros: AtomicU64::new(0),
             created: Instant::now(),
@@ -57,21 +73,39 @@ impl Endpoint {
     /// Slow if its answers have been, or if every slot is taken and none
     /// has freed for longer than [`QUICK`]: attempts stuck on an endpoint
     /// that has not answered yet say as much as a mean would, and waiting
-    /// for their slots would only hold the waiter up.
+    /// for their slots would only hold the waiter up. A slow endpoint is
+    /// full once it uses its `slow_size` slots.
     fn slow(&self) -> Option<NoSlot> {
         let mean = self.mean_micros.load(Ordering::Relaxed);
-        let full = self.slots.available_permits() == 0;
-        let stalled = if full {
+        let available = self.slots.available_permits();
+        let stalled = if available == 0 {
             self.now_micros()
                 .saturating_sub(self.progress_micros.load(Ordering::Relaxed))
         } else {
             0
         };
         let slow = mean.max(stalled);
+        let total = if self.opened.load(Ordering::Relaxed) {
+            self.size
+        } else {
+            self.slow_size
+        };
         (slow > QUICK.as_micros() as u64).then(|| NoSlot::Slow {
             mean: Duration::from_micros(slow),
-            full,
+            full: total.saturating_sub(available) >= self.slow_size,
         })
+    }
+
+    /// Gives a new endpoint all its slots once it answered quickly.
+    fn answered(&self, took: Duration) {
+        if took <= QUICK && !self.opened.swap(true, Ordering::Relaxed) {
+            self.slots.add_permits(self.size - self.slow_size);
+        }
+    }
+
+    fn try_slot(self: Arc<Self>) -> Option<Slot> {
+        let permit = Arc::clone(&self.slots).try_acquire_owned().ok()?;
+        Some(Slot::new(self, permit))
     }
 }
 
@@ -109,6 +143,7 @@ impl Slot {
     }
 
     pub fn observe(&self, took: Duration) {
+        self.endpoint.answered(took);
         let sample = took.as_micros().min(u128::from(u64::MAX)) as u64;
         // mean += (sample - mean) / 4; a lost race only drops one sample.
         let _ =
@@ -159,13 +194,15 @@ impl EndpointLimits {
     /// behind the endpoint.
     pub async fn acquire(&self, id: SubscriptionId) -> Result<Slot, NoSlot> {
         let endpoint = self.endpoint(id);
-        if let Ok(permit) = Arc::clone(&endpoint.slots).try_acquire_owned() {
-            return Ok(Slot::new(endpoint, permit));
+        match endpoint.slow() {
+            Some(slow @ NoSlot::Slow { full: true, .. }) => return Err(slow),
+            Some(slow) => return endpoint.try_slot().ok_or(slow),
+            None => {}
         }
-        if let Some(slow) = endpoint.slow() {
-            return Err(slow);
+        match Arc::clone(&endpoint).try_slot() {
+            Some(slot) => Ok(slot),
+            None => Self::wait(endpoint).await.ok_or(NoSlot::Busy),
         }
-        Self::wait(endpoint).await.ok_or(NoSlot::Busy)
     }
 
     /// A slot, however long it takes.
@@ -200,6 +237,8 @@ mod tests {
             .acquire_quick(id)
             .await
             .expect("a fresh endpoint is quick");
+        // A quick answer gives it its second slot.
+        a.observe(Duration::ZERO);
         let b = limits.acquire(id).await.expect("a second slot");
         // Full: a waiter gets the slot that frees within QUICK ...
         let freed = tokio::spawn(async move {
@@ -215,27 +254,30 @@ mod tests {
         drop((b, c));
 
         // Slow answers take the endpoint off the quick path, and a slow
-        // endpoint whose slots are taken is busy at once.
+        // endpoint whose slow share of slots (one of two) is taken is busy
+        // at once.
         let slot = limits.acquire(id).await.unwrap();
         slot.observe(Duration::from_secs(5));
+        drop(slot);
         let mean = Duration::from_millis(1250);
         assert_eq!(
             limits.acquire_quick(id).await.err(),
             Some(NoSlot::Slow { mean, full: false }),
             "5 s answers are not quick"
         );
-        let other = limits.acquire(id).await.expect("a free slot is still used");
+        let slot = limits.acquire(id).await.expect("a free slot is still used");
         let started = tokio::time::Instant::now();
         assert_eq!(
             limits.acquire(id).await.err(),
-            Some(NoSlot::Slow { mean, full: true })
+            Some(NoSlot::Slow { mean, full: true }),
+            "the other slot is not for a slow endpoint"
         );
         assert_eq!(
             started.elapsed(),
             Duration::ZERO,
             "no wait for a slow endpoint"
         );
-        drop((slot, other));
+        drop(slot);
 
         // Quick answers bring it back.
         for _ in 0..20 {
@@ -246,9 +288,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_endpoint_stuck_on_its_first_requests_is_slow_before_it_answers() {
-        let limits = EndpointLimits::new(2);
+    async fn a_slow_endpoint_gets_a_quarter_of_the_slots() {
+        let limits = EndpointLimits::new(8);
         let id = SubscriptionId::generate();
+        let first = limits.acquire(id).await.unwrap();
+        first.observe(Duration::from_secs(4));
+        let second = limits.acquire(id).await.expect("a slow endpoint's first slot");
+        let third = limits.acquire(id).await.err();
+        assert_eq!(
+            third,
+            Some(NoSlot::Slow {
+                mean: Duration::from_secs(1),
+                full: true
+            }),
+            "two of eight slots in use"
+        );
+        drop((first, second));
+        assert!(limits.acquire(id).await.is_ok(), "its share is free again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_stuck_on_its_first_requests_is_slow_before_it_answers() {
+        let limits = EndpointLimits::new(8);
+        let id = SubscriptionId::generate();
+        // Until it answers, a new endpoint has a quarter of its slots.
         let held = (
             limits.acquire(id).await.unwrap(),
             limits.acquire(id).await.unwrap(),
