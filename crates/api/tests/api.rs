@@ -176,6 +176,7 @@ async fn start(store: Store, setup: &Setup) -> App {
     let client = WebhookClient::new(&HttpOptions {
         timeout: Duration::from_secs(5),
         allow_private_networks: true,
+        max_in_flight: 8,
     })
     .unwrap();
     let changes = Arc::new(Changes::default());

@@ -238,6 +238,7 @@ impl Settings {
             http: courier_worker::HttpOptions {
                 timeout: Duration::from_millis(d.timeout_ms),
                 allow_private_networks: d.allow_private_networks,
+                max_in_flight: d.max_in_flight,
             },
             retry: self.retry.clone(),
             retry_client_errors: d.retry_client_errors,

@@ -18,6 +18,9 @@ pub const RESPONSE_EXCERPT_BYTES: usize = 4 * 1024;
 pub struct HttpOptions {
     pub timeout: Duration,
     pub allow_private_networks: bool,
+    /// The most requests in flight at once, and so the most connections
+    /// to one host worth keeping open between requests.
+    pub max_in_flight: usize,
 }
 
 /// What one POST produced, ready for the ledger.
@@ -77,7 +80,12 @@ impl WebhookClient {
             // One attempt is one request: courier's own schedule retries.
             .retry(reqwest::retry::never())
             .tcp_nodelay(true)
-            .pool_max_idle_per_host(64);
+            // Enough to keep every connection that can be busy at once: many
+            // webhooks often share one receiving host, and a pool smaller
+            // than the requests in flight to it closes connections after
+            // each response and opens new ones (measured: a third more CPU
+            // per delivery with 100,000 webhooks on one host).
+            .pool_max_idle_per_host(options.max_in_flight.max(1));
         if !options.allow_private_networks {
             builder = builder.dns_resolver(Arc::new(PublicOnlyResolver));
         }
@@ -261,6 +269,7 @@ mod tests {
         let client = WebhookClient::new(&HttpOptions {
             timeout: Duration::from_secs(2),
             allow_private_networks: false,
+            max_in_flight: 4,
         })
         .unwrap();
         // Nothing listens there; a Blocked result proves no connection was tried.
@@ -292,6 +301,7 @@ mod tests {
         let client = WebhookClient::new(&HttpOptions {
             timeout: Duration::from_secs(2),
             allow_private_networks: true,
+            max_in_flight: 4,
         })
         .unwrap();
         // Bind then drop to find a port nobody listens on.
