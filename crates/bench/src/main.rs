@@ -83,12 +83,12 @@ struct Cli {
     #[arg(long, value_enum, default_value = "both")]
     db: DbChoice,
     /// Events of throughput-1, scale-out, many-subscriptions and the bare
-    /// bound (enough for a few seconds of steady flow, so that start-up and
-    /// the last stragglers do not dominate the rate).
-    #[arg(long, default_value_t = 20_000)]
+    /// bound (enough for several seconds of steady flow, so that start-up
+    /// and the last stragglers do not dominate the rate).
+    #[arg(long, default_value_t = 60_000)]
     events: u64,
     /// Events of fanout-10 and bad-neighbour (10 deliveries each).
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 10_000)]
     fanout_events: u64,
     /// latency: events per second.
     #[arg(long, default_value_t = 1000.0)]
