@@ -346,7 +346,11 @@ mod tests {
             let mut expected = names(&e);
             from_index.sort();
             expected.sort();
-            assert_eq!(from_index, expected, "{:?} on {:?}", e.event_type, e.channel);
+            assert_eq!(
+                from_index, expected,
+                "{:?} on {:?}",
+                e.event_type, e.channel
+            );
         }
     }
 

@@ -129,7 +129,9 @@ pub(crate) fn kind_order(ops: &[WriteOp]) -> Vec<usize> {
 /// Splits ops sorted by kind into runs that one statement each can apply:
 /// ops of one kind, and for attempts, of distinct deliveries (two attempts
 /// of one delivery must update it one after the other).
-pub(crate) fn runs<'s, 'o>(mut sorted: &'s [&'o WriteOp]) -> impl Iterator<Item = &'s [&'o WriteOp]> {
+pub(crate) fn runs<'s, 'o>(
+    mut sorted: &'s [&'o WriteOp],
+) -> impl Iterator<Item = &'s [&'o WriteOp]> {
     std::iter::from_fn(move || {
         let first = sorted.first()?;
         let len = match first {
@@ -137,7 +139,9 @@ pub(crate) fn runs<'s, 'o>(mut sorted: &'s [&'o WriteOp]) -> impl Iterator<Item 
                 let mut seen = std::collections::HashSet::new();
                 sorted
                     .iter()
-                    .take_while(|op| matches!(op, WriteOp::Attempt(a) if seen.insert(a.delivery_id)))
+                    .take_while(
+                        |op| matches!(op, WriteOp::Attempt(a) if seen.insert(a.delivery_id)),
+                    )
                     .count()
             }
             _ => sorted

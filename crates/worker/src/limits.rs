@@ -293,7 +293,10 @@ mod tests {
         let id = SubscriptionId::generate();
         let first = limits.acquire(id).await.unwrap();
         first.observe(Duration::from_secs(4));
-        let second = limits.acquire(id).await.expect("a slow endpoint's first slot");
+        let second = limits
+            .acquire(id)
+            .await
+            .expect("a slow endpoint's first slot");
         let third = limits.acquire(id).await.err();
         assert_eq!(
             third,
