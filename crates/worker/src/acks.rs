@@ -238,6 +238,22 @@ mod tests {
             .expect("a delivery")
     }
 
+    /// Receives the `expected` bodies in order and reports each to the
+    /// settler, keeping their delivery tags.
+    async fn take(
+        consumer: &mut lapin::Consumer,
+        settler: &Settler,
+        expected: &[&str],
+        tags: &mut Vec<u64>,
+    ) {
+        for body in expected {
+            let delivery = next(consumer).await;
+            assert_eq!(delivery.data, body.as_bytes());
+            settler.received(delivery.delivery_tag, delivery.acker.clone());
+            tags.push(delivery.delivery_tag);
+        }
+    }
+
     #[tokio::test]
     async fn acks_finished_messages_in_runs_or_alone_and_nothing_else() {
         let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
@@ -291,23 +307,13 @@ mod tests {
         let settler = Settler::start();
         let settle = settler.handle();
         let mut tags = Vec::new();
-        for expected in ["0", "1", "2"] {
-            let delivery = next(&mut consumer).await;
-            assert_eq!(delivery.data, expected.as_bytes());
-            settler.received(delivery.delivery_tag, delivery.acker.clone());
-            tags.push(delivery.delivery_tag);
-        }
+        take(&mut consumer, &settler, &["0", "1", "2"], &mut tags).await;
 
         // 1 and 2 finish behind 0, which keeps running: they are acked
         // alone after HOLD, and their places in the window go to 3 and 4.
         settle.finished(tags[1], Handled::Ack);
         settle.finished(tags[2], Handled::Ack);
-        for expected in ["3", "4"] {
-            let delivery = next(&mut consumer).await;
-            assert_eq!(delivery.data, expected.as_bytes());
-            settler.received(delivery.delivery_tag, delivery.acker.clone());
-            tags.push(delivery.delivery_tag);
-        }
+        take(&mut consumer, &settler, &["3", "4"], &mut tags).await;
 
         // 0 and 3 finish (a run at the front), 4 is handed back and comes
         // again, and is left unfinished.
