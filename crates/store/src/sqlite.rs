@@ -546,10 +546,10 @@ impl SqliteStore {
 }
 
 /// Applies `ops` inside the caller's write transaction, in kind order like
-/// the PostgreSQL ledger (see [`WriteOp`]). A fan-out takes two statements,
-/// a run of attempts two in all: every statement is a round trip to the
-/// connection's thread, and the commit (an fsync of the WAL) happens once
-/// per batch.
+/// the PostgreSQL ledger (see [`WriteOp`]). A run of fan-outs takes two or
+/// three statements, a run of attempts two: every statement is a round
+/// trip to the connection's thread, and the commit (an fsync of the WAL)
+/// happens once per batch.
 async fn apply_in(conn: &mut SqliteConnection, ops: &[WriteOp]) -> Result<Vec<WriteResult>> {
     let now = ts(&Utc::now());
     let order = kind_order(ops);
@@ -558,19 +558,23 @@ async fn apply_in(conn: &mut SqliteConnection, ops: &[WriteOp]) -> Result<Vec<Wr
     let mut born_attempted = HashSet::new();
     let mut results = Vec::with_capacity(ops.len());
     for run in crate::runs(&sorted) {
-        if let WriteOp::Attempt(_) = run[0] {
-            results.extend(attempt_run(conn, run, &now, &mut born_attempted).await?);
-            continue;
+        match run[0] {
+            WriteOp::FanOut { .. } => {
+                let births = Births {
+                    first_attempts: &first_attempts,
+                    born: &mut born_attempted,
+                };
+                results.extend(fan_out_run(conn, run, &now, births).await?);
+                continue;
+            }
+            WriteOp::Attempt(_) => {
+                results.extend(attempt_run(conn, run, &now, &mut born_attempted).await?);
+                continue;
+            }
+            WriteOp::Cancel { .. } => {}
         }
         for op in run {
             let result = match op {
-                WriteOp::FanOut { event, deliveries } => {
-                    let births = Births {
-                        first_attempts: &first_attempts,
-                        born: &mut born_attempted,
-                    };
-                    fan_out(conn, event, deliveries, &now, births).await?
-                }
                 WriteOp::Cancel { delivery_id } => {
                     sqlx::query(
                         "UPDATE deliveries SET status = 'canceled', next_attempt_at = NULL, \
@@ -582,7 +586,9 @@ async fn apply_in(conn: &mut SqliteConnection, ops: &[WriteOp]) -> Result<Vec<Wr
                     .await?;
                     WriteResult::Canceled
                 }
-                WriteOp::Attempt(_) => unreachable!("runs hold one kind of op"),
+                WriteOp::FanOut { .. } | WriteOp::Attempt(_) => {
+                    unreachable!("runs hold one kind of op")
+                }
             };
             results.push(result);
         }
@@ -596,97 +602,160 @@ struct Births<'a, 'b> {
     born: &'a mut HashSet<Uuid>,
 }
 
-async fn fan_out(
+/// Fan-outs: one statement inserts the new events, one the deliveries (those
+/// attempted in this batch already in their first attempt's state), and
+/// one finds which deliveries of events seen before are still pending. Each
+/// takes its rows as one JSON array that `json_each` unrolls (SQLite's
+/// UNNEST); `WHERE true` resolves SQLite's parsing ambiguity between a
+/// join's ON and the upsert's ON CONFLICT.
+async fn fan_out_run(
     conn: &mut SqliteConnection,
-    event: &courier_model::Event,
-    deliveries: &[(DeliveryId, SubscriptionId)],
+    run: &[&WriteOp],
     now: &str,
     births: Births<'_, '_>,
-) -> Result<WriteResult> {
-    let data = serde_json::to_string(&event.data).map_err(|e| corrupt("events.data", e))?;
-    let inserted = sqlx::query(
-        "INSERT INTO events (id, workspace_id, type, channel, occurred_at, data, received_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(event.id.as_str())
-    .bind(event.workspace_id.as_str())
-    .bind(event.event_type.as_str())
-    .bind(event.channel.as_ref().map(|c| c.as_str()))
-    .bind(ts(&event.occurred_at))
-    .bind(data)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if deliveries.is_empty() {
-        return Ok(WriteResult::FanOut { to_publish: vec![] });
-    }
-
-    // One statement for all rows: the pairs travel as one JSON array that
-    // json_each unrolls (SQLite's UNNEST). `WHERE true` resolves SQLite's
-    // parsing ambiguity between a join's ON and the upsert's ON CONFLICT.
-    let rows: Vec<serde_json::Value> = deliveries
+) -> Result<Vec<WriteResult>> {
+    let fan_outs: Vec<(&courier_model::Event, &[(DeliveryId, SubscriptionId)])> = run
         .iter()
-        .map(|(d, s)| match births.first_attempts.get(&d.0) {
-            None => serde_json::json!([d.0.to_string(), s.0.to_string(), "pending", 0]),
-            Some(a) => serde_json::json!([
-                d.0.to_string(),
-                s.0.to_string(),
-                a.new_status.as_str(),
-                1,
-                a.response_status,
-                ts(&a.started_at),
-                a.next_attempt_at.as_ref().map(ts),
-            ]),
+        .filter_map(|op| match op {
+            WriteOp::FanOut { event, deliveries } => Some((event.as_ref(), deliveries.as_slice())),
+            _ => None,
         })
         .collect();
-    let rows = serde_json::to_string(&rows).map_err(|e| corrupt("deliveries", e))?;
-    let created: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO deliveries (id, event_id, subscription_id, workspace_id, event_type, \
-         status, attempts, last_response_status, last_attempt_at, next_attempt_at, \
-         created_at, updated_at) \
-         SELECT json_extract(value, '$[0]'), ?1, json_extract(value, '$[1]'), ?2, ?3, \
+
+    // An event twice in one run is inserted by its first op only.
+    let mut first_op_of_event: HashMap<&str, usize> = HashMap::new();
+    let mut events = Vec::new();
+    for (i, (event, _)) in fan_outs.iter().enumerate() {
+        if first_op_of_event.contains_key(event.id.as_str()) {
+            continue;
+        }
+        first_op_of_event.insert(event.id.as_str(), i);
+        let data = serde_json::to_string(&event.data).map_err(|e| corrupt("events.data", e))?;
+        events.push(serde_json::json!([
+            event.id.as_str(),
+            event.workspace_id.as_str(),
+            event.event_type.as_str(),
+            event.channel.as_ref().map(|c| c.as_str()),
+            ts(&event.occurred_at),
+            data,
+        ]));
+    }
+    let events = serde_json::to_string(&events).map_err(|e| corrupt("events", e))?;
+    let new_events: HashSet<String> = sqlx::query_scalar(
+        "INSERT INTO events (id, workspace_id, type, channel, occurred_at, data, received_at) \
+         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
          json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
-         json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
-         json_extract(value, '$[6]'), ?4, ?4 FROM json_each(?5) WHERE true \
-         ON CONFLICT (event_id, subscription_id) DO NOTHING RETURNING id",
+         json_extract(value, '$[4]'), json_extract(value, '$[5]'), ?2 \
+         FROM json_each(?1) WHERE true ON CONFLICT (id) DO NOTHING RETURNING id",
     )
-    .bind(event.id.as_str())
-    .bind(event.workspace_id.as_str())
-    .bind(event.event_type.as_str())
+    .bind(&events)
     .bind(now)
-    .bind(&rows)
     .fetch_all(&mut *conn)
-    .await?;
-    for id in created {
-        let id = parse_uuid("deliveries.id", &id)?;
-        if births.first_attempts.contains_key(&id) {
-            births.born.insert(id);
+    .await?
+    .into_iter()
+    .collect();
+
+    let mut seen = HashSet::new();
+    let mut delivery_rows = Vec::new();
+    for (event, deliveries) in &fan_outs {
+        for (d, s) in *deliveries {
+            if !seen.insert(d.0) {
+                continue;
+            }
+            let (event_id, ws, ty) = (
+                event.id.as_str(),
+                event.workspace_id.as_str(),
+                event.event_type.as_str(),
+            );
+            delivery_rows.push(match births.first_attempts.get(&d.0) {
+                None => serde_json::json!([
+                    d.0.to_string(),
+                    event_id,
+                    s.0.to_string(),
+                    ws,
+                    ty,
+                    "pending",
+                    0
+                ]),
+                Some(a) => serde_json::json!([
+                    d.0.to_string(),
+                    event_id,
+                    s.0.to_string(),
+                    ws,
+                    ty,
+                    a.new_status.as_str(),
+                    1,
+                    a.response_status,
+                    ts(&a.started_at),
+                    a.next_attempt_at.as_ref().map(ts),
+                ]),
+            });
+        }
+    }
+    if !delivery_rows.is_empty() {
+        let delivery_rows =
+            serde_json::to_string(&delivery_rows).map_err(|e| corrupt("deliveries", e))?;
+        let created: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO deliveries (id, event_id, subscription_id, workspace_id, event_type, \
+             status, attempts, last_response_status, last_attempt_at, next_attempt_at, \
+             created_at, updated_at) \
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+             json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
+             json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
+             json_extract(value, '$[6]'), json_extract(value, '$[7]'), \
+             json_extract(value, '$[8]'), json_extract(value, '$[9]'), ?2, ?2 \
+             FROM json_each(?1) WHERE true \
+             ON CONFLICT (event_id, subscription_id) DO NOTHING RETURNING id",
+        )
+        .bind(&delivery_rows)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+        for id in created {
+            let id = parse_uuid("deliveries.id", &id)?;
+            if births.first_attempts.contains_key(&id) {
+                births.born.insert(id);
+            }
         }
     }
 
-    if inserted {
-        return Ok(WriteResult::FanOut {
-            to_publish: deliveries.to_vec(),
-        });
-    }
-    let mut pending: HashSet<Uuid> = sqlx::query(
-        "SELECT id FROM deliveries WHERE status = 'pending' \
-         AND id IN (SELECT json_extract(value, '$[0]') FROM json_each(?1))",
-    )
-    .bind(&rows)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|row| parse_uuid("deliveries.id", row.try_get("id")?))
-    .collect::<Result<_>>()?;
+    let is_new = |i: usize, event: &courier_model::Event| {
+        new_events.contains(event.id.as_str())
+            && first_op_of_event.get(event.id.as_str()) == Some(&i)
+    };
+    // Events seen before publish only what is still pending: one lookup for
+    // all of them.
+    let recheck: Vec<String> = fan_outs
+        .iter()
+        .enumerate()
+        .filter(|(i, (event, _))| !is_new(*i, event))
+        .flat_map(|(_, (_, deliveries))| deliveries.iter().map(|(d, _)| d.0.to_string()))
+        .collect();
+    let mut pending: HashSet<Uuid> = if recheck.is_empty() {
+        HashSet::new()
+    } else {
+        let recheck = serde_json::to_string(&recheck).map_err(|e| corrupt("deliveries", e))?;
+        sqlx::query_scalar::<_, String>(
+            "SELECT id FROM deliveries WHERE status = 'pending' \
+             AND id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(&recheck)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|id| parse_uuid("deliveries.id", id))
+        .collect::<Result<_>>()?
+    };
     // Applied one by one, every fan-out comes before every attempt: to them,
     // a delivery born with its first attempt's state is still pending.
     pending.extend(births.born.iter().copied());
-    Ok(WriteResult::FanOut {
-        to_publish: rows::to_publish(deliveries, false, &pending),
-    })
+    Ok(fan_outs
+        .iter()
+        .enumerate()
+        .map(|(i, (event, deliveries))| WriteResult::FanOut {
+            to_publish: rows::to_publish(deliveries, is_new(i, event), &pending),
+        })
+        .collect())
 }
 
 /// Attempts of distinct deliveries: one statement inserts the attempt rows
