@@ -50,9 +50,10 @@ async fn a_slow_endpoint_does_not_hold_up_the_others(db: Db) {
     )
     .await;
     assert_eq!(healthy.count(), EVENTS, "once each");
-    // The stuck endpoint never had more requests than its slots, and its
+    // The stuck endpoint never answered, so it never got more than the
+    // quarter of its slots a new endpoint starts with (one of two), and its
     // other deliveries were put off without counting as attempts.
-    assert!(stuck.count() <= 2, "{} requests at once", stuck.count());
+    assert!(stuck.count() <= 1, "{} requests at once", stuck.count());
     assert_eq!(
         env.store.delivery_counts().await.unwrap(),
         [
@@ -60,18 +61,18 @@ async fn a_slow_endpoint_does_not_hold_up_the_others(db: Db) {
             (DeliveryStatus::Succeeded, EVENTS as u64)
         ]
     );
-    // The deliveries that found both of its slots taken are put off (to a
-    // retry tier) rather than held by the worker.
+    // The deliveries that found its slot taken are put off (to a retry
+    // tier) rather than held by the worker.
     wait_for(
         "the stuck endpoint's other deliveries to be put off",
         Duration::from_secs(30),
         || async {
             let metrics = worker.get("/metrics").await.1;
-            metric_value(&metrics, "courier_deliveries_deferred_total") >= (EVENTS - 2) as f64
+            metric_value(&metrics, "courier_deliveries_deferred_total") >= (EVENTS - 1) as f64
         },
     )
     .await;
-    assert!(stuck.count() <= 2, "{} requests at once", stuck.count());
+    assert!(stuck.count() <= 1, "{} requests at once", stuck.count());
     worker.stop().await.unwrap();
 }
 

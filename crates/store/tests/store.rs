@@ -843,8 +843,9 @@ async fn mixed_ops_apply_in_kind_order(db: TestDb) {
 }
 
 /// The fan-out stage's write: an event, its deliveries and the first
-/// attempts of some of them, together (PostgreSQL inserts those deliveries
-/// in their attempt's state directly; both must read the same afterwards).
+/// attempts of some of them, together (both ledgers insert those
+/// deliveries in their attempt's state directly, and must read the same
+/// afterwards as if the attempt had updated them).
 async fn fan_out_and_first_attempts_in_one_batch(db: TestDb) {
     let store = &db.store;
     let ws = workspace(store).await;
