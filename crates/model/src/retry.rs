@@ -82,6 +82,14 @@ impl RetryPolicy {
         Some(Duration::from_millis(ms.round() as u64))
     }
 
+    /// How long the whole schedule takes, from the first attempt to the last
+    /// (un-jittered): how long a delivery may try before it is given up.
+    pub fn span(&self) -> Duration {
+        (1..self.max_attempts)
+            .filter_map(|a| self.delay_after(a))
+            .sum()
+    }
+
     /// The distinct delays the schedule uses, shortest first: one retry queue
     /// per tier, so that messages in one queue share one TTL.
     pub fn tiers(&self) -> Vec<Duration> {
@@ -123,6 +131,7 @@ mod tests {
         assert_eq!(delays, [100, 200, 400, 500, 500]);
         assert_eq!(p.delay_after(6), None);
         assert_eq!(p.delay_after(0), None);
+        assert_eq!(p.span(), Duration::from_millis(1700));
         assert_eq!(
             p.tiers(),
             [100, 200, 400, 500].map(Duration::from_millis).to_vec()
@@ -134,14 +143,14 @@ mod tests {
         let p = policy(100, 2.0, 500, 1);
         assert_eq!(p.delay_after(1), None);
         assert!(p.tiers().is_empty());
+        assert_eq!(p.span(), Duration::ZERO);
     }
 
     #[test]
     fn default_spans_about_a_day() {
         let p = RetryPolicy::default();
         p.validate().unwrap();
-        let total: Duration = (1..p.max_attempts).filter_map(|a| p.delay_after(a)).sum();
-        let hours = total.as_secs_f64() / 3600.0;
+        let hours = p.span().as_secs_f64() / 3600.0;
         assert!((20.0..30.0).contains(&hours), "{hours} h");
         assert_eq!(p.tiers().len(), 7);
     }

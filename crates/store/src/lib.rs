@@ -69,7 +69,7 @@ pub struct SubscriptionsFingerprint {
 
 /// One hot-path write. A batch of these commits in one transaction.
 ///
-/// A batch may be applied in kind order (fan-outs, attempts, cancels) rather
+/// A batch may be applied in kind order (fan-outs, attempts, holds, cancels) rather
 /// than as listed, to make fewer statements of it; so the ops of one
 /// [`Ledger::write_many`] call must already be in that order (a fan-out
 /// before the attempts of its deliveries, never the other way round).
@@ -83,6 +83,15 @@ pub enum WriteOp {
     },
     /// Record one attempt and the delivery's new state.
     Attempt(AttemptWrite),
+    /// Hold a delivery in the ledger until `until`, owed attempt `attempt`,
+    /// with no message for it anywhere: a worker claims it from there (see
+    /// [`Store::claim_held`]). Does nothing when that attempt was made
+    /// already or the delivery is finished.
+    Hold {
+        delivery_id: DeliveryId,
+        attempt: u32,
+        until: DateTime<Utc>,
+    },
     /// Mark a delivery canceled (its subscription was deleted or disabled).
     Cancel { delivery_id: DeliveryId },
 }
@@ -93,7 +102,8 @@ impl WriteOp {
         match self {
             WriteOp::FanOut { .. } => 0,
             WriteOp::Attempt(_) => 1,
-            WriteOp::Cancel { .. } => 2,
+            WriteOp::Hold { .. } => 2,
+            WriteOp::Cancel { .. } => 3,
         }
     }
 }
@@ -113,6 +123,28 @@ pub(crate) fn first_attempts<'a>(
             && a.attempt == 1
         {
             first.entry(a.delivery_id.0).or_insert(a);
+        }
+    }
+    first
+}
+
+/// The holds of attempt 1 among `ops` of deliveries that `first_attempts`
+/// does not attempt, the first such op winning: a delivery a batch creates
+/// held is inserted held, like one created with its first attempt.
+pub(crate) fn first_holds<'a>(
+    ops: impl Iterator<Item = &'a WriteOp>,
+    first_attempts: &std::collections::HashMap<uuid::Uuid, &AttemptWrite>,
+) -> std::collections::HashMap<uuid::Uuid, DateTime<Utc>> {
+    let mut first = std::collections::HashMap::new();
+    for op in ops {
+        if let WriteOp::Hold {
+            delivery_id,
+            attempt: 1,
+            until,
+        } = op
+            && !first_attempts.contains_key(&delivery_id.0)
+        {
+            first.entry(delivery_id.0).or_insert(*until);
         }
     }
     first
@@ -186,6 +218,10 @@ pub enum WriteResult {
     Attempt {
         recorded: bool,
     },
+    /// `held` is false when the delivery no longer owed that attempt.
+    Held {
+        held: bool,
+    },
     Canceled,
 }
 
@@ -221,8 +257,21 @@ pub struct DeliveryRecord {
     pub last_response_status: Option<u16>,
     pub last_attempt_at: Option<DateTime<Utc>>,
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Set while the ledger holds the delivery (no message carries it): due
+    /// then, or claimed by a worker until then.
+    pub held_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A held delivery a worker claimed: it owes attempt `attempts + 1`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldDelivery {
+    pub id: DeliveryId,
+    pub event_id: EventId,
+    pub subscription_id: SubscriptionId,
+    pub event_type: EventType,
+    pub attempts: u32,
 }
 
 /// An attempt as stored.
@@ -524,6 +573,47 @@ impl Store {
 
     pub async fn delivery_context(&self, id: DeliveryId) -> Result<Option<DeliveryContext>> {
         dispatch!(self, s => s.delivery_context(id).await)
+    }
+
+    /// The subscriptions with held deliveries due at `now`, and how many
+    /// each has.
+    pub async fn held_due(&self, now: DateTime<Utc>) -> Result<Vec<(SubscriptionId, u64)>> {
+        dispatch!(self, s => s.held_due(now).await)
+    }
+
+    /// Claims at most `limit` of the subscription's held deliveries due at
+    /// `now`, longest due first: they stay held, but until `lease_until`, so
+    /// no other worker claims them meanwhile, and a worker that dies
+    /// holding them only delays them. Recording their next attempt (or a
+    /// new hold, or a cancel) ends the claim.
+    pub async fn claim_held(
+        &self,
+        subscription: SubscriptionId,
+        limit: u32,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<HeldDelivery>> {
+        dispatch!(self, s => s.claim_held(subscription, limit, now, lease_until).await)
+    }
+
+    /// As [`Store::claim_held`] for the subscription's due held
+    /// deliveries created before `created_before`: those whose retry
+    /// schedule ran out while they waited. Oldest first.
+    pub async fn claim_expired(
+        &self,
+        subscription: SubscriptionId,
+        created_before: DateTime<Utc>,
+        limit: u32,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<HeldDelivery>> {
+        dispatch!(self, s => s.claim_expired(subscription, created_before, limit, now, lease_until).await)
+    }
+
+    /// Marks held deliveries dead, ending their hold; returns those that
+    /// were still held (an attempt or a cancel may have come first).
+    pub async fn give_up_held(&self, ids: &[DeliveryId]) -> Result<Vec<DeliveryId>> {
+        dispatch!(self, s => s.give_up_held(ids).await)
     }
 
     // --- reads for operators and tests ---------------------------------------

@@ -24,8 +24,8 @@ use crate::rows::{
 };
 use crate::{
     ApiKeyRecord, AttemptRecord, AttemptWrite, DeliveryContext, DeliveryCursor, DeliveryFilter,
-    DeliveryLogEntry, DeliveryRecord, Result, StoreError, StoreOptions, SubscriptionsFingerprint,
-    Workspace, WriteOp, WriteResult, in_callers_order, kind_order,
+    DeliveryLogEntry, DeliveryRecord, HeldDelivery, Result, StoreError, StoreOptions,
+    SubscriptionsFingerprint, Workspace, WriteOp, WriteResult, in_callers_order, kind_order,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -77,6 +77,7 @@ fn delivery_from_row(row: &PgRow) -> Result<DeliveryRecord> {
             .map(i64::from),
         last_attempt_at: row.try_get("last_attempt_at")?,
         next_attempt_at: row.try_get("next_attempt_at")?,
+        held_until: row.try_get("held_until")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     }
@@ -389,6 +390,85 @@ impl PgStore {
         }))
     }
 
+    pub async fn held_due(&self, now: DateTime<Utc>) -> Result<Vec<(SubscriptionId, u64)>> {
+        sqlx::query_as::<_, (Uuid, i64)>(
+            "SELECT subscription_id, COUNT(*) FROM deliveries \
+             WHERE held_until IS NOT NULL AND held_until <= $1 GROUP BY subscription_id",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|(id, n)| Ok((SubscriptionId(id), u64::try_from(n).unwrap_or(0))))
+        .collect()
+    }
+
+    /// `SKIP LOCKED`: two workers claiming at once take different rows.
+    pub async fn claim_held(
+        &self,
+        subscription: SubscriptionId,
+        limit: u32,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<HeldDelivery>> {
+        let rows = sqlx::query_as(
+            "UPDATE deliveries d SET held_until = $4 FROM ( \
+                 SELECT id FROM deliveries WHERE subscription_id = $1 \
+                 AND held_until IS NOT NULL AND held_until <= $3 \
+                 AND status IN ('pending', 'retrying') \
+                 ORDER BY held_until LIMIT $2 FOR UPDATE SKIP LOCKED \
+             ) c WHERE d.id = c.id \
+             RETURNING d.id, d.event_id, d.subscription_id, d.event_type, d.attempts",
+        )
+        .bind(subscription.0)
+        .bind(i64::from(limit))
+        .bind(now)
+        .bind(lease_until)
+        .fetch_all(&self.pool)
+        .await?;
+        held_from_rows(rows)
+    }
+
+    pub async fn claim_expired(
+        &self,
+        subscription: SubscriptionId,
+        created_before: DateTime<Utc>,
+        limit: u32,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<HeldDelivery>> {
+        let rows = sqlx::query_as(
+            "UPDATE deliveries d SET held_until = $3 FROM ( \
+                 SELECT id FROM deliveries WHERE subscription_id = $5 \
+                 AND held_until IS NOT NULL AND held_until <= $4 AND created_at < $1 \
+                 AND status IN ('pending', 'retrying') \
+                 ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED \
+             ) c WHERE d.id = c.id \
+             RETURNING d.id, d.event_id, d.subscription_id, d.event_type, d.attempts",
+        )
+        .bind(created_before)
+        .bind(i64::from(limit))
+        .bind(lease_until)
+        .bind(now)
+        .bind(subscription.0)
+        .fetch_all(&self.pool)
+        .await?;
+        held_from_rows(rows)
+    }
+
+    pub async fn give_up_held(&self, ids: &[DeliveryId]) -> Result<Vec<DeliveryId>> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| id.0).collect();
+        let dead: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE deliveries SET status = 'dead', held_until = NULL, next_attempt_at = NULL, \
+             updated_at = now() WHERE id = ANY($1::uuid[]) AND held_until IS NOT NULL \
+             AND status IN ('pending', 'retrying') RETURNING id",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(dead.into_iter().map(DeliveryId).collect())
+    }
+
     // --- reads for operators and tests ---------------------------------------
 
     pub async fn get_delivery(&self, id: DeliveryId) -> Result<Option<DeliveryRecord>> {
@@ -459,20 +539,29 @@ async fn apply_in(conn: &mut PgConnection, ops: &[WriteOp]) -> Result<Vec<WriteR
     let order = kind_order(ops);
     let sorted: Vec<&WriteOp> = order.iter().map(|&i| &ops[i]).collect();
     let first_attempts = crate::first_attempts(sorted.iter().copied());
+    let first_holds = crate::first_holds(sorted.iter().copied(), &first_attempts);
     // Deliveries inserted with their first attempt's state: that attempt
-    // then only needs its row.
+    // then only needs its row. Likewise deliveries inserted held.
     let mut born_attempted = HashSet::new();
+    let mut born_held = HashSet::new();
 
     let mut sorted_results = Vec::with_capacity(ops.len());
     for run in crate::runs(&sorted) {
         match run[0] {
             WriteOp::FanOut { .. } => {
-                let (results, born) = fan_out_run(conn, run, now, &first_attempts).await?;
-                sorted_results.extend(results);
-                born_attempted.extend(born);
+                let births = Births {
+                    first_attempts: &first_attempts,
+                    first_holds: &first_holds,
+                    born_attempted: &mut born_attempted,
+                    born_held: &mut born_held,
+                };
+                sorted_results.extend(fan_out_run(conn, run, now, births).await?);
             }
             WriteOp::Attempt(_) => {
                 sorted_results.extend(attempt_run(conn, run, now, &mut born_attempted).await?)
+            }
+            WriteOp::Hold { .. } => {
+                sorted_results.extend(hold_run(conn, run, now, &mut born_held).await?)
             }
             WriteOp::Cancel { .. } => {
                 cancel_run(conn, run, now).await?;
@@ -484,14 +573,24 @@ async fn apply_in(conn: &mut PgConnection, ops: &[WriteOp]) -> Result<Vec<WriteR
     in_callers_order(&order, sorted_results)
 }
 
-/// Returns the fan-outs' results and the deliveries it inserted in the state
-/// of their attempt in `first_attempts`.
+/// The first attempts and holds of a batch, and the deliveries inserted in
+/// their state.
+struct Births<'a, 'b> {
+    first_attempts: &'a HashMap<Uuid, &'b AttemptWrite>,
+    first_holds: &'a HashMap<Uuid, DateTime<Utc>>,
+    born_attempted: &'a mut HashSet<Uuid>,
+    born_held: &'a mut HashSet<Uuid>,
+}
+
+/// Returns the fan-outs' results, and notes in `births` the deliveries it
+/// inserted in the state of their first attempt or hold.
 async fn fan_out_run(
     conn: &mut PgConnection,
     run: &[&WriteOp],
     now: DateTime<Utc>,
-    first_attempts: &HashMap<Uuid, &AttemptWrite>,
-) -> Result<(Vec<WriteResult>, HashSet<Uuid>)> {
+    births: Births<'_, '_>,
+) -> Result<Vec<WriteResult>> {
+    let first_attempts = births.first_attempts;
     let fan_outs: Vec<(&Event, &[(DeliveryId, SubscriptionId)])> = run
         .iter()
         .filter_map(|op| match op {
@@ -541,6 +640,7 @@ async fn fan_out_run(
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut d_status, mut d_attempts, mut d_response, mut d_last, mut d_next) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let mut d_held = vec![];
     for (event, deliveries) in &fan_outs {
         for (delivery, sub) in *deliveries {
             if seen.insert(delivery.0) {
@@ -554,23 +654,25 @@ async fn fan_out_run(
                 d_attempts.push(i32::from(first.is_some()));
                 d_response.push(first.and_then(|a| a.response_status.map(i32::from)));
                 d_last.push(first.map(|a| a.started_at));
-                d_next.push(first.and_then(|a| a.next_attempt_at));
+                let held = births.first_holds.get(&delivery.0).copied();
+                d_next.push(first.and_then(|a| a.next_attempt_at).or(held));
+                d_held.push(held);
             }
         }
     }
-    let mut born_attempted = HashSet::new();
     if !d_ids.is_empty() {
         let inserted: Vec<Uuid> = sqlx::query_scalar(
             "INSERT INTO deliveries (id, event_id, subscription_id, workspace_id, event_type, \
              status, attempts, last_response_status, last_attempt_at, next_attempt_at, \
-             created_at, updated_at) \
+             held_until, created_at, updated_at) \
              SELECT u.id, u.event_id, u.subscription_id, u.workspace_id, u.event_type, \
              u.status, u.attempts, u.last_response_status, u.last_attempt_at, \
-             u.next_attempt_at, $11, $11 \
+             u.next_attempt_at, u.held_until, $11, $11 \
              FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], \
-             $6::text[], $7::int[], $8::int[], $9::timestamptz[], $10::timestamptz[]) \
+             $6::text[], $7::int[], $8::int[], $9::timestamptz[], $10::timestamptz[], \
+             $12::timestamptz[]) \
              AS u(id, event_id, subscription_id, workspace_id, event_type, status, attempts, \
-             last_response_status, last_attempt_at, next_attempt_at) \
+             last_response_status, last_attempt_at, next_attempt_at, held_until) \
              ON CONFLICT (event_id, subscription_id) DO NOTHING RETURNING id",
         )
         .bind(&d_ids)
@@ -584,13 +686,16 @@ async fn fan_out_run(
         .bind(&d_last)
         .bind(&d_next)
         .bind(now)
+        .bind(&d_held)
         .fetch_all(&mut *conn)
         .await?;
-        born_attempted.extend(
-            inserted
-                .into_iter()
-                .filter(|id| first_attempts.contains_key(id)),
-        );
+        for id in inserted {
+            if first_attempts.contains_key(&id) {
+                births.born_attempted.insert(id);
+            } else if births.first_holds.contains_key(&id) {
+                births.born_held.insert(id);
+            }
+        }
     }
 
     let is_new = |i: usize, event: &Event| {
@@ -617,17 +722,17 @@ async fn fan_out_run(
         .into_iter()
         .collect()
     };
-    // Applied one by one, every fan-out comes before every attempt: to them,
-    // a delivery born with its first attempt's state is still pending.
-    pending.extend(born_attempted.iter().copied());
-    let results = fan_outs
+    // Applied one by one, every fan-out comes before every attempt and
+    // hold: to them, a delivery born attempted or held is still pending.
+    pending.extend(births.born_attempted.iter().copied());
+    pending.extend(births.born_held.iter().copied());
+    Ok(fan_outs
         .iter()
         .enumerate()
         .map(|(i, (event, deliveries))| WriteResult::FanOut {
             to_publish: rows::to_publish(deliveries, is_new(i, event), &pending),
         })
-        .collect();
-    Ok((results, born_attempted))
+        .collect())
 }
 
 /// Attempts of distinct deliveries: one statement inserts the attempt rows
@@ -671,7 +776,7 @@ async fn attempt_run(
              UPDATE deliveries d SET status = u.new_status, \
                  attempts = GREATEST(d.attempts, u.attempt), \
                  last_response_status = u.response_status, last_attempt_at = u.started_at, \
-                 next_attempt_at = u.next_attempt_at, updated_at = $12 \
+                 next_attempt_at = u.next_attempt_at, held_until = NULL, updated_at = $12 \
              FROM ins JOIN u ON u.delivery_id = ins.delivery_id AND u.attempt = ins.attempt \
              WHERE d.id = ins.delivery_id AND NOT u.born \
              RETURNING d.id \
@@ -747,6 +852,64 @@ async fn attempt_run(
         .collect())
 }
 
+/// Holds: one statement holds every delivery that still owes the attempt
+/// named, except those born held in this batch.
+async fn hold_run(
+    conn: &mut PgConnection,
+    run: &[&WriteOp],
+    now: DateTime<Utc>,
+    born_held: &mut HashSet<Uuid>,
+) -> Result<Vec<WriteResult>> {
+    let holds: Vec<(Uuid, u32, DateTime<Utc>)> = run
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::Hold {
+                delivery_id,
+                attempt,
+                until,
+            } => Some((delivery_id.0, *attempt, *until)),
+            _ => None,
+        })
+        .collect();
+    let born: Vec<bool> = holds
+        .iter()
+        .map(|&(id, attempt, _)| attempt == 1 && born_held.remove(&id))
+        .collect();
+    let (ids, rest): (Vec<Uuid>, Vec<(i32, DateTime<Utc>)>) = holds
+        .iter()
+        .zip(&born)
+        .filter(|(_, born)| !**born)
+        .map(|(&(id, attempt, until), _)| (id, (i32_saturating(attempt), until)))
+        .unzip();
+    let (attempts, untils): (Vec<i32>, Vec<DateTime<Utc>>) = rest.into_iter().unzip();
+    let held: HashSet<Uuid> = if ids.is_empty() {
+        HashSet::new()
+    } else {
+        sqlx::query_scalar(
+            "UPDATE deliveries d SET held_until = u.until, next_attempt_at = u.until, \
+             updated_at = $4 \
+             FROM UNNEST($1::uuid[], $2::int[], $3::timestamptz[]) AS u(id, attempt, until) \
+             WHERE d.id = u.id AND d.attempts = u.attempt - 1 \
+             AND d.status IN ('pending', 'retrying') RETURNING d.id",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&untils)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect()
+    };
+    Ok(holds
+        .iter()
+        .zip(born)
+        .map(|(&(id, _, _), born)| WriteResult::Held {
+            held: born || held.contains(&id),
+        })
+        .collect())
+}
+
 async fn cancel_run(conn: &mut PgConnection, run: &[&WriteOp], now: DateTime<Utc>) -> Result<()> {
     let ids: Vec<Uuid> = run
         .iter()
@@ -756,8 +919,8 @@ async fn cancel_run(conn: &mut PgConnection, run: &[&WriteOp], now: DateTime<Utc
         })
         .collect();
     sqlx::query(
-        "UPDATE deliveries SET status = 'canceled', next_attempt_at = NULL, updated_at = $2 \
-         WHERE id = ANY($1::uuid[]) AND status IN ('pending', 'retrying')",
+        "UPDATE deliveries SET status = 'canceled', next_attempt_at = NULL, held_until = NULL, \
+         updated_at = $2 WHERE id = ANY($1::uuid[]) AND status IN ('pending', 'retrying')",
     )
     .bind(&ids)
     .bind(now)
@@ -942,27 +1105,44 @@ impl PgStore {
 
     pub async fn restore_delivery(&self, before: &DeliveryRecord) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE deliveries SET status = $2, next_attempt_at = $3, updated_at = now() \
-             WHERE id = $1 AND status = 'retrying' AND attempts = $4",
+            "UPDATE deliveries SET status = $2, next_attempt_at = $3, held_until = $5, \
+             updated_at = now() WHERE id = $1 AND status = 'retrying' AND attempts = $4",
         )
         .bind(before.id.0)
         .bind(before.status.as_str())
         .bind(before.next_attempt_at)
         .bind(i32_saturating(before.attempts))
+        .bind(before.held_until)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
     }
 }
 
-/// Sets deliveries to `retrying`, due now, keeping their attempt counts.
+/// Sets deliveries to `retrying`, due now, keeping their attempt counts; a
+/// held one is no longer held (the caller publishes its message).
+fn held_from_rows(rows: Vec<(Uuid, String, Uuid, String, i32)>) -> Result<Vec<HeldDelivery>> {
+    rows.into_iter()
+        .map(|(id, event_id, subscription_id, event_type, attempts)| {
+            rows::HeldParts {
+                id,
+                event_id,
+                subscription_id,
+                event_type,
+                attempts: i64::from(attempts),
+            }
+            .into_model()
+        })
+        .collect()
+}
+
 async fn reopen(conn: &mut PgConnection, ids: &[Uuid]) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
     sqlx::query(
-        "UPDATE deliveries SET status = 'retrying', next_attempt_at = $1, updated_at = $1 \
-         WHERE id = ANY($2::uuid[])",
+        "UPDATE deliveries SET status = 'retrying', next_attempt_at = $1, held_until = NULL, \
+         updated_at = $1 WHERE id = ANY($2::uuid[])",
     )
     .bind(Utc::now())
     .bind(ids)

@@ -15,7 +15,7 @@ use courier_model::{
 };
 use uuid::Uuid;
 
-use crate::{AttemptRecord, DeliveryRecord, Result, StoreError, Workspace};
+use crate::{AttemptRecord, DeliveryRecord, HeldDelivery, Result, StoreError, Workspace};
 
 /// Subscription columns, aliased `s_*` so they can share a row with a
 /// delivery's (see `delivery_context`). Expects `subscriptions` as `s`.
@@ -34,7 +34,7 @@ macro_rules! delivery_columns {
     () => {
         "d.id, d.event_id, d.subscription_id, d.workspace_id, d.event_type, d.status, \
          d.attempts, d.last_response_status, d.last_attempt_at, d.next_attempt_at, \
-         d.created_at, d.updated_at"
+         d.held_until, d.created_at, d.updated_at"
     };
 }
 
@@ -175,6 +175,7 @@ pub(crate) struct DeliveryParts {
     pub last_response_status: Option<i64>,
     pub last_attempt_at: Option<DateTime<Utc>>,
     pub next_attempt_at: Option<DateTime<Utc>>,
+    pub held_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -196,8 +197,30 @@ impl DeliveryParts {
             )?,
             last_attempt_at: self.last_attempt_at,
             next_attempt_at: self.next_attempt_at,
+            held_until: self.held_until,
             created_at: self.created_at,
             updated_at: self.updated_at,
+        })
+    }
+}
+
+pub(crate) struct HeldParts {
+    pub id: Uuid,
+    pub event_id: String,
+    pub subscription_id: Uuid,
+    pub event_type: String,
+    pub attempts: i64,
+}
+
+impl HeldParts {
+    pub fn into_model(self) -> Result<HeldDelivery> {
+        Ok(HeldDelivery {
+            id: DeliveryId(self.id),
+            event_id: EventId::parse(self.event_id)
+                .map_err(|e| corrupt("deliveries.event_id", e))?,
+            subscription_id: SubscriptionId(self.subscription_id),
+            event_type: event_type("deliveries.event_type", &self.event_type)?,
+            attempts: u32_from("deliveries.attempts", self.attempts)?,
         })
     }
 }

@@ -36,8 +36,8 @@ use crate::rows::{
 };
 use crate::{
     ApiKeyRecord, AttemptRecord, AttemptWrite, DeliveryContext, DeliveryCursor, DeliveryFilter,
-    DeliveryLogEntry, DeliveryRecord, Result, StoreError, StoreOptions, SubscriptionsFingerprint,
-    Workspace, WriteOp, WriteResult, in_callers_order, kind_order,
+    DeliveryLogEntry, DeliveryRecord, HeldDelivery, Result, StoreError, StoreOptions,
+    SubscriptionsFingerprint, Workspace, WriteOp, WriteResult, in_callers_order, kind_order,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -140,6 +140,7 @@ fn delivery_from_row(row: &SqliteRow) -> Result<DeliveryRecord> {
             "deliveries.next_attempt_at",
             row.try_get("next_attempt_at")?,
         )?,
+        held_until: parse_opt_ts("deliveries.held_until", row.try_get("held_until")?)?,
         created_at: parse_ts("deliveries.created_at", row.try_get("created_at")?)?,
         updated_at: parse_ts("deliveries.updated_at", row.try_get("updated_at")?)?,
     }
@@ -460,6 +461,107 @@ impl SqliteStore {
         self.write(async |conn| apply_in(conn, ops).await).await
     }
 
+    pub async fn held_due(&self, now: DateTime<Utc>) -> Result<Vec<(SubscriptionId, u64)>> {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT subscription_id, COUNT(*) FROM deliveries \
+             WHERE held_until IS NOT NULL AND held_until <= ?1 GROUP BY subscription_id",
+        )
+        .bind(ts(&now))
+        .fetch_all(&self.reader)
+        .await?
+        .into_iter()
+        .map(|(id, n)| {
+            Ok((
+                SubscriptionId(parse_uuid("deliveries.subscription_id", &id)?),
+                u64::try_from(n).unwrap_or(0),
+            ))
+        })
+        .collect()
+    }
+
+    /// One writer at a time: two workers claiming at once take different
+    /// rows.
+    pub async fn claim_held(
+        &self,
+        subscription: SubscriptionId,
+        limit: u32,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<HeldDelivery>> {
+        let rows = self
+            .write(async |conn| {
+                Ok(sqlx::query_as(
+                    "UPDATE deliveries SET held_until = ?4 WHERE id IN ( \
+                         SELECT id FROM deliveries WHERE subscription_id = ?1 \
+                         AND held_until IS NOT NULL AND held_until <= ?3 \
+                         AND status IN ('pending', 'retrying') \
+                         ORDER BY held_until LIMIT ?2 \
+                     ) RETURNING id, event_id, subscription_id, event_type, attempts",
+                )
+                .bind(subscription.0.to_string())
+                .bind(i64::from(limit))
+                .bind(ts(&now))
+                .bind(ts(&lease_until))
+                .fetch_all(&mut *conn)
+                .await?)
+            })
+            .await?;
+        held_from_rows(rows)
+    }
+
+    pub async fn claim_expired(
+        &self,
+        subscription: SubscriptionId,
+        created_before: DateTime<Utc>,
+        limit: u32,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<HeldDelivery>> {
+        let rows = self
+            .write(async |conn| {
+                Ok(sqlx::query_as(
+                    "UPDATE deliveries SET held_until = ?3 WHERE id IN ( \
+                         SELECT id FROM deliveries WHERE subscription_id = ?5 \
+                         AND held_until IS NOT NULL AND held_until <= ?4 AND created_at < ?1 \
+                         AND status IN ('pending', 'retrying') \
+                         ORDER BY created_at LIMIT ?2 \
+                     ) RETURNING id, event_id, subscription_id, event_type, attempts",
+                )
+                .bind(ts(&created_before))
+                .bind(i64::from(limit))
+                .bind(ts(&lease_until))
+                .bind(ts(&now))
+                .bind(subscription.0.to_string())
+                .fetch_all(&mut *conn)
+                .await?)
+            })
+            .await?;
+        held_from_rows(rows)
+    }
+
+    pub async fn give_up_held(&self, ids: &[DeliveryId]) -> Result<Vec<DeliveryId>> {
+        let ids: Vec<String> = ids.iter().map(|id| id.0.to_string()).collect();
+        let ids = serde_json::to_string(&ids).map_err(|e| corrupt("deliveries.id", e))?;
+        let dead: Vec<String> = self
+            .write(async |conn| {
+                Ok(sqlx::query_scalar(
+                    "UPDATE deliveries SET status = 'dead', held_until = NULL, \
+                     next_attempt_at = NULL, updated_at = ?2 \
+                     WHERE id IN (SELECT value FROM json_each(?1)) \
+                     AND held_until IS NOT NULL AND status IN ('pending', 'retrying') \
+                     RETURNING id",
+                )
+                .bind(&ids)
+                .bind(ts(&Utc::now()))
+                .fetch_all(&mut *conn)
+                .await?)
+            })
+            .await?;
+        dead.iter()
+            .map(|id| Ok(DeliveryId(parse_uuid("deliveries.id", id)?)))
+            .collect()
+    }
+
     pub async fn delivery_context(&self, id: DeliveryId) -> Result<Option<DeliveryContext>> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -555,20 +657,28 @@ async fn apply_in(conn: &mut SqliteConnection, ops: &[WriteOp]) -> Result<Vec<Wr
     let order = kind_order(ops);
     let sorted: Vec<&WriteOp> = order.iter().map(|&i| &ops[i]).collect();
     let first_attempts = crate::first_attempts(sorted.iter().copied());
+    let first_holds = crate::first_holds(sorted.iter().copied(), &first_attempts);
     let mut born_attempted = HashSet::new();
+    let mut born_held = HashSet::new();
     let mut results = Vec::with_capacity(ops.len());
     for run in crate::runs(&sorted) {
         match run[0] {
             WriteOp::FanOut { .. } => {
                 let births = Births {
                     first_attempts: &first_attempts,
-                    born: &mut born_attempted,
+                    first_holds: &first_holds,
+                    born_attempted: &mut born_attempted,
+                    born_held: &mut born_held,
                 };
                 results.extend(fan_out_run(conn, run, &now, births).await?);
                 continue;
             }
             WriteOp::Attempt(_) => {
                 results.extend(attempt_run(conn, run, &now, &mut born_attempted).await?);
+                continue;
+            }
+            WriteOp::Hold { .. } => {
+                results.extend(hold_run(conn, run, &now, &mut born_held).await?);
                 continue;
             }
             WriteOp::Cancel { .. } => {}
@@ -578,7 +688,8 @@ async fn apply_in(conn: &mut SqliteConnection, ops: &[WriteOp]) -> Result<Vec<Wr
                 WriteOp::Cancel { delivery_id } => {
                     sqlx::query(
                         "UPDATE deliveries SET status = 'canceled', next_attempt_at = NULL, \
-                         updated_at = ?2 WHERE id = ?1 AND status IN ('pending', 'retrying')",
+                         held_until = NULL, updated_at = ?2 \
+                         WHERE id = ?1 AND status IN ('pending', 'retrying')",
                     )
                     .bind(delivery_id.0.to_string())
                     .bind(&now)
@@ -586,7 +697,7 @@ async fn apply_in(conn: &mut SqliteConnection, ops: &[WriteOp]) -> Result<Vec<Wr
                     .await?;
                     WriteResult::Canceled
                 }
-                WriteOp::FanOut { .. } | WriteOp::Attempt(_) => {
+                WriteOp::FanOut { .. } | WriteOp::Attempt(_) | WriteOp::Hold { .. } => {
                     unreachable!("runs hold one kind of op")
                 }
             };
@@ -596,10 +707,13 @@ async fn apply_in(conn: &mut SqliteConnection, ops: &[WriteOp]) -> Result<Vec<Wr
     in_callers_order(&order, results)
 }
 
-/// The first attempts of a batch, and the deliveries inserted in their state.
+/// The first attempts and holds of a batch, and the deliveries inserted in
+/// their state.
 struct Births<'a, 'b> {
     first_attempts: &'a HashMap<Uuid, &'b AttemptWrite>,
-    born: &'a mut HashSet<Uuid>,
+    first_holds: &'a HashMap<Uuid, DateTime<Utc>>,
+    born_attempted: &'a mut HashSet<Uuid>,
+    born_held: &'a mut HashSet<Uuid>,
 }
 
 /// Fan-outs: one statement inserts the new events, one the deliveries (those
@@ -667,6 +781,7 @@ async fn fan_out_run(
                 event.workspace_id.as_str(),
                 event.event_type.as_str(),
             );
+            let held = births.first_holds.get(&d.0).map(ts);
             delivery_rows.push(match births.first_attempts.get(&d.0) {
                 None => serde_json::json!([
                     d.0.to_string(),
@@ -675,7 +790,11 @@ async fn fan_out_run(
                     ws,
                     ty,
                     "pending",
-                    0
+                    0,
+                    null,
+                    null,
+                    held,
+                    held
                 ]),
                 Some(a) => serde_json::json!([
                     d.0.to_string(),
@@ -698,12 +817,13 @@ async fn fan_out_run(
         let created: Vec<String> = sqlx::query_scalar(
             "INSERT INTO deliveries (id, event_id, subscription_id, workspace_id, event_type, \
              status, attempts, last_response_status, last_attempt_at, next_attempt_at, \
-             created_at, updated_at) \
+             held_until, created_at, updated_at) \
              SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
              json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
              json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
              json_extract(value, '$[6]'), json_extract(value, '$[7]'), \
-             json_extract(value, '$[8]'), json_extract(value, '$[9]'), ?2, ?2 \
+             json_extract(value, '$[8]'), json_extract(value, '$[9]'), \
+             json_extract(value, '$[10]'), ?2, ?2 \
              FROM json_each(?1) WHERE true \
              ON CONFLICT (event_id, subscription_id) DO NOTHING RETURNING id",
         )
@@ -714,7 +834,9 @@ async fn fan_out_run(
         for id in created {
             let id = parse_uuid("deliveries.id", &id)?;
             if births.first_attempts.contains_key(&id) {
-                births.born.insert(id);
+                births.born_attempted.insert(id);
+            } else if births.first_holds.contains_key(&id) {
+                births.born_held.insert(id);
             }
         }
     }
@@ -746,9 +868,10 @@ async fn fan_out_run(
         .map(|id| parse_uuid("deliveries.id", id))
         .collect::<Result<_>>()?
     };
-    // Applied one by one, every fan-out comes before every attempt: to them,
-    // a delivery born with its first attempt's state is still pending.
-    pending.extend(births.born.iter().copied());
+    // Applied one by one, every fan-out comes before every attempt and
+    // hold: to them, a delivery born attempted or held is still pending.
+    pending.extend(births.born_attempted.iter().copied());
+    pending.extend(births.born_held.iter().copied());
     Ok(fan_outs
         .iter()
         .enumerate()
@@ -832,7 +955,7 @@ async fn attempt_run(
              attempts = MAX(attempts, json_extract(u.value, '$[2]')), \
              last_response_status = json_extract(u.value, '$[3]'), \
              last_attempt_at = json_extract(u.value, '$[4]'), \
-             next_attempt_at = json_extract(u.value, '$[5]'), updated_at = ?2 \
+             next_attempt_at = json_extract(u.value, '$[5]'), held_until = NULL, updated_at = ?2 \
              FROM json_each(?1) AS u WHERE deliveries.id = json_extract(u.value, '$[0]')",
         )
         .bind(&updates)
@@ -844,6 +967,63 @@ async fn attempt_run(
         .iter()
         .map(|a| WriteResult::Attempt {
             recorded: recorded.contains(&a.delivery_id.0),
+        })
+        .collect())
+}
+
+/// Holds: one statement holds every delivery that still owes the attempt
+/// named, except those born held in this batch.
+async fn hold_run(
+    conn: &mut SqliteConnection,
+    run: &[&WriteOp],
+    now: &str,
+    born_held: &mut HashSet<Uuid>,
+) -> Result<Vec<WriteResult>> {
+    let holds: Vec<(Uuid, u32, String)> = run
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::Hold {
+                delivery_id,
+                attempt,
+                until,
+            } => Some((delivery_id.0, *attempt, ts(until))),
+            _ => None,
+        })
+        .collect();
+    let born: Vec<bool> = holds
+        .iter()
+        .map(|(id, attempt, _)| *attempt == 1 && born_held.remove(id))
+        .collect();
+    let rows: Vec<serde_json::Value> = holds
+        .iter()
+        .zip(&born)
+        .filter(|(_, born)| !**born)
+        .map(|((id, attempt, until), _)| serde_json::json!([id.to_string(), attempt, until]))
+        .collect();
+    let held: HashSet<Uuid> = if rows.is_empty() {
+        HashSet::new()
+    } else {
+        let rows = serde_json::to_string(&rows).map_err(|e| corrupt("deliveries", e))?;
+        sqlx::query_scalar::<_, String>(
+            "UPDATE deliveries SET held_until = json_extract(u.value, '$[2]'), \
+             next_attempt_at = json_extract(u.value, '$[2]'), updated_at = ?2 \
+             FROM json_each(?1) AS u WHERE deliveries.id = json_extract(u.value, '$[0]') \
+             AND deliveries.attempts = json_extract(u.value, '$[1]') - 1 \
+             AND deliveries.status IN ('pending', 'retrying') RETURNING deliveries.id",
+        )
+        .bind(&rows)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|id| parse_uuid("deliveries.id", id))
+        .collect::<Result<_>>()?
+    };
+    Ok(holds
+        .iter()
+        .zip(born)
+        .map(|((id, _, _), born)| WriteResult::Held {
+            held: born || held.contains(id),
         })
         .collect())
 }
@@ -1029,14 +1209,15 @@ impl SqliteStore {
     pub async fn restore_delivery(&self, before: &DeliveryRecord) -> Result<bool> {
         self.write(async |conn| {
             let done = sqlx::query(
-                "UPDATE deliveries SET status = ?2, next_attempt_at = ?3, updated_at = ?4 \
-                 WHERE id = ?1 AND status = 'retrying' AND attempts = ?5",
+                "UPDATE deliveries SET status = ?2, next_attempt_at = ?3, updated_at = ?4, \
+                 held_until = ?6 WHERE id = ?1 AND status = 'retrying' AND attempts = ?5",
             )
             .bind(before.id.0.to_string())
             .bind(before.status.as_str())
             .bind(before.next_attempt_at.as_ref().map(ts))
             .bind(ts(&Utc::now()))
             .bind(i64::from(before.attempts))
+            .bind(before.held_until.as_ref().map(ts))
             .execute(&mut *conn)
             .await?;
             Ok(done.rows_affected() > 0)
@@ -1045,7 +1226,23 @@ impl SqliteStore {
     }
 }
 
-/// Sets deliveries to `retrying`, due now, keeping their attempt counts.
+fn held_from_rows(rows: Vec<(String, String, String, String, i64)>) -> Result<Vec<HeldDelivery>> {
+    rows.into_iter()
+        .map(|(id, event_id, subscription_id, event_type, attempts)| {
+            rows::HeldParts {
+                id: parse_uuid("deliveries.id", &id)?,
+                event_id,
+                subscription_id: parse_uuid("deliveries.subscription_id", &subscription_id)?,
+                event_type,
+                attempts,
+            }
+            .into_model()
+        })
+        .collect()
+}
+
+/// Sets deliveries to `retrying`, due now, keeping their attempt counts; a
+/// held one is no longer held (the caller publishes its message).
 async fn reopen(conn: &mut SqliteConnection, ids: &[DeliveryId]) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
@@ -1054,8 +1251,8 @@ async fn reopen(conn: &mut SqliteConnection, ids: &[DeliveryId]) -> Result<()> {
     let ids = serde_json::to_string(&ids).map_err(|e| corrupt("deliveries.id", e))?;
     let now = ts(&Utc::now());
     sqlx::query(
-        "UPDATE deliveries SET status = 'retrying', next_attempt_at = ?1, updated_at = ?1 \
-         WHERE id IN (SELECT value FROM json_each(?2))",
+        "UPDATE deliveries SET status = 'retrying', next_attempt_at = ?1, held_until = NULL, \
+         updated_at = ?1 WHERE id IN (SELECT value FROM json_each(?2))",
     )
     .bind(&now)
     .bind(&ids)

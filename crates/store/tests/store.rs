@@ -207,6 +207,9 @@ on_both_backends!(
     api_keys_are_found_by_hash,
     delivery_log_pages_newest_first_and_filters,
     reopen_and_restore_deliveries,
+    held_deliveries_are_claimed_then_released_by_their_attempt,
+    concurrent_claims_take_different_deliveries,
+    expired_held_deliveries_are_claimed_then_given_up,
 );
 
 // --- builders -------------------------------------------------------------------
@@ -908,6 +911,233 @@ async fn fan_out_and_first_attempts_in_one_batch(db: TestDb) {
     assert_eq!(
         (record.status, record.attempts),
         (DeliveryStatus::Succeeded, 2)
+    );
+}
+
+fn hold(delivery_id: DeliveryId, attempt: u32, until: DateTime<Utc>) -> WriteOp {
+    WriteOp::Hold {
+        delivery_id,
+        attempt,
+        until,
+    }
+}
+
+async fn held_until(store: &Store, id: DeliveryId) -> Option<DateTime<Utc>> {
+    store.get_delivery(id).await.unwrap().unwrap().held_until
+}
+
+async fn held_deliveries_are_claimed_then_released_by_their_attempt(db: TestDb) {
+    let store = &db.store;
+    let ws = workspace(store).await;
+    let event = event(&ws);
+    let subs: Vec<_> = (0..3).map(|_| SubscriptionId::generate()).collect();
+    let (op, deliveries) = fan_out(&event, &subs);
+    let [a, b, c] = [0, 1, 2].map(|i| deliveries[i].0);
+    let t = now();
+
+    // Held as they are created (one due now, one in an hour): every
+    // delivery of a new event is still reported as needing its first
+    // message, the caller decides which get one.
+    let results = store
+        .apply(&[op, hold(a, 1, t), hold(b, 1, t + Duration::hours(1))])
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        [
+            WriteResult::FanOut {
+                to_publish: deliveries.clone()
+            },
+            WriteResult::Held { held: true },
+            WriteResult::Held { held: true },
+        ]
+    );
+    let record = store.get_delivery(a).await.unwrap().unwrap();
+    assert_eq!(
+        (record.status, record.held_until, record.next_attempt_at),
+        (DeliveryStatus::Pending, Some(t), Some(t))
+    );
+    assert_eq!(store.held_due(t).await.unwrap(), [(subs[0], 1)]);
+
+    // A hold of an attempt the delivery does not owe holds nothing, nor
+    // does one of a delivery the ledger does not have.
+    assert_eq!(
+        apply_one(store, hold(c, 2, t)).await,
+        WriteResult::Held { held: false }
+    );
+    let unknown = DeliveryId::derive(&event.id, SubscriptionId::generate());
+    assert_eq!(
+        apply_one(store, hold(unknown, 1, t)).await,
+        WriteResult::Held { held: false }
+    );
+    assert_eq!(held_until(store, c).await, None);
+
+    // A claim takes the due delivery for the length of its lease.
+    let lease = t + Duration::minutes(1);
+    let claimed = store.claim_held(subs[0], 10, t, lease).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        (
+            claimed[0].id,
+            &claimed[0].event_id,
+            claimed[0].subscription_id
+        ),
+        (a, &event.id, subs[0])
+    );
+    assert_eq!(claimed[0].attempts, 0, "it owes attempt 1");
+    assert!(
+        store
+            .claim_held(subs[0], 10, t, lease)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.held_due(t).await.unwrap().is_empty());
+    assert_eq!(
+        store.held_due(lease).await.unwrap(),
+        [(subs[0], 1)],
+        "due again once the lease runs out"
+    );
+
+    // Its attempt ends the hold; a later hold owes the next attempt.
+    apply_one(store, WriteOp::Attempt(failed_attempt(a, 1))).await;
+    assert_eq!(held_until(store, a).await, None);
+    assert_eq!(
+        apply_one(store, hold(a, 1, t)).await,
+        WriteResult::Held { held: false },
+        "attempt 1 is made"
+    );
+    assert_eq!(
+        apply_one(store, hold(a, 2, t)).await,
+        WriteResult::Held { held: true }
+    );
+    let claimed = store.claim_held(subs[0], 10, t, lease).await.unwrap();
+    assert_eq!(claimed[0].attempts, 1);
+    apply_one(store, WriteOp::Attempt(succeeded_attempt(a, 2))).await;
+
+    // A cancel ends a hold too; nothing is due any more, ever.
+    apply_one(store, WriteOp::Cancel { delivery_id: b }).await;
+    assert_eq!(held_until(store, b).await, None);
+    let later = t + Duration::days(1);
+    assert!(store.held_due(later).await.unwrap().is_empty());
+    for sub in &subs {
+        assert!(
+            store
+                .claim_held(*sub, 10, later, later)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    // An operator's redelivery takes a held delivery out of the ledger's
+    // hands (its message is published); undoing it holds it again.
+    apply_one(store, hold(c, 1, t)).await;
+    let before = store.reopen_delivery(&ws, c).await.unwrap().unwrap();
+    assert_eq!(before.held_until, Some(t));
+    assert_eq!(held_until(store, c).await, None);
+    assert!(store.restore_delivery(&before).await.unwrap());
+    assert_eq!(held_until(store, c).await, Some(t));
+}
+
+async fn concurrent_claims_take_different_deliveries(db: TestDb) {
+    let store = &db.store;
+    let ws = workspace(store).await;
+    let sub = SubscriptionId::generate();
+    let t = now();
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let event = event(&ws);
+        let (op, deliveries) = fan_out(&event, &[sub]);
+        store
+            .apply(&[op, hold(deliveries[0].0, 1, t)])
+            .await
+            .unwrap();
+        held.push(deliveries[0].0);
+    }
+    assert_eq!(store.held_due(t).await.unwrap(), [(sub, 8)]);
+
+    let lease = t + Duration::minutes(1);
+    let (one, two) = tokio::join!(
+        store.claim_held(sub, 5, t, lease),
+        store.claim_held(sub, 5, t, lease)
+    );
+    let (one, two) = (one.unwrap(), two.unwrap());
+    assert_eq!(one.len() + two.len(), 8, "{} and {}", one.len(), two.len());
+    let mut all: Vec<DeliveryId> = one.iter().chain(&two).map(|h| h.id).collect();
+    all.sort();
+    all.dedup();
+    held.sort();
+    assert_eq!(all, held, "each claimed exactly once");
+}
+
+async fn expired_held_deliveries_are_claimed_then_given_up(db: TestDb) {
+    let store = &db.store;
+    let ws = workspace(store).await;
+    let event = event(&ws);
+    let subs: Vec<_> = (0..3).map(|_| SubscriptionId::generate()).collect();
+    let (op, deliveries) = fan_out(&event, &subs);
+    let [old, claimed, pending] = [0, 1, 2].map(|i| deliveries[i].0);
+    let t = now();
+    store
+        .apply(&[op, hold(old, 1, t), hold(claimed, 1, t)])
+        .await
+        .unwrap();
+    let lease = t + Duration::minutes(1);
+    assert_eq!(
+        store.claim_held(subs[1], 1, t, lease).await.unwrap().len(),
+        1
+    );
+
+    // Of one subscription, created before the cut-off: only what is held
+    // and not claimed.
+    let before = t + Duration::seconds(1);
+    assert!(
+        store
+            .claim_expired(subs[0], t - Duration::hours(1), 10, t, lease)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing that old"
+    );
+    let expired = store
+        .claim_expired(subs[0], before, 10, t, lease)
+        .await
+        .unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(
+        (expired[0].id, expired[0].event_type, expired[0].attempts),
+        (old, EventType::OrderCreated, 0)
+    );
+    assert!(
+        store
+            .claim_expired(subs[0], before, 10, t, lease)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .claim_expired(subs[1], before, 10, t, lease)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the other is claimed"
+    );
+
+    // Given up: dead, no longer held. Only held deliveries are.
+    let dead = store.give_up_held(&[old, pending]).await.unwrap();
+    assert_eq!(dead, [old]);
+    let record = store.get_delivery(old).await.unwrap().unwrap();
+    assert_eq!(
+        (record.status, record.held_until, record.next_attempt_at),
+        (DeliveryStatus::Dead, None, None)
+    );
+    assert_eq!(status_of(store, pending).await, DeliveryStatus::Pending);
+    assert_eq!(
+        store.give_up_held(&[old]).await.unwrap(),
+        [],
+        "given up once"
     );
 }
 
