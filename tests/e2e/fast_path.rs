@@ -5,15 +5,16 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use courier_model::{DeliveryId, DeliveryStatus, ErrorKind, Event, EventType, WorkspaceId};
+use courier_model::{DeliveryId, DeliveryStatus, ErrorKind, Event, EventType};
 use courier_store::{AttemptWrite, WriteOp};
 use courier_tests::{Behavior, Db, Receiver, TestEnv, metric_value, wait_for};
+
+use crate::{held, publish_orders, subscribe_to_orders};
 use lapin::options::BasicGetOptions;
 use serde_json::json;
 
 crate::on_both_databases!(
     a_slow_endpoint_does_not_hold_up_the_others,
-    without_retry_tiers_a_busy_endpoint_is_waited_for,
     a_redelivered_event_gets_what_its_dead_worker_owed
 );
 
@@ -32,7 +33,7 @@ async fn a_slow_endpoint_does_not_hold_up_the_others(db: Db) {
     let ws = env.workspace("acme").await;
     let stuck = Receiver::start(Behavior::Hang(Duration::from_secs(120))).await;
     let healthy = Receiver::start(Behavior::Ok).await;
-    subscribe_to_orders(&env, &ws, [&stuck, &healthy]).await;
+    subscribe_to_orders(&env, &ws, &[&stuck, &healthy]).await;
 
     let worker = env.start_worker().await;
     publish_orders(&env, &ws, EVENTS).await;
@@ -61,58 +62,19 @@ async fn a_slow_endpoint_does_not_hold_up_the_others(db: Db) {
             (DeliveryStatus::Succeeded, EVENTS as u64)
         ]
     );
-    // The deliveries that found its slot taken are put off (to a retry
-    // tier) rather than held by the worker.
+    // The deliveries that found its slot taken are put off, held in the
+    // ledger rather than by the worker or in a queue.
     wait_for(
-        "the stuck endpoint's other deliveries to be put off",
+        "the stuck endpoint's other deliveries to be held",
         Duration::from_secs(30),
         || async {
             let metrics = worker.get("/metrics").await.1;
             metric_value(&metrics, "courier_deliveries_deferred_total") >= (EVENTS - 1) as f64
+                && held(&env).await >= EVENTS - 1
         },
     )
     .await;
     assert!(stuck.count() <= 1, "{} requests at once", stuck.count());
-    worker.stop().await.unwrap();
-}
-
-/// With a single attempt allowed there is no retry tier to put a busy
-/// endpoint's deliveries off in: the worker waits for its slots instead.
-async fn without_retry_tiers_a_busy_endpoint_is_waited_for(db: Db) {
-    const EVENTS: usize = 8;
-    let env = TestEnv::with(
-        db,
-        &[
-            ("COURIER__RETRY__MAX_ATTEMPTS", "1"),
-            ("COURIER__DELIVERY__PER_ENDPOINT_IN_FLIGHT", "1"),
-        ],
-    )
-    .await;
-    assert!(env.topology().retry_tiers().is_empty());
-    let ws = env.workspace("acme").await;
-    let busy = Receiver::start(Behavior::Slow(Duration::from_millis(300))).await;
-    let healthy = Receiver::start(Behavior::Ok).await;
-    subscribe_to_orders(&env, &ws, [&busy, &healthy]).await;
-
-    let worker = env.start_worker().await;
-    publish_orders(&env, &ws, EVENTS).await;
-    // One slot at the busy endpoint: its deliveries wait in the worker and
-    // go out one after the other, none put off, none lost.
-    wait_for(
-        "every delivery to succeed",
-        Duration::from_secs(30),
-        || async {
-            env.store.delivery_counts().await.unwrap()
-                == [(DeliveryStatus::Succeeded, 2 * EVENTS as u64)]
-        },
-    )
-    .await;
-    assert_eq!((healthy.count(), busy.count()), (EVENTS, EVENTS));
-    let metrics = worker.get("/metrics").await.1;
-    assert_eq!(
-        metric_value(&metrics, "courier_deliveries_deferred_total"),
-        0.0
-    );
     worker.stop().await.unwrap();
 }
 
@@ -193,25 +155,4 @@ async fn a_redelivered_event_gets_what_its_dead_worker_owed(db: Db) {
     assert_eq!(attempts.len(), 2);
     assert_eq!(attempts[1].response_status, Some(200));
     assert_eq!(env.store.list_attempts(d2).await.unwrap().len(), 1);
-}
-
-async fn subscribe_to_orders(env: &TestEnv, ws: &WorkspaceId, receivers: [&Receiver; 2]) {
-    for receiver in receivers {
-        env.webhook(ws, &receiver.url(), &["order.created"], &[])
-            .await;
-    }
-}
-
-/// Publishes `n` order.created events, each confirmed.
-async fn publish_orders(env: &TestEnv, ws: &WorkspaceId, n: usize) {
-    let (publisher, _connection) = env.publisher().await;
-    for seq in 0..n {
-        let event = Event::new(
-            ws.clone(),
-            EventType::OrderCreated,
-            None,
-            json!({"seq": seq}),
-        );
-        publisher.publish(&event.unwrap()).await.unwrap();
-    }
 }

@@ -5,6 +5,7 @@ mod crash;
 mod delivery;
 mod deploy;
 mod fast_path;
+mod held;
 mod operations;
 mod poison;
 mod recovery;
@@ -30,4 +31,41 @@ macro_rules! on_both_databases {
             }
         )*
     };
+}
+
+/// Subscribes each receiver to every order.created event of `ws`.
+pub(crate) async fn subscribe_to_orders(
+    env: &courier_tests::TestEnv,
+    ws: &courier_model::WorkspaceId,
+    receivers: &[&courier_tests::Receiver],
+) {
+    for receiver in receivers {
+        env.webhook(ws, &receiver.url(), &["order.created"], &[])
+            .await;
+    }
+}
+
+/// Publishes `n` order.created events to `ws`, each confirmed.
+pub(crate) async fn publish_orders(
+    env: &courier_tests::TestEnv,
+    ws: &courier_model::WorkspaceId,
+    n: usize,
+) {
+    let (publisher, _connection) = env.publisher().await;
+    for seq in 0..n {
+        let event = courier_model::Event::new(
+            ws.clone(),
+            courier_model::EventType::OrderCreated,
+            None,
+            serde_json::json!({"seq": seq}),
+        );
+        publisher.publish(&event.unwrap()).await.unwrap();
+    }
+}
+
+/// Deliveries the ledger holds, due or not.
+pub(crate) async fn held(env: &courier_tests::TestEnv) -> usize {
+    let far = chrono::Utc::now() + chrono::Duration::days(365);
+    let due = env.store.held_due(far).await.unwrap();
+    due.iter().map(|(_, n)| *n as usize).sum()
 }

@@ -27,6 +27,8 @@ pub enum Behavior {
     /// Answer 200 after this long: a slow but healthy endpoint, to keep
     /// work in flight.
     Slow(Duration),
+    /// An outage: `status` to everything until [`Receiver::recover`], then 200.
+    Down { status: u16 },
 }
 
 #[derive(Clone, Debug)]
@@ -53,6 +55,7 @@ struct Log {
 struct Shared {
     behavior: Behavior,
     log: Mutex<Log>,
+    recovered: std::sync::atomic::AtomicBool,
 }
 
 /// A running receiver; stops when dropped.
@@ -71,6 +74,7 @@ impl Receiver {
         let shared = Arc::new(Shared {
             behavior,
             log: Mutex::new(Log::default()),
+            recovered: std::sync::atomic::AtomicBool::new(false),
         });
         let stop = CancellationToken::new();
         let app = Router::new()
@@ -96,6 +100,13 @@ impl Receiver {
 
     pub fn count(&self) -> usize {
         self.shared.log.lock().unwrap().requests.len()
+    }
+
+    /// Ends a [`Behavior::Down`] outage: from now on every request gets 200.
+    pub fn recover(&self) {
+        self.shared
+            .recovered
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Distinct webhook-ids seen.
@@ -144,6 +155,13 @@ async fn handle(
             (StatusCode::from_u16(status).unwrap(), "not yet")
         }
         Behavior::FailFirst { .. } => (StatusCode::OK, "ok"),
+        Behavior::Down { status } => {
+            if shared.recovered.load(std::sync::atomic::Ordering::SeqCst) {
+                (StatusCode::OK, "ok")
+            } else {
+                (StatusCode::from_u16(status).unwrap(), "down")
+            }
+        }
         Behavior::Hang(delay) | Behavior::Slow(delay) => {
             tokio::time::sleep(delay).await;
             (StatusCode::OK, "late")

@@ -26,14 +26,6 @@ pub struct DeliveryMessage {
     pub event_id: EventId,
     pub subscription_id: SubscriptionId,
     pub attempt: u32,
-    /// How often this attempt was put off because its endpoint was busy
-    /// (not an attempt: nothing was sent). Each deferral waits longer.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub deferrals: u32,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 impl DeliveryMessage {
@@ -51,7 +43,6 @@ impl DeliveryMessage {
             event_id,
             subscription_id,
             attempt,
-            deferrals: 0,
         }
     }
 
@@ -74,15 +65,6 @@ impl DeliveryMessage {
     pub fn next_attempt(&self) -> Self {
         Self {
             attempt: self.attempt + 1,
-            deferrals: 0,
-            ..self.clone()
-        }
-    }
-
-    /// The same attempt, put off once more.
-    pub fn deferred(&self) -> Self {
-        Self {
-            deferrals: self.deferrals.saturating_add(1),
             ..self.clone()
         }
     }
@@ -100,16 +82,14 @@ mod tests {
         let back = DeliveryMessage::from_slice(&msg.to_vec()).unwrap();
         assert_eq!(back, msg);
         assert_eq!(back.next_attempt().attempt, 2);
-        // Messages without deferrals keep the original shape on the wire.
-        assert!(
-            !String::from_utf8(msg.to_vec())
-                .unwrap()
-                .contains("deferrals")
+        // Earlier versions counted deferrals in the message; such messages,
+        // still waiting in a retry queue after an upgrade, are read as usual.
+        let mut older: serde_json::Value = serde_json::from_slice(&msg.to_vec()).unwrap();
+        older["deferrals"] = 2.into();
+        assert_eq!(
+            DeliveryMessage::from_slice(older.to_string().as_bytes()).unwrap(),
+            msg
         );
-        let twice = msg.deferred().deferred();
-        assert_eq!((twice.attempt, twice.deferrals), (1, 2));
-        assert_eq!(DeliveryMessage::from_slice(&twice.to_vec()).unwrap(), twice);
-        assert_eq!(twice.next_attempt().deferrals, 0);
 
         let mut v2: serde_json::Value = serde_json::from_slice(&msg.to_vec()).unwrap();
         v2["v"] = 2.into();

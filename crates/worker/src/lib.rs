@@ -14,6 +14,7 @@
 mod acks;
 mod consumer;
 pub mod health;
+mod held;
 pub mod http;
 mod limits;
 pub mod metrics;
@@ -220,11 +221,12 @@ impl Worker {
             }
         };
 
+        let releases = Arc::clone(&self.pipeline).release_held(stop.clone());
         let depths = queue_depths(&self.connection, &topology, &self.metrics, stop.clone());
         let control = watch_changes(&self.connection, &topology, &self.pipeline, stop.clone());
 
         let guard = stop.clone().drop_guard();
-        let (fanout, deliveries, (), (), ()) = tokio::join!(
+        let (fanout, deliveries, (), (), (), ()) = tokio::join!(
             async {
                 let r = fanout.await;
                 stop.cancel();
@@ -236,6 +238,7 @@ impl Worker {
                 r
             },
             refresher,
+            releases,
             depths,
             control
         );

@@ -7,6 +7,13 @@
 //! answer, and more requests at once rarely make a slow receiver faster.
 //! A new endpoint starts with that quarter too, and gets the rest with its
 //! first quick answer: one that never answers holds few slots meanwhile.
+//!
+//! An endpoint that fails [`FAILURES_TO_OPEN`] attempts in a row (no answer,
+//! or 5xx, 408, 429) gets a circuit breaker: for a cool-down of
+//! [`FIRST_COOLDOWN`] it gets no attempts at all, then one (a probe). A
+//! failed probe opens it again for twice as long, up to [`MAX_COOLDOWN`]; a
+//! success closes it. Meanwhile its deliveries wait in the ledger, held,
+//! instead of each failing once more and travelling through a retry queue.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +31,12 @@ use tokio::time::Instant;
 /// not queue for its slots inside a worker (they would hold the worker's
 /// slots): they are put off instead.
 pub const QUICK: Duration = Duration::from_millis(250);
+
+/// Failed attempts in a row that open an endpoint's circuit.
+pub const FAILURES_TO_OPEN: u32 = 5;
+/// How long a circuit first stays open; doubled by each failed probe.
+pub const FIRST_COOLDOWN: Duration = Duration::from_secs(1);
+pub const MAX_COOLDOWN: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct EndpointLimits {
@@ -45,6 +58,25 @@ struct Endpoint {
     /// When a slot was last taken or freed, in µs after `created`.
     progress_micros: AtomicU64,
     created: Instant,
+    circuit: Mutex<Circuit>,
+}
+
+/// The breaker of one endpoint: closed while `open_until` is `None`.
+#[derive(Debug, Default)]
+struct Circuit {
+    /// Failed attempts in a row.
+    failures: u32,
+    open_until: Option<Instant>,
+    cooldown: Duration,
+    /// Whether the one attempt allowed after the cool-down is under way.
+    probing: bool,
+}
+
+/// What the circuit lets through.
+enum Gate {
+    Closed,
+    /// Open, but cooled down: this one attempt may try the endpoint.
+    Probe,
 }
 
 impl Endpoint {
@@ -58,6 +90,81 @@ impl Endpoint {
             mean_micros: AtomicU64::new(0),
             progress_micros: AtomicU64::new(0),
             created: Instant::now(),
+            circuit: Mutex::new(Circuit::default()),
+        }
+    }
+
+    fn circuit(&self) -> std::sync::MutexGuard<'_, Circuit> {
+        self.circuit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether an attempt may go to the endpoint; a probe is taken by the
+    /// caller, who must give it back ([`Endpoint::end_probe`]) if it makes
+    /// no attempt after all.
+    fn gate(&self) -> Result<Gate, NoSlot> {
+        let mut circuit = self.circuit();
+        let Some(until) = circuit.open_until else {
+            return Ok(Gate::Closed);
+        };
+        let now = Instant::now();
+        if now < until {
+            return Err(NoSlot::Open { wait: until - now });
+        }
+        if circuit.probing {
+            return Err(NoSlot::Open {
+                wait: Duration::ZERO,
+            });
+        }
+        circuit.probing = true;
+        Ok(Gate::Probe)
+    }
+
+    fn end_probe(&self) {
+        self.circuit().probing = false;
+    }
+
+    /// Counts an attempt's outcome; returns true when this opened the
+    /// circuit (a failed probe opens it again, for longer).
+    fn outcome(&self, healthy: bool, probe: bool) -> bool {
+        let mut circuit = self.circuit();
+        if healthy {
+            *circuit = Circuit::default();
+            return false;
+        }
+        circuit.failures = circuit.failures.saturating_add(1);
+        let cooldown = if probe {
+            circuit.probing = false;
+            (circuit.cooldown * 2).min(MAX_COOLDOWN)
+        } else if circuit.open_until.is_none() && circuit.failures >= FAILURES_TO_OPEN {
+            FIRST_COOLDOWN
+        } else {
+            return false;
+        };
+        circuit.cooldown = cooldown;
+        circuit.open_until = Some(Instant::now() + cooldown);
+        !probe
+    }
+
+    fn is_tripped(&self) -> bool {
+        let circuit = self.circuit();
+        circuit.failures > 0 || circuit.open_until.is_some()
+    }
+
+    /// How many more attempts it may take now: its free slots, or for a
+    /// slow endpoint, what is left of its slow share.
+    fn room(&self) -> usize {
+        let available = self.slots.available_permits();
+        match self.slow() {
+            Some(_) => {
+                let total = if self.opened.load(Ordering::Relaxed) {
+                    self.size
+                } else {
+                    self.slow_size
+                };
+                let in_use = total.saturating_sub(available);
+                self.slow_size.saturating_sub(in_use).min(available)
+            }
+            None => available,
         }
     }
 
@@ -107,6 +214,20 @@ impl Endpoint {
         let permit = Arc::clone(&self.slots).try_acquire_owned().ok()?;
         Some(Slot::new(self, permit))
     }
+
+    /// A slot for the circuit's probe, or the probe given back.
+    fn try_probe_slot(self: Arc<Self>) -> Option<Slot> {
+        match Arc::clone(&self).try_slot() {
+            Some(mut slot) => {
+                slot.probe = true;
+                Some(slot)
+            }
+            None => {
+                self.end_probe();
+                None
+            }
+        }
+    }
 }
 
 /// Why no slot was had.
@@ -117,6 +238,9 @@ pub enum NoSlot {
     Slow { mean: Duration, full: bool },
     /// It is quick, but no slot freed within [`QUICK`].
     Busy,
+    /// Its circuit is open after repeated failures: no attempt for `wait`
+    /// (zero while a probe is under way).
+    Open { wait: Duration },
 }
 
 /// The right to make one attempt at an endpoint. Report how long the attempt
@@ -125,11 +249,16 @@ pub enum NoSlot {
 pub struct Slot {
     endpoint: Arc<Endpoint>,
     _permit: OwnedSemaphorePermit,
+    /// The circuit's probe, until its outcome is reported.
+    probe: bool,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.endpoint.progressed();
+        if self.probe {
+            self.endpoint.end_probe();
+        }
     }
 }
 
@@ -139,7 +268,16 @@ impl Slot {
         Self {
             endpoint,
             _permit: permit,
+            probe: false,
         }
+    }
+
+    /// Reports whether the endpoint answered the attempt made with this
+    /// slot as a working endpoint does: with anything but 5xx, 408 or 429.
+    /// Returns true when this failure opened its circuit.
+    pub fn outcome(&mut self, healthy: bool) -> bool {
+        let probe = std::mem::take(&mut self.probe);
+        self.endpoint.outcome(healthy, probe)
     }
 
     pub fn observe(&self, took: Duration) {
@@ -169,7 +307,7 @@ impl EndpointLimits {
         // endpoints in use, not every endpoint ever seen (a slot or a waiter
         // holds its endpoint).
         if map.len() > 4096 {
-            map.retain(|_, e| Arc::strong_count(e) > 1);
+            map.retain(|_, e| Arc::strong_count(e) > 1 || e.is_tripped());
         }
         Arc::clone(
             map.entry(id)
@@ -182,10 +320,13 @@ impl EndpointLimits {
     /// right away.
     pub async fn acquire_quick(&self, id: SubscriptionId) -> Result<Slot, NoSlot> {
         let endpoint = self.endpoint(id);
+        if let Gate::Probe = endpoint.gate()? {
+            return endpoint.try_probe_slot().ok_or(NoSlot::Busy);
+        }
         if let Some(slow) = endpoint.slow() {
             return Err(slow);
         }
-        Self::wait(endpoint).await.ok_or(NoSlot::Busy)
+        Self::wait(endpoint).await
     }
 
     /// A slot, waiting at most [`QUICK`] for one, and not at all for a slow
@@ -194,6 +335,9 @@ impl EndpointLimits {
     /// behind the endpoint.
     pub async fn acquire(&self, id: SubscriptionId) -> Result<Slot, NoSlot> {
         let endpoint = self.endpoint(id);
+        if let Gate::Probe = endpoint.gate()? {
+            return endpoint.try_probe_slot().ok_or(NoSlot::Busy);
+        }
         match endpoint.slow() {
             Some(slow @ NoSlot::Slow { full: true, .. }) => return Err(slow),
             Some(slow) => return endpoint.try_slot().ok_or(slow),
@@ -201,26 +345,47 @@ impl EndpointLimits {
         }
         match Arc::clone(&endpoint).try_slot() {
             Some(slot) => Ok(slot),
-            None => Self::wait(endpoint).await.ok_or(NoSlot::Busy),
+            None => Self::wait(endpoint).await,
         }
     }
 
-    /// A slot, however long it takes.
-    pub async fn acquire_waiting(&self, id: SubscriptionId) -> Slot {
-        let endpoint = self.endpoint(id);
-        let permit = Arc::clone(&endpoint.slots)
-            .acquire_owned()
-            .await
-            .expect("endpoint semaphores are never closed");
-        Slot::new(endpoint, permit)
+    /// Whether the endpoint's circuit is open (or letting a probe through).
+    pub fn is_open(&self, id: SubscriptionId) -> bool {
+        let map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&id)
+            .is_some_and(|endpoint| endpoint.circuit().open_until.is_some())
     }
 
-    async fn wait(endpoint: Arc<Endpoint>) -> Option<Slot> {
+    /// As many slots as the endpoint has room for now, at most `max`,
+    /// without waiting: one while its circuit lets a probe through, none
+    /// while it is open.
+    pub fn try_slots(&self, id: SubscriptionId, max: usize) -> Vec<Slot> {
+        let endpoint = self.endpoint(id);
+        match endpoint.gate() {
+            Err(_) => Vec::new(),
+            Ok(Gate::Probe) => endpoint.try_probe_slot().into_iter().collect(),
+            Ok(Gate::Closed) => {
+                let room = endpoint.room().min(max);
+                std::iter::from_fn(|| Arc::clone(&endpoint).try_slot())
+                    .take(room)
+                    .collect()
+            }
+        }
+    }
+
+    /// A slot that frees within [`QUICK`], if the circuit still lets the
+    /// attempt through once it has one: waiters queued while the endpoint
+    /// was failing must not all go on to fail once more.
+    async fn wait(endpoint: Arc<Endpoint>) -> Result<Slot, NoSlot> {
         let permit = tokio::time::timeout(QUICK, Arc::clone(&endpoint.slots).acquire_owned())
             .await
-            .ok()?
+            .map_err(|_| NoSlot::Busy)?
             .expect("endpoint semaphores are never closed");
-        Some(Slot::new(endpoint, permit))
+        let mut slot = Slot::new(endpoint, permit);
+        if let Gate::Probe = slot.endpoint.gate()? {
+            slot.probe = true;
+        }
+        Ok(slot)
     }
 }
 
@@ -336,5 +501,132 @@ mod tests {
         // A freed slot is progress: the endpoint is usable again.
         drop(held);
         assert!(limits.acquire_quick(id).await.is_ok());
+    }
+
+    /// Fails `n` attempts at `id`, one after the other.
+    async fn fail(limits: &EndpointLimits, id: SubscriptionId, n: u32) -> bool {
+        let mut opened = false;
+        for _ in 0..n {
+            let mut slot = limits.acquire(id).await.expect("a slot");
+            slot.observe(Duration::from_millis(1));
+            opened |= slot.outcome(false);
+        }
+        opened
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_failures_open_the_circuit_until_a_probe_succeeds() {
+        let limits = EndpointLimits::new(8);
+        let id = SubscriptionId::generate();
+
+        assert!(!fail(&limits, id, FAILURES_TO_OPEN - 1).await, "not yet");
+        // A success in between starts the count again.
+        let mut slot = limits.acquire(id).await.unwrap();
+        assert!(!slot.outcome(true));
+        drop(slot);
+        assert!(!fail(&limits, id, FAILURES_TO_OPEN - 1).await);
+        assert!(
+            fail(&limits, id, 1).await,
+            "the fifth failure in a row opens it"
+        );
+
+        // Open: no slot at all, and the wait is the cool-down.
+        assert_eq!(
+            limits.acquire(id).await.err(),
+            Some(NoSlot::Open {
+                wait: FIRST_COOLDOWN
+            })
+        );
+        assert!(limits.try_slots(id, 8).is_empty());
+
+        // Cooled down: one probe, and nothing else while it is out.
+        tokio::time::advance(FIRST_COOLDOWN).await;
+        let mut probe = limits.try_slots(id, 8);
+        assert_eq!(probe.len(), 1, "one probe");
+        assert_eq!(
+            limits.acquire_quick(id).await.err(),
+            Some(NoSlot::Open {
+                wait: Duration::ZERO
+            })
+        );
+        // A failed probe opens it for twice as long.
+        assert!(!probe[0].outcome(false), "reopened, not newly opened");
+        drop(probe);
+        assert_eq!(
+            limits.acquire(id).await.err(),
+            Some(NoSlot::Open {
+                wait: 2 * FIRST_COOLDOWN
+            })
+        );
+
+        // A probe given back unused (its delivery needed no attempt) lets
+        // the next caller probe.
+        tokio::time::advance(2 * FIRST_COOLDOWN).await;
+        drop(limits.try_slots(id, 8));
+        probe = limits.try_slots(id, 8);
+        assert_eq!(probe.len(), 1);
+        // A successful probe closes it: every slot is usable again.
+        assert!(!probe[0].outcome(true));
+        drop(probe);
+        assert_eq!(limits.try_slots(id, 8).len(), 8);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_slots_takes_only_what_is_free() {
+        let limits = EndpointLimits::new(8);
+        let id = SubscriptionId::generate();
+        // New: a quarter of its slots until it answers quickly.
+        let first = limits.try_slots(id, 8);
+        assert_eq!(first.len(), 2);
+        first[0].observe(Duration::from_millis(1));
+        assert_eq!(limits.try_slots(id, 3).len(), 3, "at most what was asked");
+        let rest = limits.try_slots(id, 8);
+        assert_eq!(rest.len(), 6, "the rest of its eight");
+        drop(rest);
+
+        // Slow: only its share, less what it has in use.
+        for slot in &first {
+            slot.observe(Duration::from_secs(10));
+        }
+        assert_eq!(
+            limits.try_slots(id, 8).len(),
+            0,
+            "its two slow slots are taken"
+        );
+        drop(first);
+        assert_eq!(limits.try_slots(id, 8).len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_queued_before_the_circuit_opened_does_not_get_through() {
+        let limits = Arc::new(EndpointLimits::new(8));
+        let id = SubscriptionId::generate();
+        let first = limits.acquire(id).await.unwrap();
+        first.observe(Duration::from_millis(1));
+        let mut slots = vec![first];
+        for _ in 1..8 {
+            slots.push(
+                limits
+                    .acquire(id)
+                    .await
+                    .expect("a quick endpoint's eight slots"),
+            );
+        }
+        let waiter = tokio::spawn({
+            let limits = Arc::clone(&limits);
+            async move { limits.acquire_quick(id).await.err() }
+        });
+        tokio::task::yield_now().await;
+
+        let opened = slots[..FAILURES_TO_OPEN as usize]
+            .iter_mut()
+            .map(|slot| slot.outcome(false))
+            .fold(false, |a, b| a | b);
+        assert!(opened);
+        drop(slots);
+        assert!(
+            matches!(waiter.await.unwrap(), Some(NoSlot::Open { .. })),
+            "the freed slot is no way past an open circuit"
+        );
     }
 }

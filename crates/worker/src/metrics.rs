@@ -38,8 +38,13 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     /// Messages set aside in the poison queue, by stage.
     pub poison: IntCounterVec,
-    /// Attempts put off because their endpoint was busy (no attempt made).
+    /// Attempts put off because their endpoint was busy or its circuit
+    /// open (no attempt made): held in the ledger.
     pub deferred: IntCounter,
+    /// Deliveries the ledger holds that are due, as this worker last read.
+    pub held: IntGauge,
+    /// Times an endpoint's circuit opened after repeated failures.
+    pub circuit_opened: IntCounter,
     /// Attempts under way right now.
     pub in_flight: IntGauge,
     /// Ready messages per courier queue, as the broker reports them.
@@ -101,11 +106,27 @@ impl Metrics {
 
         let deferred = IntCounter::new(
             "courier_deliveries_deferred_total",
-            "Attempts put off to a retry tier because their endpoint's slots were all busy.",
+            "Attempts put off, held in the ledger, because their endpoint was busy or its circuit open.",
         )
         .expect("valid metric");
         registry
             .register(Box::new(deferred.clone()))
+            .expect("unique metric");
+        let held = IntGauge::new(
+            "courier_deliveries_held",
+            "Held deliveries due for an attempt, waiting for room at their endpoint (ledger-wide).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(held.clone()))
+            .expect("unique metric");
+        let circuit_opened = IntCounter::new(
+            "courier_endpoint_circuit_opened_total",
+            "Times an endpoint's circuit opened after failing attempts in a row.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(circuit_opened.clone()))
             .expect("unique metric");
         let subscription_reloads = counter(
             "courier_subscription_reloads_total",
@@ -205,6 +226,8 @@ impl Metrics {
             dead_lettered,
             poison,
             deferred,
+            held,
+            circuit_opened,
             in_flight,
             queue_messages,
             queue_consumers,
@@ -247,6 +270,8 @@ mod tests {
             "courier_attempts_total",
             "courier_deliveries_in_flight",
             "courier_deliveries_deferred_total",
+            "courier_deliveries_held",
+            "courier_endpoint_circuit_opened_total",
             "courier_delivery_latency_seconds",
             "courier_ledger_batch_size",
             "courier_publish_confirm_seconds",

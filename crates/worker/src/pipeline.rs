@@ -35,7 +35,7 @@ use crate::{WebhookClient, WorkerConfig, error_chain};
 
 /// Why a handler could not finish; the message goes back to the broker.
 #[derive(Debug, thiserror::Error)]
-enum StepError {
+pub(crate) enum StepError {
     #[error("ledger write failed")]
     Store(#[from] StoreError),
     #[error("publish failed")]
@@ -203,7 +203,7 @@ impl Pipeline {
             if inline {
                 running.push(self.first_attempt(event, subscription, msg));
             } else {
-                settled.push(First::Queue(msg, None));
+                settled.push(First::Queue(msg));
             }
         }
         // An endpoint that turns out slow must not keep the others' attempts
@@ -234,8 +234,9 @@ impl Pipeline {
     }
 
     /// The first attempt of a delivery, made right away if its endpoint has
-    /// been answering quickly and a slot frees within [`QUICK`]; otherwise
-    /// the delivery is left to the deliveries queue.
+    /// been answering quickly and a slot frees within [`QUICK`]. Otherwise
+    /// the delivery is left to the deliveries queue, or, when its endpoint
+    /// is slow and saturated or its circuit open, held in the ledger.
     async fn first_attempt(
         &self,
         event: &Event,
@@ -246,13 +247,14 @@ impl Pipeline {
         async {
             let worker_slot = Arc::clone(&self.http_slots).acquire_owned();
             let Ok(Ok(worker_slot)) = tokio::time::timeout(QUICK, worker_slot).await else {
-                return First::Queue(msg, None);
+                return First::Queue(msg);
             };
             let slot = match self.endpoints.acquire_quick(subscription.id).await {
                 Ok(slot) => slot,
-                // Known slow and saturated: straight to waiting.
-                Err(NoSlot::Slow { mean, full: true }) => return First::Queue(msg, Some(mean)),
-                Err(_) => return First::Queue(msg, None),
+                Err(NoSlot::Slow { full: true, .. } | NoSlot::Open { .. }) => {
+                    return First::Hold(msg);
+                }
+                Err(_) => return First::Queue(msg),
             };
             let attempted = self.attempt(event, subscription, &msg, slot).await;
             drop(worker_slot);
@@ -273,17 +275,13 @@ impl Pipeline {
         settled: Vec<First>,
         redelivered: bool,
     ) -> Result<Vec<(DeliveryId, SubscriptionId)>, StepError> {
-        let (attempted, queue) = First::split(settled);
-        let mut ops = Vec::with_capacity(1 + attempted.len());
+        let (attempted, queue, held) = First::split(settled);
+        let mut ops = Vec::with_capacity(1 + attempted.len() + held.len());
         ops.push(WriteOp::FanOut {
             event: Arc::clone(event),
             deliveries,
         });
-        ops.extend(
-            attempted
-                .iter()
-                .map(|(_, a, _)| WriteOp::Attempt(a.write.clone())),
-        );
+        ops.extend(First::ops(&attempted, &held));
         let results = self
             .durably("recording the fan-out", || {
                 self.ledger.write_many(ops.clone())
@@ -301,6 +299,7 @@ impl Pipeline {
         // Committed. Now every message that must follow is confirmed before
         // the event is acked. After a crash in between, the event comes back
         // redelivered and `recover` finds what is missing.
+        self.count_holds(results.as_slice()[attempted.len()..].iter());
         let (first, resend) = if redelivered {
             self.recover(event).await?
         } else {
@@ -320,14 +319,12 @@ impl Pipeline {
         late: Vec<First>,
         to_publish: &[(DeliveryId, SubscriptionId)],
     ) -> Result<(), StepError> {
-        let (attempted, queue) = First::split(late);
-        let ops: Vec<WriteOp> = attempted
-            .iter()
-            .map(|(_, a, _)| WriteOp::Attempt(a.write.clone()))
-            .collect();
+        let (attempted, queue, held) = First::split(late);
+        let ops: Vec<WriteOp> = First::ops(&attempted, &held).collect();
         let results = self
             .durably("recording attempts", || self.ledger.write_many(ops.clone()))
             .await?;
+        self.count_holds(results[attempted.len()..].iter());
         let first = still_waiting(queue, to_publish);
         self.send_follow_ups(event, &attempted, results.into_iter(), Vec::new(), first)
             .await?;
@@ -343,12 +340,9 @@ impl Pipeline {
         attempted: &[AttemptedHere],
         results: impl Iterator<Item = WriteResult>,
         resend: Vec<(DeliveryMessage, DeliveryStatus)>,
-        first: Vec<Queued>,
+        first: Vec<DeliveryMessage>,
     ) -> Result<(), PublishError> {
-        let (now, later): (Vec<Queued>, Vec<Queued>) = first
-            .into_iter()
-            .partition(|(_, deferral)| deferral.is_none());
-        let bodies: Vec<Vec<u8>> = now.iter().map(|(m, _)| m.to_vec()).collect();
+        let bodies: Vec<Vec<u8>> = first.iter().map(DeliveryMessage::to_vec).collect();
         let exchange = self.topology.deliveries_exchange();
         let mut sends: Vec<BoxFuture<'_, Result<(), PublishError>>> = Vec::new();
         for ((msg, attempted, span), result) in attempted.iter().zip(results) {
@@ -365,9 +359,6 @@ impl Pipeline {
         }
         for (msg, status) in resend {
             sends.push(Box::pin(self.resend_follow_up(msg, status)));
-        }
-        for (msg, mean) in &later {
-            sends.push(Box::pin(self.defer(msg, mean.unwrap_or_default())));
         }
         for body in &bodies {
             sends.push(Box::pin(self.publish(
@@ -386,20 +377,21 @@ impl Pipeline {
     /// owed a message: deliveries never attempted (they get their first
     /// message) and first attempts whose follow-up may be missing (it is
     /// sent again; a follow-up sent twice is fenced by its attempt number).
+    /// A held delivery is owed nothing: the ledger releases it.
     async fn recover(
         &self,
         event: &Event,
-    ) -> Result<(Vec<Queued>, Vec<(DeliveryMessage, DeliveryStatus)>), StoreError> {
+    ) -> Result<(Vec<DeliveryMessage>, Vec<(DeliveryMessage, DeliveryStatus)>), StoreError> {
         let records = self
             .durably("reading the event's deliveries", || {
                 self.store.deliveries_of_event(&event.id)
             })
             .await?;
         let (mut first, mut resend) = (Vec::new(), Vec::new());
-        for record in records {
+        for record in records.into_iter().filter(|r| r.held_until.is_none()) {
             let msg = DeliveryMessage::new(record.id, event.id.clone(), record.subscription_id, 1);
             match (record.status, record.attempts) {
-                (DeliveryStatus::Pending, 0) => first.push((msg, None)),
+                (DeliveryStatus::Pending, 0) => first.push(msg),
                 (status, 1) => resend.push((msg, status)),
                 _ => {}
             }
@@ -434,17 +426,22 @@ impl Pipeline {
     }
 
     async fn try_deliver(&self, msg: &DeliveryMessage, redelivered: bool) -> Result<(), StepError> {
-        // A busy endpoint's deliveries wait in a retry tier, not in this
+        // A busy endpoint's deliveries wait in the ledger, not in this
         // worker's slots, where they would starve every other endpoint.
-        let slot = match self.endpoints.acquire(msg.subscription_id).await {
-            Ok(slot) => slot,
-            // No tier to put it off in: wait here.
-            Err(_) if self.topology.retry_tiers().is_empty() => {
-                self.endpoints.acquire_waiting(msg.subscription_id).await
-            }
-            Err(NoSlot::Slow { mean, .. }) => return Ok(self.defer(msg, mean).await?),
-            Err(NoSlot::Busy) => return Ok(self.defer(msg, Duration::ZERO).await?),
-        };
+        match self.endpoints.acquire(msg.subscription_id).await {
+            Ok(slot) => self.deliver_with(msg, redelivered, slot).await,
+            Err(_) => Ok(self.hold(msg).await?),
+        }
+    }
+
+    /// Makes attempt `msg.attempt`, unless the ledger says it is made or not
+    /// owed, with a slot of its endpoint, and records it.
+    pub(crate) async fn deliver_with(
+        &self,
+        msg: &DeliveryMessage,
+        redelivered: bool,
+        slot: Slot,
+    ) -> Result<(), StepError> {
         let Some(DeliveryContext {
             delivery,
             event,
@@ -520,7 +517,7 @@ impl Pipeline {
         event: &Event,
         subscription: &Subscription,
         msg: &DeliveryMessage,
-        slot: Slot,
+        mut slot: Slot,
     ) -> Attempted {
         let body = event.webhook_body();
         let started_at = Utc::now();
@@ -542,6 +539,14 @@ impl Pipeline {
         let outcome = self.client.post(&subscription.url, headers, body).await;
         self.metrics.in_flight.dec();
         slot.observe(outcome.duration);
+        if slot.outcome(endpoint_healthy(outcome.result)) {
+            self.metrics.circuit_opened.inc();
+            tracing::warn!(
+                url = %subscription.url,
+                "endpoint failed {} attempts in a row; circuit open, its deliveries are held",
+                crate::limits::FAILURES_TO_OPEN
+            );
+        }
         drop(slot);
 
         let decision = classify(
@@ -663,37 +668,34 @@ impl Pipeline {
         }
     }
 
-    /// Puts an attempt off because its endpoint is busy: the same message,
-    /// counted as deferred once more, waits in a retry tier and comes back
-    /// to the deliveries queue. The first wait is the endpoint's mean
-    /// response time (at least [`FIRST_DEFERRAL`]), doubling each time, up
-    /// to [`MAX_DEFERRAL`]. With no retry tiers (a policy of one attempt)
-    /// the message goes to the deliveries queue at once, where the delivery
-    /// stage waits for a slot.
-    async fn defer(&self, msg: &DeliveryMessage, mean: Duration) -> Result<(), PublishError> {
-        let delay = FIRST_DEFERRAL
-            .max(mean)
-            .saturating_mul(1 << msg.deferrals.min(16))
-            .min(MAX_DEFERRAL);
-        let Some(tier) = self.topology.tier_for(delay) else {
-            let exchange = self.topology.deliveries_exchange();
-            return self
-                .publish(
-                    &exchange,
-                    DELIVERY_ROUTING_KEY,
-                    &msg.to_vec(),
-                    json_properties(),
-                )
-                .await;
+    /// Puts an attempt off because its endpoint is busy or failing: the
+    /// ledger holds the delivery, and a worker with room for the endpoint
+    /// claims it as soon as it has (see [`Pipeline::release_held`]). No
+    /// message carries it meanwhile, so a backlog waiting for one endpoint
+    /// costs the broker nothing.
+    async fn hold(&self, msg: &DeliveryMessage) -> Result<(), StoreError> {
+        let op = WriteOp::Hold {
+            delivery_id: msg.delivery_id,
+            attempt: msg.attempt,
+            until: Utc::now(),
         };
-        self.park(&msg.deferred(), delay, tier).await?;
-        self.metrics.deferred.inc();
-        tracing::debug!(
-            deferrals = msg.deferrals + 1,
-            delay_ms = delay.as_millis() as u64,
-            "endpoint busy; attempt put off"
-        );
+        let result = self
+            .durably("holding the delivery", || self.ledger.write(op.clone()))
+            .await?;
+        self.count_holds(std::iter::once(&result));
+        if result == (WriteResult::Held { held: true }) {
+            tracing::debug!("endpoint busy or failing; delivery held");
+        } else {
+            tracing::debug!("attempt made or not owed any more; nothing to hold");
+        }
         Ok(())
+    }
+
+    fn count_holds<'r>(&self, results: impl Iterator<Item = &'r WriteResult>) {
+        let held = results
+            .filter(|r| **r == (WriteResult::Held { held: true }))
+            .count();
+        self.metrics.deferred.inc_by(held as u64);
     }
 
     /// Parks the next attempt in the retry tier for `delay`; the tier's
@@ -704,14 +706,14 @@ impl Pipeline {
         delay: Duration,
     ) -> Result<(), PublishError> {
         match self.topology.tier_for(delay) {
-            Some(tier) => self.park(&msg.next_attempt(), delay, tier).await,
+            Some(tier) => self.to_retry_tier(&msg.next_attempt(), delay, tier).await,
             None => self.dead_letter(msg).await,
         }
     }
 
     /// Publishes `msg` to the retry tier `tier`, to come back to the
     /// deliveries queue after `delay` (at most the tier's length).
-    async fn park(
+    async fn to_retry_tier(
         &self,
         msg: &DeliveryMessage,
         delay: Duration,
@@ -728,7 +730,7 @@ impl Pipeline {
         .await
     }
 
-    async fn dead_letter(&self, msg: &DeliveryMessage) -> Result<(), PublishError> {
+    pub(crate) async fn dead_letter(&self, msg: &DeliveryMessage) -> Result<(), PublishError> {
         self.publish(
             &self.topology.dead_exchange(),
             "",
@@ -816,35 +818,72 @@ fn is_transient(error: &StoreError) -> bool {
 enum First {
     /// Made here; the span is the delivery's.
     Attempted(DeliveryMessage, Attempted, tracing::Span),
-    /// Left to the deliveries queue, or, with the endpoint's mean response
-    /// time, put off because the endpoint is slow and saturated.
-    Queue(DeliveryMessage, Option<Duration>),
+    /// Left to the deliveries queue.
+    Queue(DeliveryMessage),
+    /// Held in the ledger: the endpoint is slow and saturated, or its
+    /// circuit is open.
+    Hold(DeliveryMessage),
 }
 
 type AttemptedHere = (DeliveryMessage, Attempted, tracing::Span);
-type Queued = (DeliveryMessage, Option<Duration>);
 
 impl First {
-    fn split(firsts: Vec<First>) -> (Vec<AttemptedHere>, Vec<Queued>) {
-        let (mut attempted, mut queue) = (Vec::new(), Vec::new());
+    fn split(
+        firsts: Vec<First>,
+    ) -> (
+        Vec<AttemptedHere>,
+        Vec<DeliveryMessage>,
+        Vec<DeliveryMessage>,
+    ) {
+        let (mut attempted, mut queue, mut held) = (Vec::new(), Vec::new(), Vec::new());
         for first in firsts {
             match first {
                 First::Attempted(msg, a, span) => attempted.push((msg, a, span)),
-                First::Queue(msg, deferral) => queue.push((msg, deferral)),
+                First::Queue(msg) => queue.push(msg),
+                First::Hold(msg) => held.push(msg),
             }
         }
-        (attempted, queue)
+        (attempted, queue, held)
+    }
+
+    /// The ledger ops of attempts made and holds, in that order.
+    fn ops<'a>(
+        attempted: &'a [AttemptedHere],
+        held: &'a [DeliveryMessage],
+    ) -> impl Iterator<Item = WriteOp> + 'a {
+        let attempts = attempted
+            .iter()
+            .map(|(_, a, _)| WriteOp::Attempt(a.write.clone()));
+        let now = Utc::now();
+        let holds = held.iter().map(move |msg| WriteOp::Hold {
+            delivery_id: msg.delivery_id,
+            attempt: msg.attempt,
+            until: now,
+        });
+        attempts.chain(holds)
     }
 }
 
 /// The queued first messages whose deliveries the ledger still holds as never
 /// attempted (a duplicate of an event already fanned out owes nothing more).
-fn still_waiting(queue: Vec<Queued>, to_publish: &[(DeliveryId, SubscriptionId)]) -> Vec<Queued> {
+fn still_waiting(
+    queue: Vec<DeliveryMessage>,
+    to_publish: &[(DeliveryId, SubscriptionId)],
+) -> Vec<DeliveryMessage> {
     let waiting: HashSet<DeliveryId> = to_publish.iter().map(|&(d, _)| d).collect();
     queue
         .into_iter()
-        .filter(|(m, _)| waiting.contains(&m.delivery_id))
+        .filter(|m| waiting.contains(&m.delivery_id))
         .collect()
+}
+
+/// Whether an attempt's outcome says the endpoint is up: it answered, with
+/// anything but a server error or "try later". Counts for its circuit.
+fn endpoint_healthy(result: AttemptResult) -> bool {
+    match result {
+        AttemptResult::Response { status } => !(status >= 500 || status == 408 || status == 429),
+        AttemptResult::Failed { kind } => kind == courier_model::ErrorKind::Blocked,
+    }
 }
 
 /// An attempt made and classified, not yet recorded.
@@ -857,15 +896,10 @@ struct Attempted {
     duration: Duration,
 }
 
-/// A busy endpoint's delivery first waits this long, twice as long on each
-/// further deferral, at most [`MAX_DEFERRAL`].
-const FIRST_DEFERRAL: Duration = Duration::from_secs(1);
-const MAX_DEFERRAL: Duration = Duration::from_secs(60);
-
 /// The span of one delivery attempt: every line logged in it names the
 /// event, the delivery (the `webhook-id` the receiver sees), the webhook and
 /// the attempt.
-fn delivery_span(msg: &DeliveryMessage) -> tracing::Span {
+pub(crate) fn delivery_span(msg: &DeliveryMessage) -> tracing::Span {
     tracing::info_span!(
         "deliver",
         event_id = %msg.event_id,

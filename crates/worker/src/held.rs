@@ -1,0 +1,244 @@
+//! Releases the deliveries the ledger holds.
+//!
+//! A delivery is held when its endpoint cannot take it now: the endpoint is
+//! slow and every slot it may use is taken, or it failed repeatedly and its
+//! circuit is open. No message carries a held delivery, so a backlog behind
+//! one endpoint costs the broker nothing and delays no one else's messages.
+//!
+//! Every worker runs this loop. It asks the ledger which endpoints have held
+//! deliveries due, takes whatever slots those endpoints have free (none
+//! while a circuit is open, one for its probe once it has cooled down), and
+//! claims that many deliveries. A claim is a lease: the ledger keeps the
+//! delivery held, but due only once the lease runs out, so no other worker
+//! takes it meanwhile and a worker that dies with it only delays it. The
+//! attempt's record ends the hold.
+//!
+//! A delivery held because its endpoint keeps failing is given up as dead
+//! and dead-lettered once it is older than its retry schedule (about a day
+//! by default), as it would have been had all its attempts been made and
+//! failed. A backlog behind a slow but working endpoint is never given up.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::Utc;
+use courier_model::{DeliveryId, DeliveryMessage, SubscriptionId};
+use courier_store::HeldDelivery;
+use futures_util::future::try_join_all;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::error_chain;
+use crate::limits::{NoSlot, Slot};
+use crate::pipeline::{Pipeline, delivery_span};
+
+/// How often the ledger is asked which held deliveries are due.
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+/// Most deliveries of one endpoint claimed at once.
+const CLAIM_AT_MOST: usize = 64;
+/// How often held deliveries past their retry schedule are looked for.
+const EXPIRE_EVERY: Duration = Duration::from_secs(10);
+/// Most held deliveries given up at once.
+const EXPIRE_AT_MOST: u32 = 256;
+
+impl Pipeline {
+    /// Releases held deliveries as their endpoints make room, until `stop`;
+    /// then gives those under way the shutdown grace period to finish.
+    ///
+    /// Each endpoint with deliveries due gets a drainer: a task that waits
+    /// for the endpoint's slots in line with the worker's other attempts,
+    /// claims as many deliveries as it got slots, and starts them, until
+    /// none is due or the endpoint has no room (slow and saturated, or its
+    /// circuit open); the next look starts it again.
+    pub async fn release_held(self: Arc<Self>, stop: CancellationToken) {
+        let tasks = TaskTracker::new();
+        let draining: Arc<Mutex<HashSet<SubscriptionId>>> = Arc::default();
+        let mut expired = Instant::now();
+        loop {
+            let due = match self.store.held_due(Utc::now()).await {
+                Ok(due) => due,
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), "reading held deliveries failed");
+                    Vec::new()
+                }
+            };
+            let total: u64 = due.iter().map(|(_, n)| n).sum();
+            self.metrics
+                .held
+                .set(i64::try_from(total).unwrap_or(i64::MAX));
+            let give_up = expired.elapsed() >= EXPIRE_EVERY;
+            if give_up {
+                expired = Instant::now();
+            }
+            for (subscription, _) in due {
+                if give_up && self.endpoints.is_open(subscription) {
+                    self.give_up_expired(subscription).await;
+                }
+                if !lock(&draining).insert(subscription) {
+                    continue;
+                }
+                let pipeline = Arc::clone(&self);
+                let (draining, stop, started) =
+                    (Arc::clone(&draining), stop.clone(), tasks.clone());
+                tasks.spawn(async move {
+                    pipeline.drain(subscription, &stop, &started).await;
+                    lock(&draining).remove(&subscription);
+                });
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(LOOK_EVERY) => {}
+            }
+        }
+        // What is not done by then is released again when its claim runs out.
+        tasks.close();
+        let _ = tokio::time::timeout(self.config.shutdown_grace, tasks.wait()).await;
+    }
+
+    /// Releases the subscription's due held deliveries while its endpoint
+    /// has room, each on a task of `tasks`.
+    async fn drain(
+        self: &Arc<Self>,
+        subscription: SubscriptionId,
+        stop: &CancellationToken,
+        tasks: &TaskTracker,
+    ) {
+        while !stop.is_cancelled() {
+            // In line for a worker slot, then an endpoint slot, like the
+            // delivery stage; then whatever more of both is free right now.
+            let Ok(worker_slot) = Arc::clone(&self.http_slots).acquire_owned().await else {
+                return;
+            };
+            let slot = match self.endpoints.acquire(subscription).await {
+                Ok(slot) => slot,
+                Err(NoSlot::Busy) => continue,
+                Err(NoSlot::Slow { .. } | NoSlot::Open { .. }) => return,
+            };
+            let more_workers: Vec<_> =
+                std::iter::from_fn(|| Arc::clone(&self.http_slots).try_acquire_owned().ok())
+                    .take(CLAIM_AT_MOST - 1)
+                    .collect();
+            let slots: Vec<Slot> = std::iter::once(slot)
+                .chain(self.endpoints.try_slots(subscription, more_workers.len()))
+                .collect();
+            let workers = std::iter::once(worker_slot).chain(more_workers);
+
+            let now = Utc::now();
+            let lease = chrono::Duration::from_std(self.claim_lease()).unwrap_or_default();
+            let held = match self
+                .store
+                .claim_held(subscription, slots.len() as u32, now, now + lease)
+                .await
+            {
+                Ok(held) => held,
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), "claiming held deliveries failed");
+                    return;
+                }
+            };
+            let all_claimed = held.len() < slots.len();
+            for ((held, slot), worker_slot) in held.into_iter().zip(slots).zip(workers) {
+                let pipeline = Arc::clone(self);
+                tasks.spawn(async move {
+                    pipeline.release(held, slot).await;
+                    drop(worker_slot);
+                });
+            }
+            if all_claimed {
+                return;
+            }
+        }
+    }
+
+    /// Dead-letters the held deliveries of a failing endpoint whose retry
+    /// schedule ran out while they waited, then marks them dead. A worker
+    /// that dies in between leaves them claimed, and one that finds the
+    /// endpoint failing dead-letters them again later: a dead letter may
+    /// come twice, never not at all.
+    async fn give_up_expired(&self, subscription: SubscriptionId) {
+        let Ok(span) = chrono::Duration::from_std(self.config.retry.span()) else {
+            return;
+        };
+        let now = Utc::now();
+        let lease = chrono::Duration::from_std(self.claim_lease()).unwrap_or_default();
+        let expired = match self
+            .store
+            .claim_expired(subscription, now - span, EXPIRE_AT_MOST, now, now + lease)
+            .await
+        {
+            Ok(expired) if expired.is_empty() => return,
+            Ok(expired) => expired,
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "claiming expired held deliveries failed");
+                return;
+            }
+        };
+        let letters: Vec<DeliveryMessage> = expired
+            .iter()
+            .map(|held| {
+                DeliveryMessage::new(
+                    held.id,
+                    held.event_id.clone(),
+                    held.subscription_id,
+                    held.attempts.saturating_add(1),
+                )
+            })
+            .collect();
+        if let Err(error) = try_join_all(letters.iter().map(|msg| self.dead_letter(msg))).await {
+            tracing::warn!(error = %error_chain(&error), "dead-lettering expired held deliveries failed; trying again later");
+            return;
+        }
+        let ids: Vec<DeliveryId> = expired.iter().map(|held| held.id).collect();
+        match self.store.give_up_held(&ids).await {
+            Ok(dead) => {
+                for held in expired.iter().filter(|h| dead.contains(&h.id)) {
+                    self.metrics
+                        .dead_lettered
+                        .with_label_values(&[held.event_type.as_str()])
+                        .inc();
+                }
+                tracing::warn!(
+                    deliveries = dead.len(),
+                    "held past their retry schedule while their endpoint kept failing; given up as dead"
+                );
+            }
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "marking expired held deliveries dead failed; trying again later");
+            }
+        }
+    }
+
+    /// How long a claimed delivery stays out of other workers' reach: long
+    /// enough for its attempt to time out and be recorded. Should a worker
+    /// take longer still (its database is down), another may attempt the
+    /// delivery too; the ledger records one attempt of each number.
+    fn claim_lease(&self) -> Duration {
+        self.config.http.timeout + Duration::from_secs(10)
+    }
+
+    async fn release(&self, held: HeldDelivery, slot: Slot) {
+        let msg = DeliveryMessage::new(
+            held.id,
+            held.event_id,
+            held.subscription_id,
+            held.attempts.saturating_add(1),
+        );
+        async {
+            if let Err(error) = self.deliver_with(&msg, false, slot).await {
+                tracing::warn!(
+                    error = %error_chain(&error),
+                    "releasing a held delivery failed; it is released again when its claim runs out"
+                );
+            }
+        }
+        .instrument(delivery_span(&msg))
+        .await
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
