@@ -14,7 +14,8 @@ crate::on_both_databases!(
     a_failing_endpoint_is_held_off_until_it_recovers,
     a_busy_endpoints_deliveries_wait_in_the_ledger,
     held_deliveries_outlive_their_worker,
-    held_deliveries_past_their_schedule_are_dead_lettered
+    held_deliveries_past_their_schedule_are_dead_lettered,
+    webhooks_posting_to_one_url_share_its_slots
 );
 
 const EVENTS: usize = 40;
@@ -127,15 +128,7 @@ async fn a_busy_endpoints_deliveries_wait_in_the_ledger(db: Db) {
     .await;
     assert_eq!((healthy.count(), busy.count()), (EVENTS, EVENTS));
     assert_eq!(busy.distinct(), EVENTS);
-    // One at a time: each request came after the one before was answered.
-    let arrivals: Vec<_> = busy.requests().iter().map(|r| r.at).collect();
-    for pair in arrivals.windows(2) {
-        let gap = pair[1] - pair[0];
-        assert!(
-            gap >= ANSWER,
-            "two requests {gap:?} apart: more than one slot used"
-        );
-    }
+    assert_one_at_a_time(&busy, ANSWER);
     assert_eq!(held(&env).await, 0);
     worker.stop().await.unwrap();
 }
@@ -222,4 +215,43 @@ async fn held_deliveries_past_their_schedule_are_dead_lettered(db: Db) {
     assert_eq!(env.drain(&env.topology().dead_queue()).await.len(), EVENTS);
     assert_eq!(held(&env).await, 0);
     worker.stop().await.unwrap();
+}
+
+/// Three webhooks post to one URL with one slot: the URL is the endpoint, so
+/// its one slot is shared and the server behind it gets one request at a
+/// time, not one per webhook.
+async fn webhooks_posting_to_one_url_share_its_slots(db: Db) {
+    const EVENTS: usize = 4;
+    const ANSWER: Duration = Duration::from_millis(200);
+    let env = TestEnv::with(db, &[("COURIER__DELIVERY__PER_ENDPOINT_IN_FLIGHT", "1")]).await;
+    let ws = env.workspace("acme").await;
+    let shared = Receiver::start(Behavior::Slow(ANSWER)).await;
+    subscribe_to_orders(&env, &ws, &[&shared, &shared, &shared]).await;
+
+    let worker = env.start_worker().await;
+    publish_orders(&env, &ws, EVENTS).await;
+    wait_for(
+        "every delivery to succeed",
+        Duration::from_secs(30),
+        || async {
+            env.store.delivery_counts().await.unwrap()
+                == [(DeliveryStatus::Succeeded, 3 * EVENTS as u64)]
+        },
+    )
+    .await;
+    assert_eq!(shared.distinct(), 3 * EVENTS);
+    assert_one_at_a_time(&shared, ANSWER);
+    worker.stop().await.unwrap();
+}
+
+/// Each request reached `receiver` after the one before was answered.
+fn assert_one_at_a_time(receiver: &Receiver, answer: Duration) {
+    let arrivals: Vec<_> = receiver.requests().iter().map(|r| r.at).collect();
+    for pair in arrivals.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= answer,
+            "two requests {gap:?} apart: more than one slot used"
+        );
+    }
 }

@@ -67,5 +67,5 @@ pub(crate) async fn publish_orders(
 pub(crate) async fn held(env: &courier_tests::TestEnv) -> usize {
     let far = chrono::Utc::now() + chrono::Duration::days(365);
     let due = env.store.held_due(far).await.unwrap();
-    due.iter().map(|(_, n)| *n as usize).sum()
+    due.iter().map(|d| d.due as usize).sum()
 }

@@ -264,6 +264,15 @@ pub struct DeliveryRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A subscription's held deliveries that are due.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldDue {
+    pub subscription_id: SubscriptionId,
+    /// `None` once the subscription is deleted.
+    pub url: Option<String>,
+    pub due: u64,
+}
+
 /// A held delivery a worker claimed: it owes attempt `attempts + 1`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeldDelivery {
@@ -575,9 +584,9 @@ impl Store {
         dispatch!(self, s => s.delivery_context(id).await)
     }
 
-    /// The subscriptions with held deliveries due at `now`, and how many
-    /// each has.
-    pub async fn held_due(&self, now: DateTime<Utc>) -> Result<Vec<(SubscriptionId, u64)>> {
+    /// The subscriptions with held deliveries due at `now`, with their URL
+    /// and how many each has.
+    pub async fn held_due(&self, now: DateTime<Utc>) -> Result<Vec<HeldDue>> {
         dispatch!(self, s => s.held_due(now).await)
     }
 

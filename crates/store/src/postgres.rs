@@ -24,7 +24,7 @@ use crate::rows::{
 };
 use crate::{
     ApiKeyRecord, AttemptRecord, AttemptWrite, DeliveryContext, DeliveryCursor, DeliveryFilter,
-    DeliveryLogEntry, DeliveryRecord, HeldDelivery, Result, StoreError, StoreOptions,
+    DeliveryLogEntry, DeliveryRecord, HeldDelivery, HeldDue, Result, StoreError, StoreOptions,
     SubscriptionsFingerprint, Workspace, WriteOp, WriteResult, in_callers_order, kind_order,
 };
 
@@ -390,17 +390,23 @@ impl PgStore {
         }))
     }
 
-    pub async fn held_due(&self, now: DateTime<Utc>) -> Result<Vec<(SubscriptionId, u64)>> {
-        sqlx::query_as::<_, (Uuid, i64)>(
-            "SELECT subscription_id, COUNT(*) FROM deliveries \
-             WHERE held_until IS NOT NULL AND held_until <= $1 GROUP BY subscription_id",
+    pub async fn held_due(&self, now: DateTime<Utc>) -> Result<Vec<HeldDue>> {
+        Ok(sqlx::query_as::<_, (Uuid, Option<String>, i64)>(
+            "SELECT d.subscription_id, s.url, COUNT(*) FROM deliveries d \
+             LEFT JOIN subscriptions s ON s.id = d.subscription_id \
+             WHERE d.held_until IS NOT NULL AND d.held_until <= $1 \
+             GROUP BY d.subscription_id, s.url",
         )
         .bind(now)
         .fetch_all(&self.pool)
         .await?
         .into_iter()
-        .map(|(id, n)| Ok((SubscriptionId(id), u64::try_from(n).unwrap_or(0))))
-        .collect()
+        .map(|(id, url, n)| HeldDue {
+            subscription_id: SubscriptionId(id),
+            url,
+            due: u64::try_from(n).unwrap_or(0),
+        })
+        .collect())
     }
 
     /// `SKIP LOCKED`: two workers claiming at once take different rows.

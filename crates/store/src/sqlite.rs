@@ -36,7 +36,7 @@ use crate::rows::{
 };
 use crate::{
     ApiKeyRecord, AttemptRecord, AttemptWrite, DeliveryContext, DeliveryCursor, DeliveryFilter,
-    DeliveryLogEntry, DeliveryRecord, HeldDelivery, Result, StoreError, StoreOptions,
+    DeliveryLogEntry, DeliveryRecord, HeldDelivery, HeldDue, Result, StoreError, StoreOptions,
     SubscriptionsFingerprint, Workspace, WriteOp, WriteResult, in_callers_order, kind_order,
 };
 
@@ -461,20 +461,23 @@ impl SqliteStore {
         self.write(async |conn| apply_in(conn, ops).await).await
     }
 
-    pub async fn held_due(&self, now: DateTime<Utc>) -> Result<Vec<(SubscriptionId, u64)>> {
-        sqlx::query_as::<_, (String, i64)>(
-            "SELECT subscription_id, COUNT(*) FROM deliveries \
-             WHERE held_until IS NOT NULL AND held_until <= ?1 GROUP BY subscription_id",
+    pub async fn held_due(&self, now: DateTime<Utc>) -> Result<Vec<HeldDue>> {
+        sqlx::query_as::<_, (String, Option<String>, i64)>(
+            "SELECT d.subscription_id, s.url, COUNT(*) FROM deliveries d \
+             LEFT JOIN subscriptions s ON s.id = d.subscription_id \
+             WHERE d.held_until IS NOT NULL AND d.held_until <= ?1 \
+             GROUP BY d.subscription_id, s.url",
         )
         .bind(ts(&now))
         .fetch_all(&self.reader)
         .await?
         .into_iter()
-        .map(|(id, n)| {
-            Ok((
-                SubscriptionId(parse_uuid("deliveries.subscription_id", &id)?),
-                u64::try_from(n).unwrap_or(0),
-            ))
+        .map(|(id, url, n)| {
+            Ok(HeldDue {
+                subscription_id: SubscriptionId(parse_uuid("deliveries.subscription_id", &id)?),
+                url,
+                due: u64::try_from(n).unwrap_or(0),
+            })
         })
         .collect()
     }

@@ -22,8 +22,8 @@ use courier_model::{
     SubscriptionId, SubscriptionStatus, WebhookSecret, WebhookUrl, WorkspaceId,
 };
 use courier_store::{
-    ApiKeyRecord, AttemptWrite, Backend, DeliveryFilter, Ledger, LedgerOptions, Store, StoreError,
-    StoreOptions, Workspace, WriteOp, WriteResult,
+    ApiKeyRecord, AttemptWrite, Backend, DeliveryFilter, HeldDue, Ledger, LedgerOptions, Store,
+    StoreError, StoreOptions, Workspace, WriteOp, WriteResult,
 };
 use serde_json::json;
 use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
@@ -922,6 +922,13 @@ fn hold(delivery_id: DeliveryId, attempt: u32, until: DateTime<Utc>) -> WriteOp 
     }
 }
 
+/// Due held deliveries by subscription (of webhooks not in the ledger).
+async fn due(store: &Store, at: DateTime<Utc>) -> Vec<(SubscriptionId, u64)> {
+    let due = store.held_due(at).await.unwrap();
+    assert!(due.iter().all(|d| d.url.is_none()));
+    due.iter().map(|d| (d.subscription_id, d.due)).collect()
+}
+
 async fn held_until(store: &Store, id: DeliveryId) -> Option<DateTime<Utc>> {
     store.get_delivery(id).await.unwrap().unwrap().held_until
 }
@@ -957,7 +964,7 @@ async fn held_deliveries_are_claimed_then_released_by_their_attempt(db: TestDb) 
         (record.status, record.held_until, record.next_attempt_at),
         (DeliveryStatus::Pending, Some(t), Some(t))
     );
-    assert_eq!(store.held_due(t).await.unwrap(), [(subs[0], 1)]);
+    assert_eq!(due(store, t).await, [(subs[0], 1)]);
 
     // A hold of an attempt the delivery does not owe holds nothing, nor
     // does one of a delivery the ledger does not have.
@@ -992,9 +999,9 @@ async fn held_deliveries_are_claimed_then_released_by_their_attempt(db: TestDb) 
             .unwrap()
             .is_empty()
     );
-    assert!(store.held_due(t).await.unwrap().is_empty());
+    assert!(due(store, t).await.is_empty());
     assert_eq!(
-        store.held_due(lease).await.unwrap(),
+        due(store, lease).await,
         [(subs[0], 1)],
         "due again once the lease runs out"
     );
@@ -1019,7 +1026,7 @@ async fn held_deliveries_are_claimed_then_released_by_their_attempt(db: TestDb) 
     apply_one(store, WriteOp::Cancel { delivery_id: b }).await;
     assert_eq!(held_until(store, b).await, None);
     let later = t + Duration::days(1);
-    assert!(store.held_due(later).await.unwrap().is_empty());
+    assert!(due(store, later).await.is_empty());
     for sub in &subs {
         assert!(
             store
@@ -1043,7 +1050,8 @@ async fn held_deliveries_are_claimed_then_released_by_their_attempt(db: TestDb) 
 async fn concurrent_claims_take_different_deliveries(db: TestDb) {
     let store = &db.store;
     let ws = workspace(store).await;
-    let sub = SubscriptionId::generate();
+    let webhook = stored_subscription(store, &ws).await;
+    let sub = webhook.id;
     let t = now();
     let mut held = Vec::new();
     for _ in 0..8 {
@@ -1055,7 +1063,15 @@ async fn concurrent_claims_take_different_deliveries(db: TestDb) {
             .unwrap();
         held.push(deliveries[0].0);
     }
-    assert_eq!(store.held_due(t).await.unwrap(), [(sub, 8)]);
+    assert_eq!(
+        store.held_due(t).await.unwrap(),
+        [HeldDue {
+            subscription_id: sub,
+            url: Some(webhook.url.to_string()),
+            due: 8
+        }],
+        "with the webhook's URL"
+    );
 
     let lease = t + Duration::minutes(1);
     let (one, two) = tokio::join!(

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use courier_model::{DeliveryId, DeliveryMessage, SubscriptionId};
-use courier_store::HeldDelivery;
+use courier_store::{HeldDelivery, HeldDue};
 use futures_util::future::try_join_all;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -65,7 +65,7 @@ impl Pipeline {
                     Vec::new()
                 }
             };
-            let total: u64 = due.iter().map(|(_, n)| n).sum();
+            let total: u64 = due.iter().map(|d| d.due).sum();
             self.metrics
                 .held
                 .set(i64::try_from(total).unwrap_or(i64::MAX));
@@ -73,8 +73,16 @@ impl Pipeline {
             if give_up {
                 expired = Instant::now();
             }
-            for (subscription, _) in due {
-                if give_up && self.endpoints.is_open(subscription) {
+            for HeldDue {
+                subscription_id: subscription,
+                url,
+                ..
+            } in due
+            {
+                // A deleted webhook's deliveries are canceled when claimed:
+                // they take slots of their own meanwhile.
+                let endpoint = url.unwrap_or_else(|| format!("webhook {subscription}"));
+                if give_up && self.endpoints.is_open(&endpoint) {
                     self.give_up_expired(subscription).await;
                 }
                 if !lock(&draining).insert(subscription) {
@@ -84,7 +92,9 @@ impl Pipeline {
                 let (draining, stop, started) =
                     (Arc::clone(&draining), stop.clone(), tasks.clone());
                 tasks.spawn(async move {
-                    pipeline.drain(subscription, &stop, &started).await;
+                    pipeline
+                        .drain(subscription, &endpoint, &stop, &started)
+                        .await;
                     lock(&draining).remove(&subscription);
                 });
             }
@@ -99,10 +109,11 @@ impl Pipeline {
     }
 
     /// Releases the subscription's due held deliveries while its endpoint
-    /// has room, each on a task of `tasks`.
+    /// (`endpoint`, its URL) has room, each on a task of `tasks`.
     async fn drain(
         self: &Arc<Self>,
         subscription: SubscriptionId,
+        endpoint: &str,
         stop: &CancellationToken,
         tasks: &TaskTracker,
     ) {
@@ -112,7 +123,7 @@ impl Pipeline {
             let Ok(worker_slot) = Arc::clone(&self.http_slots).acquire_owned().await else {
                 return;
             };
-            let slot = match self.endpoints.acquire(subscription).await {
+            let slot = match self.endpoints.acquire(endpoint).await {
                 Ok(slot) => slot,
                 Err(NoSlot::Busy) => continue,
                 Err(NoSlot::Slow { .. } | NoSlot::Open { .. }) => return,
@@ -122,7 +133,7 @@ impl Pipeline {
                     .take(CLAIM_AT_MOST - 1)
                     .collect();
             let slots: Vec<Slot> = std::iter::once(slot)
-                .chain(self.endpoints.try_slots(subscription, more_workers.len()))
+                .chain(self.endpoints.try_slots(endpoint, more_workers.len()))
                 .collect();
             let workers = std::iter::once(worker_slot).chain(more_workers);
 
@@ -227,7 +238,7 @@ impl Pipeline {
             held.attempts.saturating_add(1),
         );
         async {
-            if let Err(error) = self.deliver_with(&msg, false, slot).await {
+            if let Err(error) = self.deliver_with(&msg, slot).await {
                 tracing::warn!(
                     error = %error_chain(&error),
                     "releasing a held delivery failed; it is released again when its claim runs out"

@@ -2,6 +2,9 @@
 //! response time, so one slow receiver can hold neither every delivery slot
 //! of a worker nor the events whose other deliveries are ready to go.
 //!
+//! An endpoint is a URL: webhooks that post to the same URL share its slots,
+//! its response time and its circuit, as they share the server behind it.
+//!
 //! A slow endpoint gets a quarter of the slots a quick one gets: its
 //! attempts would hold the worker's slots for as long as it takes to
 //! answer, and more requests at once rarely make a slow receiver faster.
@@ -20,7 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use courier_model::SubscriptionId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -41,7 +43,8 @@ pub const MAX_COOLDOWN: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct EndpointLimits {
     per_endpoint: usize,
-    endpoints: Mutex<HashMap<SubscriptionId, Arc<Endpoint>>>,
+    /// By URL.
+    endpoints: Mutex<HashMap<Arc<str>, Arc<Endpoint>>>,
 }
 
 #[derive(Debug)]
@@ -301,25 +304,27 @@ impl EndpointLimits {
         }
     }
 
-    fn endpoint(&self, id: SubscriptionId) -> Arc<Endpoint> {
+    fn endpoint(&self, url: &str) -> Arc<Endpoint> {
         let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(endpoint) = map.get(url) {
+            return Arc::clone(endpoint);
+        }
         // Forget idle endpoints now and then so the map tracks only the
         // endpoints in use, not every endpoint ever seen (a slot or a waiter
         // holds its endpoint).
         if map.len() > 4096 {
             map.retain(|_, e| Arc::strong_count(e) > 1 || e.is_tripped());
         }
-        Arc::clone(
-            map.entry(id)
-                .or_insert_with(|| Arc::new(Endpoint::new(self.per_endpoint))),
-        )
+        let endpoint = Arc::new(Endpoint::new(self.per_endpoint));
+        map.insert(Arc::from(url), Arc::clone(&endpoint));
+        endpoint
     }
 
     /// A slot for an endpoint that has been answering quickly, waiting at
     /// most [`QUICK`] for one: the fan-out stage's test for attempting
     /// right away.
-    pub async fn acquire_quick(&self, id: SubscriptionId) -> Result<Slot, NoSlot> {
-        let endpoint = self.endpoint(id);
+    pub async fn acquire_quick(&self, url: &str) -> Result<Slot, NoSlot> {
+        let endpoint = self.endpoint(url);
         if let Gate::Probe = endpoint.gate()? {
             return endpoint.try_probe_slot().ok_or(NoSlot::Busy);
         }
@@ -333,8 +338,8 @@ impl EndpointLimits {
     /// endpoint whose slots are all taken. An error means the caller should
     /// put the delivery off rather than hold a worker slot in a queue
     /// behind the endpoint.
-    pub async fn acquire(&self, id: SubscriptionId) -> Result<Slot, NoSlot> {
-        let endpoint = self.endpoint(id);
+    pub async fn acquire(&self, url: &str) -> Result<Slot, NoSlot> {
+        let endpoint = self.endpoint(url);
         if let Gate::Probe = endpoint.gate()? {
             return endpoint.try_probe_slot().ok_or(NoSlot::Busy);
         }
@@ -350,17 +355,17 @@ impl EndpointLimits {
     }
 
     /// Whether the endpoint's circuit is open (or letting a probe through).
-    pub fn is_open(&self, id: SubscriptionId) -> bool {
+    pub fn is_open(&self, url: &str) -> bool {
         let map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&id)
+        map.get(url)
             .is_some_and(|endpoint| endpoint.circuit().open_until.is_some())
     }
 
     /// As many slots as the endpoint has room for now, at most `max`,
     /// without waiting: one while its circuit lets a probe through, none
     /// while it is open.
-    pub fn try_slots(&self, id: SubscriptionId, max: usize) -> Vec<Slot> {
-        let endpoint = self.endpoint(id);
+    pub fn try_slots(&self, url: &str, max: usize) -> Vec<Slot> {
+        let endpoint = self.endpoint(url);
         match endpoint.gate() {
             Err(_) => Vec::new(),
             Ok(Gate::Probe) => endpoint.try_probe_slot().into_iter().collect(),
@@ -396,7 +401,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn slow_endpoints_lose_the_quick_path_and_full_ones_are_busy() {
         let limits = EndpointLimits::new(2);
-        let id = SubscriptionId::generate();
+        let id = "http://127.0.0.1:8080/hook";
 
         let a = limits
             .acquire_quick(id)
@@ -455,7 +460,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slow_endpoint_gets_a_quarter_of_the_slots() {
         let limits = EndpointLimits::new(8);
-        let id = SubscriptionId::generate();
+        let id = "http://127.0.0.1:8080/hook";
         let first = limits.acquire(id).await.unwrap();
         first.observe(Duration::from_secs(4));
         let second = limits
@@ -478,7 +483,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_endpoint_stuck_on_its_first_requests_is_slow_before_it_answers() {
         let limits = EndpointLimits::new(8);
-        let id = SubscriptionId::generate();
+        let id = "http://127.0.0.1:8080/hook";
         // Until it answers, a new endpoint has a quarter of its slots.
         let held = (
             limits.acquire(id).await.unwrap(),
@@ -504,7 +509,7 @@ mod tests {
     }
 
     /// Fails `n` attempts at `id`, one after the other.
-    async fn fail(limits: &EndpointLimits, id: SubscriptionId, n: u32) -> bool {
+    async fn fail(limits: &EndpointLimits, id: &str, n: u32) -> bool {
         let mut opened = false;
         for _ in 0..n {
             let mut slot = limits.acquire(id).await.expect("a slot");
@@ -517,7 +522,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn repeated_failures_open_the_circuit_until_a_probe_succeeds() {
         let limits = EndpointLimits::new(8);
-        let id = SubscriptionId::generate();
+        let id = "http://127.0.0.1:8080/hook";
 
         assert!(!fail(&limits, id, FAILURES_TO_OPEN - 1).await, "not yet");
         // A success in between starts the count again.
@@ -574,7 +579,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn try_slots_takes_only_what_is_free() {
         let limits = EndpointLimits::new(8);
-        let id = SubscriptionId::generate();
+        let id = "http://127.0.0.1:8080/hook";
         // New: a quarter of its slots until it answers quickly.
         let first = limits.try_slots(id, 8);
         assert_eq!(first.len(), 2);
@@ -600,7 +605,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_queued_before_the_circuit_opened_does_not_get_through() {
         let limits = Arc::new(EndpointLimits::new(8));
-        let id = SubscriptionId::generate();
+        let id = "http://127.0.0.1:8080/hook";
         let first = limits.acquire(id).await.unwrap();
         first.observe(Duration::from_millis(1));
         let mut slots = vec![first];

@@ -249,7 +249,11 @@ impl Pipeline {
             let Ok(Ok(worker_slot)) = tokio::time::timeout(QUICK, worker_slot).await else {
                 return First::Queue(msg);
             };
-            let slot = match self.endpoints.acquire_quick(subscription.id).await {
+            let slot = match self
+                .endpoints
+                .acquire_quick(subscription.url.as_str())
+                .await
+            {
                 Ok(slot) => slot,
                 Err(NoSlot::Slow { full: true, .. } | NoSlot::Open { .. }) => {
                     return First::Hold(msg);
@@ -426,22 +430,46 @@ impl Pipeline {
     }
 
     async fn try_deliver(&self, msg: &DeliveryMessage, redelivered: bool) -> Result<(), StepError> {
+        let Some((event, subscription)) = self.owed(msg, redelivered).await? else {
+            return Ok(());
+        };
         // A busy endpoint's deliveries wait in the ledger, not in this
         // worker's slots, where they would starve every other endpoint.
-        match self.endpoints.acquire(msg.subscription_id).await {
-            Ok(slot) => self.deliver_with(msg, redelivered, slot).await,
+        match self.endpoints.acquire(subscription.url.as_str()).await {
+            Ok(slot) => {
+                self.attempt_and_record(msg, &event, &subscription, slot)
+                    .await
+            }
             Err(_) => Ok(self.hold(msg).await?),
         }
     }
 
-    /// Makes attempt `msg.attempt`, unless the ledger says it is made or not
-    /// owed, with a slot of its endpoint, and records it.
+    /// Makes attempt `msg.attempt` of a held delivery with a slot of its
+    /// endpoint, unless the ledger says it is not owed any more.
     pub(crate) async fn deliver_with(
         &self,
         msg: &DeliveryMessage,
-        redelivered: bool,
         slot: Slot,
     ) -> Result<(), StepError> {
+        match self.owed(msg, false).await? {
+            Some((event, subscription)) => {
+                self.attempt_and_record(msg, &event, &subscription, slot)
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The event and webhook of attempt `msg.attempt` if the ledger still
+    /// owes it. Settles here what else the ledger says: the attempt was
+    /// made (its follow-up is sent again if this is a redelivery of its
+    /// very message), the delivery is finished, or its webhook is gone or
+    /// disabled (the delivery is canceled).
+    async fn owed(
+        &self,
+        msg: &DeliveryMessage,
+        redelivered: bool,
+    ) -> Result<Option<(Event, Subscription)>, StepError> {
         let Some(DeliveryContext {
             delivery,
             event,
@@ -455,7 +483,7 @@ impl Pipeline {
             // The ledger has no such delivery (its event was purged): there is
             // nothing left to deliver.
             tracing::warn!("delivery not in the ledger; dropping its message");
-            return Ok(());
+            return Ok(None);
         };
 
         if delivery.attempts >= msg.attempt {
@@ -470,14 +498,14 @@ impl Pipeline {
                 status = delivery.status.as_str(),
                 "attempt already on record"
             );
-            return Ok(());
+            return Ok(None);
         }
         if delivery.status.is_final() {
             tracing::debug!(
                 status = delivery.status.as_str(),
                 "delivery already finished"
             );
-            return Ok(());
+            return Ok(None);
         }
 
         let Some(subscription) = subscription.filter(|s| s.status == SubscriptionStatus::Enabled)
@@ -488,10 +516,20 @@ impl Pipeline {
             self.durably("canceling the delivery", || self.ledger.write(op.clone()))
                 .await?;
             tracing::info!("webhook deleted or disabled; delivery canceled");
-            return Ok(());
+            return Ok(None);
         };
+        Ok(Some((event, subscription)))
+    }
 
-        let attempted = self.attempt(&event, &subscription, msg, slot).await;
+    /// Makes the attempt, records it and sends what follows it.
+    async fn attempt_and_record(
+        &self,
+        msg: &DeliveryMessage,
+        event: &Event,
+        subscription: &Subscription,
+        slot: Slot,
+    ) -> Result<(), StepError> {
+        let attempted = self.attempt(event, subscription, msg, slot).await;
         let op = WriteOp::Attempt(attempted.write.clone());
         let recorded = self
             .durably("recording the attempt", || self.ledger.write(op.clone()))
@@ -504,7 +542,7 @@ impl Pipeline {
         }
         // The attempt is committed; the follow-up must be confirmed before
         // the ack, or a crash here would strand the delivery as "retrying".
-        self.follow_up(msg, &attempted, &event).await?;
+        self.follow_up(msg, &attempted, event).await?;
         Ok(())
     }
 
