@@ -5,13 +5,14 @@
 //! circuit is open. No message carries a held delivery, so a backlog behind
 //! one endpoint costs the broker nothing and delays no one else's messages.
 //!
-//! Every worker runs this loop. It asks the ledger which endpoints have held
-//! deliveries due, takes whatever slots those endpoints have free (none
-//! while a circuit is open, one for its probe once it has cooled down), and
-//! claims that many deliveries. A claim is a lease: the ledger keeps the
-//! delivery held, but due only once the lease runs out, so no other worker
-//! takes it meanwhile and a worker that dies with it only delays it. The
-//! attempt's record ends the hold.
+//! Every worker runs this loop. Four times a second it asks the ledger which
+//! webhooks have held deliveries due and starts a drainer for each: it
+//! waits for slots of the webhook's endpoint in line with the delivery
+//! stage (none come while the endpoint's circuit is open, one for its probe
+//! once it has cooled down), and claims that many deliveries. A claim is a
+//! lease: the ledger keeps the delivery held, but due only once the lease
+//! runs out, so no other worker takes it meanwhile and a worker that dies
+//! with it only delays it. The attempt's record ends the hold.
 //!
 //! A delivery held because its endpoint keeps failing is given up as dead
 //! and dead-lettered once it is older than its retry schedule (about a day
@@ -204,6 +205,7 @@ impl Pipeline {
         }
         let ids: Vec<DeliveryId> = expired.iter().map(|held| held.id).collect();
         match self.store.give_up_held(&ids).await {
+            Ok(dead) if dead.is_empty() => {}
             Ok(dead) => {
                 for held in expired.iter().filter(|h| dead.contains(&h.id)) {
                     self.metrics

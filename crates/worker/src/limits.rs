@@ -31,7 +31,7 @@ use tokio::time::Instant;
 /// this long. A slower endpoint gets no first attempts from the fan-out stage
 /// (they would hold up the event's other deliveries) and its deliveries do
 /// not queue for its slots inside a worker (they would hold the worker's
-/// slots): they are put off instead.
+/// slots): they are held in the ledger instead.
 pub const QUICK: Duration = Duration::from_millis(250);
 
 /// Failed attempts in a row that open an endpoint's circuit.

@@ -19,7 +19,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     3600.0, 21600.0, 86400.0,
 ];
 
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
 
 #[derive(Clone, Debug)]
 pub struct Metrics {
