@@ -8,7 +8,7 @@ use std::time::Duration;
 use courier_model::DeliveryStatus;
 use courier_tests::{Behavior, Db, Receiver, TestEnv, metric_value, wait_for};
 
-use crate::{held, publish_orders, subscribe_to_orders};
+use crate::{held, publish_orders, subscribe_to_orders, wait_for_ledger};
 
 crate::on_both_databases!(
     a_failing_endpoint_is_held_off_until_it_recovers,
@@ -74,13 +74,11 @@ async fn a_failing_endpoint_is_held_off_until_it_recovers(db: Db) {
     // Back up: a probe closes the circuit, and the held deliveries go out,
     // each once.
     down.recover();
-    wait_for(
+    wait_for_ledger(
+        &env,
         "every delivery to succeed",
         Duration::from_secs(90),
-        || async {
-            env.store.delivery_counts().await.unwrap()
-                == [(DeliveryStatus::Succeeded, 2 * EVENTS as u64)]
-        },
+        &[(DeliveryStatus::Succeeded, 2 * EVENTS as u64)],
     )
     .await;
     assert_eq!(down.distinct(), EVENTS);
@@ -117,13 +115,11 @@ async fn a_busy_endpoints_deliveries_wait_in_the_ledger(db: Db) {
 
     let worker = env.start_worker().await;
     publish_orders(&env, &ws, EVENTS).await;
-    wait_for(
+    wait_for_ledger(
+        &env,
         "every delivery to succeed",
         Duration::from_secs(30),
-        || async {
-            env.store.delivery_counts().await.unwrap()
-                == [(DeliveryStatus::Succeeded, 2 * EVENTS as u64)]
-        },
+        &[(DeliveryStatus::Succeeded, 2 * EVENTS as u64)],
     )
     .await;
     assert_eq!((healthy.count(), busy.count()), (EVENTS, EVENTS));
@@ -165,13 +161,11 @@ async fn held_deliveries_outlive_their_worker(db: Db) {
 
     down.recover();
     let replacement = env.start_worker().await;
-    wait_for(
+    wait_for_ledger(
+        &env,
         "every delivery to succeed",
         Duration::from_secs(90),
-        || async {
-            env.store.delivery_counts().await.unwrap()
-                == [(DeliveryStatus::Succeeded, EVENTS as u64)]
-        },
+        &[(DeliveryStatus::Succeeded, EVENTS as u64)],
     )
     .await;
     assert_eq!(down.distinct(), EVENTS);
@@ -191,12 +185,11 @@ async fn held_deliveries_past_their_schedule_are_dead_lettered(db: Db) {
 
     let worker = env.start_worker().await;
     publish_orders(&env, &ws, EVENTS).await;
-    wait_for(
+    wait_for_ledger(
+        &env,
         "every delivery to be given up",
         Duration::from_secs(60),
-        || async {
-            env.store.delivery_counts().await.unwrap() == [(DeliveryStatus::Dead, EVENTS as u64)]
-        },
+        &[(DeliveryStatus::Dead, EVENTS as u64)],
     )
     .await;
     assert!(
@@ -230,13 +223,11 @@ async fn webhooks_posting_to_one_url_share_its_slots(db: Db) {
 
     let worker = env.start_worker().await;
     publish_orders(&env, &ws, EVENTS).await;
-    wait_for(
+    wait_for_ledger(
+        &env,
         "every delivery to succeed",
         Duration::from_secs(30),
-        || async {
-            env.store.delivery_counts().await.unwrap()
-                == [(DeliveryStatus::Succeeded, 3 * EVENTS as u64)]
-        },
+        &[(DeliveryStatus::Succeeded, 3 * EVENTS as u64)],
     )
     .await;
     assert_eq!(shared.distinct(), 3 * EVENTS);

@@ -69,3 +69,16 @@ pub(crate) async fn held(env: &courier_tests::TestEnv) -> usize {
     let due = env.store.held_due(far).await.unwrap();
     due.iter().map(|d| d.due as usize).sum()
 }
+
+/// Waits until the ledger's deliveries are exactly `counts` (by status).
+pub(crate) async fn wait_for_ledger(
+    env: &courier_tests::TestEnv,
+    what: &str,
+    timeout: std::time::Duration,
+    counts: &[(courier_model::DeliveryStatus, u64)],
+) {
+    courier_tests::wait_for(what, timeout, || async {
+        env.store.delivery_counts().await.unwrap() == counts
+    })
+    .await;
+}

@@ -607,7 +607,7 @@ impl Store {
 
     /// As [`Store::claim_held`] for the subscription's due held
     /// deliveries created before `created_before`: those whose retry
-    /// schedule ran out while they waited. Oldest first.
+    /// schedule ran out while they waited.
     pub async fn claim_expired(
         &self,
         subscription: SubscriptionId,

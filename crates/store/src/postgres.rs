@@ -409,7 +409,6 @@ impl PgStore {
         .collect())
     }
 
-    /// `SKIP LOCKED`: two workers claiming at once take different rows.
     pub async fn claim_held(
         &self,
         subscription: SubscriptionId,
@@ -417,22 +416,8 @@ impl PgStore {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<HeldDelivery>> {
-        let rows = sqlx::query_as(
-            "UPDATE deliveries d SET held_until = $4 FROM ( \
-                 SELECT id FROM deliveries WHERE subscription_id = $1 \
-                 AND held_until IS NOT NULL AND held_until <= $3 \
-                 AND status IN ('pending', 'retrying') \
-                 ORDER BY held_until LIMIT $2 FOR UPDATE SKIP LOCKED \
-             ) c WHERE d.id = c.id \
-             RETURNING d.id, d.event_id, d.subscription_id, d.event_type, d.attempts",
-        )
-        .bind(subscription.0)
-        .bind(i64::from(limit))
-        .bind(now)
-        .bind(lease_until)
-        .fetch_all(&self.pool)
-        .await?;
-        held_from_rows(rows)
+        self.claim(subscription, None, limit, now, lease_until)
+            .await
     }
 
     pub async fn claim_expired(
@@ -443,20 +428,35 @@ impl PgStore {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<HeldDelivery>> {
+        self.claim(subscription, Some(created_before), limit, now, lease_until)
+            .await
+    }
+
+    /// Both claims: `SKIP LOCKED`, so two workers claiming at once take
+    /// different rows.
+    async fn claim(
+        &self,
+        subscription: SubscriptionId,
+        created_before: Option<DateTime<Utc>>,
+        limit: u32,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<HeldDelivery>> {
         let rows = sqlx::query_as(
-            "UPDATE deliveries d SET held_until = $3 FROM ( \
-                 SELECT id FROM deliveries WHERE subscription_id = $5 \
-                 AND held_until IS NOT NULL AND held_until <= $4 AND created_at < $1 \
+            "UPDATE deliveries d SET held_until = $4 FROM ( \
+                 SELECT id FROM deliveries WHERE subscription_id = $1 \
+                 AND held_until IS NOT NULL AND held_until <= $3 \
+                 AND ($5::timestamptz IS NULL OR created_at < $5) \
                  AND status IN ('pending', 'retrying') \
-                 ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED \
+                 ORDER BY held_until LIMIT $2 FOR UPDATE SKIP LOCKED \
              ) c WHERE d.id = c.id \
              RETURNING d.id, d.event_id, d.subscription_id, d.event_type, d.attempts",
         )
-        .bind(created_before)
-        .bind(i64::from(limit))
-        .bind(lease_until)
-        .bind(now)
         .bind(subscription.0)
+        .bind(i64::from(limit))
+        .bind(now)
+        .bind(lease_until)
+        .bind(created_before)
         .fetch_all(&self.pool)
         .await?;
         held_from_rows(rows)

@@ -482,8 +482,6 @@ impl SqliteStore {
         .collect()
     }
 
-    /// One writer at a time: two workers claiming at once take different
-    /// rows.
     pub async fn claim_held(
         &self,
         subscription: SubscriptionId,
@@ -491,25 +489,8 @@ impl SqliteStore {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<HeldDelivery>> {
-        let rows = self
-            .write(async |conn| {
-                Ok(sqlx::query_as(
-                    "UPDATE deliveries SET held_until = ?4 WHERE id IN ( \
-                         SELECT id FROM deliveries WHERE subscription_id = ?1 \
-                         AND held_until IS NOT NULL AND held_until <= ?3 \
-                         AND status IN ('pending', 'retrying') \
-                         ORDER BY held_until LIMIT ?2 \
-                     ) RETURNING id, event_id, subscription_id, event_type, attempts",
-                )
-                .bind(subscription.0.to_string())
-                .bind(i64::from(limit))
-                .bind(ts(&now))
-                .bind(ts(&lease_until))
-                .fetch_all(&mut *conn)
-                .await?)
-            })
-            .await?;
-        held_from_rows(rows)
+        self.claim(subscription, None, limit, now, lease_until)
+            .await
     }
 
     pub async fn claim_expired(
@@ -520,21 +501,36 @@ impl SqliteStore {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<HeldDelivery>> {
+        self.claim(subscription, Some(created_before), limit, now, lease_until)
+            .await
+    }
+
+    /// Both claims. One writer at a time: two workers claiming at once take
+    /// different rows.
+    async fn claim(
+        &self,
+        subscription: SubscriptionId,
+        created_before: Option<DateTime<Utc>>,
+        limit: u32,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<HeldDelivery>> {
         let rows = self
             .write(async |conn| {
                 Ok(sqlx::query_as(
-                    "UPDATE deliveries SET held_until = ?3 WHERE id IN ( \
-                         SELECT id FROM deliveries WHERE subscription_id = ?5 \
-                         AND held_until IS NOT NULL AND held_until <= ?4 AND created_at < ?1 \
+                    "UPDATE deliveries SET held_until = ?4 WHERE id IN ( \
+                         SELECT id FROM deliveries WHERE subscription_id = ?1 \
+                         AND held_until IS NOT NULL AND held_until <= ?3 \
+                         AND (?5 IS NULL OR created_at < ?5) \
                          AND status IN ('pending', 'retrying') \
-                         ORDER BY created_at LIMIT ?2 \
+                         ORDER BY held_until LIMIT ?2 \
                      ) RETURNING id, event_id, subscription_id, event_type, attempts",
                 )
-                .bind(ts(&created_before))
-                .bind(i64::from(limit))
-                .bind(ts(&lease_until))
-                .bind(ts(&now))
                 .bind(subscription.0.to_string())
+                .bind(i64::from(limit))
+                .bind(ts(&now))
+                .bind(ts(&lease_until))
+                .bind(created_before.as_ref().map(ts))
                 .fetch_all(&mut *conn)
                 .await?)
             })

@@ -139,7 +139,7 @@ impl Pipeline {
             let workers = std::iter::once(worker_slot).chain(more_workers);
 
             let now = Utc::now();
-            let lease = chrono::Duration::from_std(self.claim_lease()).unwrap_or_default();
+            let lease = self.claim_lease();
             let held = match self
                 .store
                 .claim_held(subscription, slots.len() as u32, now, now + lease)
@@ -175,7 +175,7 @@ impl Pipeline {
             return;
         };
         let now = Utc::now();
-        let lease = chrono::Duration::from_std(self.claim_lease()).unwrap_or_default();
+        let lease = self.claim_lease();
         let expired = match self
             .store
             .claim_expired(subscription, now - span, EXPIRE_AT_MOST, now, now + lease)
@@ -228,8 +228,9 @@ impl Pipeline {
     /// enough for its attempt to time out and be recorded. Should a worker
     /// take longer still (its database is down), another may attempt the
     /// delivery too; the ledger records one attempt of each number.
-    fn claim_lease(&self) -> Duration {
-        self.config.http.timeout + Duration::from_secs(10)
+    fn claim_lease(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.config.http.timeout + Duration::from_secs(10))
+            .unwrap_or_default()
     }
 
     async fn release(&self, held: HeldDelivery, slot: Slot) {

@@ -106,30 +106,21 @@ impl Metrics {
             &["outcome"],
         );
 
-        let deferred = IntCounter::new(
+        let plain_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let deferred = plain_counter(
             "courier_deliveries_deferred_total",
             "Attempts put off, held in the ledger, because their endpoint was busy or its circuit open.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(deferred.clone()))
-            .expect("unique metric");
-        let held = IntGauge::new(
-            "courier_deliveries_held",
-            "Held deliveries due for an attempt, waiting for room at their endpoint (ledger-wide).",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(held.clone()))
-            .expect("unique metric");
-        let circuit_opened = IntCounter::new(
+        );
+        let circuit_opened = plain_counter(
             "courier_endpoint_circuit_opened_total",
             "Times an endpoint's circuit opened after failing attempts in a row.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(circuit_opened.clone()))
-            .expect("unique metric");
+        );
         let subscription_reloads = counter(
             "courier_subscription_reloads_total",
             "Reloads of the matching index, by what triggered them (start, notice, periodic).",
@@ -187,6 +178,10 @@ impl Metrics {
         let subscriptions_cached = gauge(
             "courier_subscriptions_cached",
             "Enabled webhooks in this process's matching index.",
+        );
+        let held = gauge(
+            "courier_deliveries_held",
+            "Held deliveries due for an attempt, waiting for room at their endpoint (ledger-wide).",
         );
         let gauge_vec = |name: &str, help: &str| {
             let g = IntGaugeVec::new(Opts::new(name, help), &["queue"]).expect("valid metric");
