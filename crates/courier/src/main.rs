@@ -172,7 +172,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, settings)) {
+    // Run on the worker threads, not on this one: the consume loops spawn a
+    // task per message, and a task spawned from a worker thread usually
+    // runs on that thread, with no cross-thread wake-up.
+    let outcome = runtime.block_on(async { tokio::spawn(run(cli.command, settings)).await });
+    match outcome.unwrap_or_else(|panic| Err(anyhow::anyhow!("courier panicked: {panic}"))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
