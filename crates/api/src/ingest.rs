@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use courier_model::{Channel, Event, EventId, EventType};
+use courier_model::{Channel, Event, EventData, EventId, EventType};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -74,7 +74,7 @@ pub async fn ingest(
         event_type,
         channel,
         occurred_at: input.occurred_at.unwrap_or_else(Utc::now),
-        data: input.data,
+        data: EventData::from_value(&input.data),
     };
     let body = event.to_vec().map_err(|e| match e {
         courier_model::EventError::TooLarge { .. } => {

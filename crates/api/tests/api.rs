@@ -1428,7 +1428,7 @@ async fn redelivery_recover_and_ingest(app: Arc<App>) {
     assert_eq!(event.id, EventId::parse(id).unwrap());
     assert_eq!(event.event_type, EventType::OrderStatusChanged);
     assert_eq!(event.workspace_id.as_str(), ws);
-    assert_eq!(event.data, json!({"order_id": "o-9"}));
+    assert_eq!(event.data.to_value(), json!({"order_id": "o-9"}));
     let (status, body) = app
         .post(
             &path,

@@ -2,12 +2,17 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::{EventId, EventType, WorkspaceId, subscription::Channel};
 
 /// Events larger than this are refused by the producer and sent to the poison
 /// queue by the worker: receivers and the ledger should not carry megabytes.
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+
+/// Room for the envelope around `data` (ids, type, timestamps), so that
+/// writing an event or a webhook body does not grow its buffer.
+const ENVELOPE_BYTES: usize = 256;
 
 /// One business event. Serialized as-is onto the events exchange; the `data`
 /// part is what a receiver gets, wrapped with the type and ids.
@@ -23,7 +28,54 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<Channel>,
     pub occurred_at: DateTime<Utc>,
-    pub data: serde_json::Value,
+    pub data: EventData,
+}
+
+/// An event's `data`: a JSON object, kept as the text it was published as.
+/// Receivers get it byte for byte (numbers keep every digit, keys their
+/// order), and the worker never builds a tree of it or writes it out again.
+///
+/// Equality is equality as JSON: the PostgreSQL ledger keeps `jsonb`, which
+/// gives the same object back with its own spacing and key order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventData(Box<RawValue>);
+
+impl EventData {
+    /// The text of a JSON value; [`Event`] checks that it is an object.
+    pub fn from_value(value: &serde_json::Value) -> Self {
+        Self(serde_json::value::to_raw_value(value).expect("a JSON value always serializes"))
+    }
+
+    /// Checks that `text` is JSON and keeps it as it is.
+    pub fn from_text(text: String) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(text).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    pub fn is_object(&self) -> bool {
+        self.as_str().trim_start().starts_with('{')
+    }
+
+    /// Parses the text, for the few readers that look inside.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.as_str()).expect("event data is valid JSON")
+    }
+}
+
+impl PartialEq for EventData {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str() || self.to_value() == other.to_value()
+    }
+}
+
+impl From<&serde_json::Value> for EventData {
+    fn from(value: &serde_json::Value) -> Self {
+        Self::from_value(value)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +101,7 @@ impl Event {
             event_type,
             channel,
             occurred_at: Utc::now(),
-            data,
+            data: EventData::from_value(&data),
         };
         event.validate()?;
         Ok(event)
@@ -66,7 +118,8 @@ impl Event {
     }
 
     pub fn to_vec(&self) -> Result<Vec<u8>, EventError> {
-        let bytes = serde_json::to_vec(self)?;
+        let mut bytes = Vec::with_capacity(self.data.as_str().len() + ENVELOPE_BYTES);
+        serde_json::to_writer(&mut bytes, self)?;
         if bytes.len() > MAX_EVENT_BYTES {
             return Err(EventError::TooLarge { size: bytes.len() });
         }
@@ -92,17 +145,22 @@ impl Event {
             #[serde(skip_serializing_if = "Option::is_none")]
             channel: Option<&'a Channel>,
             timestamp: DateTime<Utc>,
-            data: &'a serde_json::Value,
+            data: &'a EventData,
         }
-        serde_json::to_vec(&Body {
-            id: &self.id,
-            event_type: self.event_type,
-            workspace_id: &self.workspace_id,
-            channel: self.channel.as_ref(),
-            timestamp: self.occurred_at,
-            data: &self.data,
-        })
-        .expect("serializing a JSON value cannot fail")
+        let mut body = Vec::with_capacity(self.data.as_str().len() + ENVELOPE_BYTES);
+        serde_json::to_writer(
+            &mut body,
+            &Body {
+                id: &self.id,
+                event_type: self.event_type,
+                workspace_id: &self.workspace_id,
+                channel: self.channel.as_ref(),
+                timestamp: self.occurred_at,
+                data: &self.data,
+            },
+        )
+        .expect("ids, a timestamp and JSON text always serialize");
+        body
     }
 }
 
@@ -148,6 +206,37 @@ mod tests {
             Event::from_slice(&huge),
             Err(EventError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn data_reaches_the_body_as_published() {
+        // Beyond u64 and f64, key order not sorted, spacing of its own: a
+        // tree would round the numbers and reorder the keys.
+        let data =
+            r#"{"zeta": 1, "total": 12345678901234567890.12345678901234567890, "alpha": [1e400]}"#;
+        let published = format!(
+            r#"{{"id":"evt_1","workspace_id":"acme","type":"order.created","occurred_at":"2026-01-01T00:00:00Z","data":{data}}}"#
+        );
+        let event = Event::from_slice(published.as_bytes()).unwrap();
+        assert_eq!(event.data.as_str(), data);
+        let body = String::from_utf8(event.webhook_body()).unwrap();
+        assert!(body.ends_with(&format!(r#""data":{data}}}"#)), "{body}");
+        let again = Event::from_slice(&event.to_vec().unwrap()).unwrap();
+        assert_eq!(again.data.as_str(), data);
+    }
+
+    #[test]
+    fn data_is_equal_as_json() {
+        let spaced = EventData::from_text(r#"{ "b": [1, 2], "a": null }"#.into()).unwrap();
+        let compact = EventData::from_value(&json!({"a": null, "b": [1, 2]}));
+        assert_eq!(spaced, compact);
+        assert_ne!(
+            spaced,
+            EventData::from_value(&json!({"a": null, "b": [2, 1]}))
+        );
+        assert!(spaced.is_object());
+        assert!(!EventData::from_text(" [1]".into()).unwrap().is_object());
+        assert!(EventData::from_text("{not json".into()).is_err());
     }
 
     #[test]

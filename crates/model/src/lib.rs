@@ -16,7 +16,7 @@ pub mod signing;
 pub mod subscription;
 pub mod url;
 
-pub use event::{Event, EventError, MAX_EVENT_BYTES};
+pub use event::{Event, EventData, EventError, MAX_EVENT_BYTES};
 pub use event_type::{EventType, UnknownEventType};
 pub use ids::{DeliveryId, EventId, IdError, SubscriptionId, WorkspaceId};
 pub use message::{DeliveryMessage, MessageError};

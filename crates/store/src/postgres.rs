@@ -10,7 +10,8 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use courier_model::{
-    DeliveryId, DeliveryStatus, Event, EventId, Subscription, SubscriptionId, WorkspaceId,
+    DeliveryId, DeliveryStatus, Event, EventData, EventId, Subscription, SubscriptionId,
+    WorkspaceId,
 };
 use futures_util::TryStreamExt;
 use sqlx::migrate::Migrator;
@@ -19,7 +20,7 @@ use sqlx::{Connection, Row};
 use uuid::Uuid;
 
 use crate::rows::{
-    self, AttemptParts, DeliveryParts, EventParts, SubscriptionParts, WorkspaceParts, corrupt,
+    self, AttemptParts, DeliveryParts, EventParts, SubscriptionParts, WorkspaceParts,
     i32_saturating,
 };
 use crate::{
@@ -91,7 +92,7 @@ fn event_from_row(row: &PgRow) -> Result<Event> {
         event_type: row.try_get("e_type")?,
         channel: row.try_get("e_channel")?,
         occurred_at: row.try_get("e_occurred_at")?,
-        data: row.try_get("e_data")?,
+        data: row.try_get::<sqlx::types::Json<EventData>, _>("e_data")?.0,
     }
     .into_model()
 }
@@ -620,7 +621,7 @@ async fn fan_out_run(
         types.push(event.event_type.as_str());
         channels.push(event.channel.as_ref().map(|c| c.as_str()));
         occurred.push(event.occurred_at);
-        data.push(serde_json::to_string(&event.data).map_err(|e| corrupt("events.data", e))?);
+        data.push(event.data.as_str());
     }
     let new_events: HashSet<String> = sqlx::query_scalar(
         "INSERT INTO events (id, workspace_id, type, channel, occurred_at, data, received_at) \

@@ -10,8 +10,8 @@ use std::fmt::Display;
 
 use chrono::{DateTime, Utc};
 use courier_model::{
-    Channel, DeliveryId, DeliveryStatus, ErrorKind, Event, EventId, EventType, Subscription,
-    SubscriptionId, SubscriptionStatus, WebhookSecret, WebhookUrl, WorkspaceId,
+    Channel, DeliveryId, DeliveryStatus, ErrorKind, Event, EventData, EventId, EventType,
+    Subscription, SubscriptionId, SubscriptionStatus, WebhookSecret, WebhookUrl, WorkspaceId,
 };
 use uuid::Uuid;
 
@@ -231,7 +231,7 @@ pub(crate) struct EventParts {
     pub event_type: String,
     pub channel: Option<String>,
     pub occurred_at: DateTime<Utc>,
-    pub data: serde_json::Value,
+    pub data: EventData,
 }
 
 impl EventParts {

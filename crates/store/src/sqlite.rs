@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use courier_model::{
-    DeliveryId, DeliveryStatus, EventId, Subscription, SubscriptionId, WorkspaceId,
+    DeliveryId, DeliveryStatus, EventData, EventId, Subscription, SubscriptionId, WorkspaceId,
 };
 use futures_util::TryStreamExt;
 use sqlx::sqlite::{
@@ -155,7 +155,7 @@ fn event_from_row(row: &SqliteRow) -> Result<courier_model::Event> {
         event_type: row.try_get("e_type")?,
         channel: row.try_get("e_channel")?,
         occurred_at: parse_ts("events.occurred_at", row.try_get("e_occurred_at")?)?,
-        data: serde_json::from_str(data).map_err(|e| corrupt("events.data", e))?,
+        data: EventData::from_text(data.to_owned()).map_err(|e| corrupt("events.data", e))?,
     }
     .into_model()
 }
@@ -743,7 +743,7 @@ async fn fan_out_run(
             continue;
         }
         first_op_of_event.insert(event.id.as_str(), i);
-        let data = serde_json::to_string(&event.data).map_err(|e| corrupt("events.data", e))?;
+        let data = event.data.as_str();
         events.push(serde_json::json!([
             event.id.as_str(),
             event.workspace_id.as_str(),

@@ -18,8 +18,8 @@ use std::task::{Context, Poll, Waker};
 
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use courier_model::{
-    Channel, DeliveryId, DeliveryStatus, ErrorKind, Event, EventId, EventType, Subscription,
-    SubscriptionId, SubscriptionStatus, WebhookSecret, WebhookUrl, WorkspaceId,
+    Channel, DeliveryId, DeliveryStatus, ErrorKind, Event, EventData, EventId, EventType,
+    Subscription, SubscriptionId, SubscriptionStatus, WebhookSecret, WebhookUrl, WorkspaceId,
 };
 use courier_store::{
     ApiKeyRecord, AttemptWrite, Backend, DeliveryFilter, HeldDue, Ledger, LedgerOptions, Store,
@@ -267,7 +267,9 @@ fn event(ws: &WorkspaceId) -> Event {
         event_type: EventType::OrderCreated,
         channel: Some(Channel::parse("amazon-de").unwrap()),
         occurred_at: now() - Duration::seconds(3),
-        data: json!({"order_id": "o-1", "total": 12.5, "items": [{"sku": "A", "qty": 2}]}),
+        data: EventData::from_value(
+            &json!({"order_id": "o-1", "total": 12.5, "items": [{"sku": "A", "qty": 2}]}),
+        ),
     }
 }
 
@@ -1221,7 +1223,9 @@ async fn delivery_context_with_and_without_subscription(db: TestDb) {
     let ws = workspace(store).await;
     let sub = stored_subscription(store, &ws).await;
     let mut event = event(&ws);
-    event.data = json!({"order_id": "o-9", "nested": {"unicode": "Grüße ✓", "n": null}});
+    event.data = EventData::from_value(
+        &json!({"order_id": "o-9", "nested": {"unicode": "Grüße ✓", "n": null}}),
+    );
     let (op, deliveries) = fan_out(&event, &[sub.id]);
     apply_one(store, op).await;
     let id = deliveries[0].0;

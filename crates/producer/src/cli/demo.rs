@@ -80,17 +80,13 @@ async fn stream<R: Rng>(
             _ = ticker.tick() => {}
         }
         let step = generator.next_step();
+        let order_id = step.data["order_id"].as_str().unwrap_or("-").to_owned();
         let event = step.into_event(&args.workspace);
         publisher
             .publish(&event)
             .await
             .map_err(Failure::from_publish)?;
-        println!(
-            "{} {} {}",
-            event.event_type,
-            event.id,
-            event.data["order_id"].as_str().unwrap_or("-")
-        );
+        println!("{} {} {}", event.event_type, event.id, order_id);
         published += 1;
     }
     Ok(published)

@@ -252,7 +252,7 @@ mod tests {
         let combos: std::collections::HashSet<_> = (0..12)
             .map(|seq| {
                 let event = plan.event(seq).unwrap();
-                assert_eq!(event.data["seq"], seq);
+                assert_eq!(event.data.to_value()["seq"], seq);
                 (
                     event.workspace_id.to_string(),
                     event.event_type,
@@ -269,7 +269,7 @@ mod tests {
         for size in [0, 100, 1024, 100_000] {
             let plan =
                 Plan::new(&args(&["--events", "1000", "--size", &size.to_string()])).unwrap();
-            let data = plan.event(999).unwrap().data.to_string();
+            let data = plan.event(999).unwrap().data.as_str().to_owned();
             assert!(
                 data.len().abs_diff(size.max(40)) <= 40,
                 "{size}: {}",
