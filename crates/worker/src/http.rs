@@ -154,7 +154,7 @@ impl WebhookClient {
             result: AttemptResult::Response { status },
             duration: started.elapsed(),
             error: body_error,
-            excerpt: (!excerpt.is_empty()).then(|| String::from_utf8_lossy(&excerpt).into_owned()),
+            excerpt: (!excerpt.is_empty()).then(|| excerpt_text(&excerpt)),
         }
     }
 }
@@ -235,9 +235,22 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (first == 0x0064 && ip.segments()[1] == 0xff9b)) // NAT64, may map private v4
 }
 
+/// A response excerpt as text the ledger can store: invalid UTF-8 and NUL
+/// (which PostgreSQL text refuses) become U+FFFD.
+fn excerpt_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).replace('\0', "\u{FFFD}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn excerpts_are_text_a_database_takes() {
+        assert_eq!(excerpt_text(b"ok"), "ok");
+        // PostgreSQL text cannot hold NUL; invalid UTF-8 is replaced too.
+        assert_eq!(excerpt_text(b"a\0b\xffc"), "a\u{FFFD}b\u{FFFD}c");
+    }
 
     #[test]
     fn public_and_private_addresses() {

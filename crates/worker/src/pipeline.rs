@@ -169,6 +169,13 @@ impl Pipeline {
                     tracing::debug!(deliveries, "event fanned out");
                     Handled::Ack
                 }
+                // Storing it again would fail again: set it aside now with
+                // the database's reason, rather than after every redelivery.
+                Err(StepError::Store(error)) if ledger_refused_value(&error) => {
+                    let reason = format!("the ledger refused the event: {}", error_chain(&error));
+                    self.poison(message, "fanout", &self.topology.fanout_queue(), reason)
+                        .await
+                }
                 Err(error) => self.requeue_after(&error).await,
             }
         }
@@ -844,6 +851,24 @@ fn is_transient(error: &StoreError) -> bool {
         }
         StoreError::Batch(inner) => is_transient(inner),
         StoreError::LedgerClosed => false,
+        _ => false,
+    }
+}
+
+/// Whether the database refused a value it was given (PostgreSQL's "data
+/// exception" class: a number beyond `numeric`, a NUL character in a
+/// string), which no retry can change. In a fan-out's write the only values
+/// from outside are the event's, and response excerpts, which are cleaned.
+fn ledger_refused_value(error: &StoreError) -> bool {
+    match error {
+        StoreError::Database(e) => e
+            .as_database_error()
+            .filter(|d| {
+                d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some()
+            })
+            .and_then(|d| d.code())
+            .is_some_and(|code| code.starts_with("22")),
         _ => false,
     }
 }
