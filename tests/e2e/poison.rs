@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use courier_model::{Event, EventType};
+use courier_producer::Topology;
 use courier_tests::{Behavior, Db, Receiver, TestEnv, wait_for};
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
@@ -33,18 +34,7 @@ async fn poison_messages_are_set_aside(db: Db) {
         br#"{"id":"e2","workspace_id":"acme","type":"order.created","occurred_at":"2026-01-01T00:00:00Z","data":"not an object"}"#,
     ];
     for body in bad_events {
-        channel
-            .basic_publish(
-                topology.events_exchange().as_str().into(),
-                "order.created".into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        publish_raw_event(&channel, &topology, body).await;
     }
     channel
         .basic_publish(
@@ -129,18 +119,7 @@ async fn data_the_postgres_ledger_refuses_is_set_aside() {
         br#"{"id":"nul","workspace_id":"acme","type":"order.created","occurred_at":"2026-01-01T00:00:00Z","data":{"note":"a\u0000b"}}"#,
     ];
     for body in refused {
-        channel
-            .basic_publish(
-                topology.events_exchange().as_str().into(),
-                "order.created".into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default(),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        publish_raw_event(&channel, &topology, body).await;
     }
     let after = Event::new(ws.clone(), EventType::OrderCreated, None, json!({"n": 2})).unwrap();
     publisher.publish(&after).await.unwrap();
@@ -187,4 +166,21 @@ async fn data_the_postgres_ledger_refuses_is_set_aside() {
         assert!(reason.contains("the ledger refused the event"), "{reason}");
     }
     assert!(receiver.count() <= 4, "{} requests", receiver.count());
+}
+
+/// Publishes `body` to the events exchange as it is, past the producer's
+/// validation, and waits for the broker to take it.
+async fn publish_raw_event(channel: &lapin::Channel, topology: &Topology, body: &[u8]) {
+    channel
+        .basic_publish(
+            topology.events_exchange().as_str().into(),
+            "order.created".into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 }
