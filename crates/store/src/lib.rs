@@ -602,7 +602,7 @@ impl Store {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<HeldDelivery>> {
-        dispatch!(self, s => s.claim_held(subscription, limit, now, lease_until).await)
+        dispatch!(self, s => s.claim(subscription, None, limit, now, lease_until).await)
     }
 
     /// As [`Store::claim_held`] for the subscription's due held
@@ -616,7 +616,7 @@ impl Store {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<HeldDelivery>> {
-        dispatch!(self, s => s.claim_expired(subscription, created_before, limit, now, lease_until).await)
+        dispatch!(self, s => s.claim(subscription, Some(created_before), limit, now, lease_until).await)
     }
 
     /// Marks held deliveries dead, ending their hold; returns those that

@@ -410,32 +410,10 @@ impl PgStore {
         .collect())
     }
 
-    pub async fn claim_held(
-        &self,
-        subscription: SubscriptionId,
-        limit: u32,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Vec<HeldDelivery>> {
-        self.claim(subscription, None, limit, now, lease_until)
-            .await
-    }
-
-    pub async fn claim_expired(
-        &self,
-        subscription: SubscriptionId,
-        created_before: DateTime<Utc>,
-        limit: u32,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Vec<HeldDelivery>> {
-        self.claim(subscription, Some(created_before), limit, now, lease_until)
-            .await
-    }
-
-    /// Both claims: `SKIP LOCKED`, so two workers claiming at once take
+    /// `Store::claim_held`, and `Store::claim_expired` when `created_before`
+    /// is set. `SKIP LOCKED`: two workers claiming at once take
     /// different rows.
-    async fn claim(
+    pub async fn claim(
         &self,
         subscription: SubscriptionId,
         created_before: Option<DateTime<Utc>>,

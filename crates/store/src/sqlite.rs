@@ -482,32 +482,10 @@ impl SqliteStore {
         .collect()
     }
 
-    pub async fn claim_held(
-        &self,
-        subscription: SubscriptionId,
-        limit: u32,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Vec<HeldDelivery>> {
-        self.claim(subscription, None, limit, now, lease_until)
-            .await
-    }
-
-    pub async fn claim_expired(
-        &self,
-        subscription: SubscriptionId,
-        created_before: DateTime<Utc>,
-        limit: u32,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Vec<HeldDelivery>> {
-        self.claim(subscription, Some(created_before), limit, now, lease_until)
-            .await
-    }
-
-    /// Both claims. One writer at a time: two workers claiming at once take
+    /// `Store::claim_held`, and `Store::claim_expired` when `created_before`
+    /// is set. One writer at a time: two workers claiming at once take
     /// different rows.
-    async fn claim(
+    pub async fn claim(
         &self,
         subscription: SubscriptionId,
         created_before: Option<DateTime<Utc>>,
