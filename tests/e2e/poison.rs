@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use courier_model::{Event, EventType};
-use courier_producer::Topology;
+use courier_model::{Event, EventType, WorkspaceId};
+use courier_producer::{Publisher, Topology};
+use courier_tests::env::InProcessWorker;
 use courier_tests::{Behavior, Db, Receiver, TestEnv, wait_for};
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
@@ -14,20 +15,16 @@ use serde_json::json;
 crate::on_both_databases!(poison_messages_are_set_aside);
 
 async fn poison_messages_are_set_aside(db: Db) {
-    let env = TestEnv::new(db).await;
-    let ws = env.workspace("acme").await;
-    let receiver = Receiver::start(Behavior::Ok).await;
-    env.webhook(&ws, &receiver.url(), &["order.created"], &[])
-        .await;
-    let worker = env.start_worker().await;
-    let (publisher, connection) = env.publisher().await;
-    let topology = env.topology();
-
-    // Straight onto the broker, past the producer's validation.
-    let channel = connection.create_channel().await.unwrap();
-    // The worker may still be declaring the deliveries exchange; declaring
-    // the same topology here is idempotent and removes the race.
-    topology.declare_all(&channel).await.unwrap();
+    let Setup {
+        env,
+        ws,
+        receiver,
+        worker,
+        publisher,
+        channel,
+        topology,
+        _connection,
+    } = set_up(db).await;
     let bad_events: [&[u8]; 3] = [
         b"{not json",
         br#"{"id":"e1","workspace_id":"acme","type":"order.exploded","occurred_at":"2026-01-01T00:00:00Z","data":{}}"#,
@@ -69,19 +66,7 @@ async fn poison_messages_are_set_aside(db: Db) {
     .await;
     worker.stop().await.unwrap();
 
-    let poisoned = env.drain(&poison_queue).await;
-    let mut reasons = Vec::new();
-    for (body, properties) in &poisoned {
-        let headers = properties
-            .headers()
-            .as_ref()
-            .expect("poison carries headers");
-        let reason = match headers.inner().get("x-courier-error") {
-            Some(AMQPValue::LongString(s)) => s.to_string(),
-            other => panic!("no reason header: {other:?}"),
-        };
-        reasons.push((String::from_utf8_lossy(body).into_owned(), reason));
-    }
+    let reasons = poison_reasons(&env, &poison_queue).await;
     let reason_of = |needle: &str| {
         reasons
             .iter()
@@ -101,16 +86,16 @@ async fn poison_messages_are_set_aside(db: Db) {
 /// database's reason, and the events around it are delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_the_postgres_ledger_refuses_is_set_aside() {
-    let env = TestEnv::new(Db::Postgres).await;
-    let ws = env.workspace("acme").await;
-    let receiver = Receiver::start(Behavior::Ok).await;
-    env.webhook(&ws, &receiver.url(), &["order.created"], &[])
-        .await;
-    let worker = env.start_worker().await;
-    let (publisher, connection) = env.publisher().await;
-    let topology = env.topology();
-    let channel = connection.create_channel().await.unwrap();
-    topology.declare_all(&channel).await.unwrap();
+    let Setup {
+        env,
+        ws,
+        receiver,
+        worker,
+        publisher,
+        channel,
+        topology,
+        _connection,
+    } = set_up(Db::Postgres).await;
 
     let before = Event::new(ws.clone(), EventType::OrderCreated, None, json!({"n": 1})).unwrap();
     publisher.publish(&before).await.unwrap();
@@ -149,21 +134,15 @@ async fn data_the_postgres_ledger_refuses_is_set_aside() {
     .await;
     worker.stop().await.unwrap();
 
-    let poisoned = env.drain(&poison_queue).await;
-    assert_eq!(poisoned.len(), 2);
-    for (body, properties) in &poisoned {
-        let body = String::from_utf8_lossy(body);
-        let reason = match properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get("x-courier-error").cloned())
-        {
-            Some(AMQPValue::LongString(s)) => s.to_string(),
-            other => panic!("no reason header on {body}: {other:?}"),
-        };
+    let reasons = poison_reasons(&env, &poison_queue).await;
+    assert_eq!(reasons.len(), 2);
+    for (body, reason) in &reasons {
         // Set aside by the worker with the database's reason, not by the
         // queue's delivery limit after redeliveries.
-        assert!(reason.contains("the ledger refused the event"), "{reason}");
+        assert!(
+            reason.contains("the ledger refused the event"),
+            "{body}: {reason}"
+        );
     }
     assert!(receiver.count() <= 4, "{} requests", receiver.count());
 }
@@ -183,4 +162,61 @@ async fn publish_raw_event(channel: &lapin::Channel, topology: &Topology, body: 
         .unwrap()
         .await
         .unwrap();
+}
+
+/// A worker delivering acme's order.created events to one receiver, and a
+/// channel to publish events on straight, past the producer's validation.
+struct Setup {
+    env: TestEnv,
+    ws: WorkspaceId,
+    receiver: Receiver,
+    worker: InProcessWorker,
+    publisher: Publisher,
+    channel: lapin::Channel,
+    topology: Topology,
+    _connection: lapin::Connection,
+}
+
+async fn set_up(db: Db) -> Setup {
+    let env = TestEnv::new(db).await;
+    let ws = env.workspace("acme").await;
+    let receiver = Receiver::start(Behavior::Ok).await;
+    env.webhook(&ws, &receiver.url(), &["order.created"], &[])
+        .await;
+    let worker = env.start_worker().await;
+    let (publisher, connection) = env.publisher().await;
+    let topology = env.topology();
+    let channel = connection.create_channel().await.unwrap();
+    // The worker may still be declaring the deliveries exchange; declaring
+    // the same topology here is idempotent and removes the race.
+    topology.declare_all(&channel).await.unwrap();
+    Setup {
+        env,
+        ws,
+        receiver,
+        worker,
+        publisher,
+        channel,
+        topology,
+        _connection: connection,
+    }
+}
+
+/// Empties the poison queue: each message's body and the reason in its
+/// `x-courier-error` header.
+async fn poison_reasons(env: &TestEnv, poison_queue: &str) -> Vec<(String, String)> {
+    let mut reasons = Vec::new();
+    for (body, properties) in env.drain(poison_queue).await {
+        let body = String::from_utf8_lossy(&body).into_owned();
+        let reason = match properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-courier-error").cloned())
+        {
+            Some(AMQPValue::LongString(s)) => s.to_string(),
+            other => panic!("no reason header on {body}: {other:?}"),
+        };
+        reasons.push((body, reason));
+    }
+    reasons
 }

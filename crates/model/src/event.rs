@@ -72,12 +72,6 @@ impl PartialEq for EventData {
     }
 }
 
-impl From<&serde_json::Value> for EventData {
-    fn from(value: &serde_json::Value) -> Self {
-        Self::from_value(value)
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
     #[error("event is {size} bytes; at most {max} are accepted", max = MAX_EVENT_BYTES)]
