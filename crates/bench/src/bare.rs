@@ -175,7 +175,7 @@ async fn measure(
 
     let window = Window::of(&recorder.arrivals());
     fill(outcome, &published, &window, drained);
-    outcome.note("runs inside the bench process: no RSS/CPU of its own");
+    outcome.remark("runs inside the bench process: no RSS/CPU of its own");
     Ok(())
 }
 

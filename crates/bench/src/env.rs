@@ -215,6 +215,19 @@ impl BenchEnv {
             })
     }
 
+    /// Declares courier's exchanges and queues as a worker does at start,
+    /// so that events published before any worker runs wait in its queue.
+    pub async fn declare_topology(&self) -> anyhow::Result<()> {
+        let connection = self.amqp().await?;
+        let channel = connection.create_channel().await?;
+        self.topology()
+            .declare_all(&channel)
+            .await
+            .context("could not declare courier's exchanges and queues")?;
+        connection.close(200, "".into()).await.ok();
+        Ok(())
+    }
+
     /// A publisher on its own connection (keep the connection alive).
     pub async fn publisher(&self) -> anyhow::Result<(Publisher, Connection)> {
         let connection = self.amqp().await?;

@@ -132,6 +132,12 @@ struct Cli {
     /// Where the JSON report goes; target/bench/report.json by default.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Runs the selected scenarios this many times, the bare bound first in
+    /// each round, and reports the median of each figure with its spread.
+    /// Each percentage is taken within its round, against the bare bound
+    /// measured next to it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+    repeat: u32,
     /// Extra courier configuration for every scenario, e.g.
     /// --set COURIER__AMQP__PREFETCH=512 (repeatable).
     #[arg(long = "set", value_parser = parse_setting)]
@@ -245,33 +251,22 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 
     let load_start = env::load_average();
     let started_at = chrono::Utc::now();
-    let mut outcomes = Vec::new();
-    // Scenario by scenario, both databases back to back, so the two are
-    // measured under the most similar machine load.
-    for scenario in selected {
-        if scenario == Scenario::BareBound {
-            outcomes.push(bare::run(&services, &sizes).await);
-            continue;
+    let mut rounds = Vec::new();
+    for round in 1..=cli.repeat {
+        if cli.repeat > 1 {
+            eprintln!("== round {round} of {}", cli.repeat);
         }
-        for &db in dbs {
-            let outcome = match scenario {
-                Scenario::Throughput1 => scenarios::throughput_1(&services, &sizes, db).await,
-                Scenario::Fanout10 => scenarios::fanout_10(&services, &sizes, db).await,
-                Scenario::Latency => scenarios::latency(&services, &sizes, db).await,
-                Scenario::ManySubscriptions => {
-                    scenarios::many_subscriptions(&services, &sizes, db).await
-                }
-                Scenario::BadNeighbour => scenarios::bad_neighbour(&services, &sizes, db).await,
-                Scenario::ScaleOut => scenarios::scale_out(&services, &sizes, db).await,
-                Scenario::BareBound => unreachable!("handled above"),
-            };
-            if let Some(error) = &outcome.error {
-                eprintln!("   {} on {}: {error}", outcome.scenario, outcome.db);
-            }
-            outcomes.push(outcome);
-        }
+        let mut outcomes = run_round(&services, &sizes, &selected, dbs).await;
+        compare(&mut outcomes);
+        report::finish(&mut outcomes);
+        rounds.push(outcomes);
     }
-    compare(&mut outcomes);
+    let mut outcomes = if rounds.len() == 1 {
+        rounds[0].clone()
+    } else {
+        report::summarize(&rounds)
+    };
+    report::finish(&mut outcomes);
 
     let table = report::table(&outcomes);
     println!();
@@ -296,7 +291,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             "payload_bytes": sizes.payload_bytes,
             "drain_timeout_s": sizes.drain_timeout.as_secs(),
         },
+        "repeat": cli.repeat,
         "results": outcomes,
+        "rounds": if rounds.len() > 1 { json!(rounds) } else { json!(null) },
     });
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).ok();
@@ -305,6 +302,41 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         .with_context(|| format!("could not write {}", out.display()))?;
     println!("\nreport: {}", out.display());
     Ok(outcomes.iter().all(|o| o.status != Status::Failed))
+}
+
+/// One round: scenario by scenario, both databases back to back, so the
+/// two are measured under the most similar machine load.
+async fn run_round(
+    services: &Services,
+    sizes: &Sizes,
+    selected: &[Scenario],
+    dbs: &[Db],
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for &scenario in selected {
+        if scenario == Scenario::BareBound {
+            outcomes.push(bare::run(services, sizes).await);
+            continue;
+        }
+        for &db in dbs {
+            let outcome = match scenario {
+                Scenario::Throughput1 => scenarios::throughput_1(services, sizes, db).await,
+                Scenario::Fanout10 => scenarios::fanout_10(services, sizes, db).await,
+                Scenario::Latency => scenarios::latency(services, sizes, db).await,
+                Scenario::ManySubscriptions => {
+                    scenarios::many_subscriptions(services, sizes, db).await
+                }
+                Scenario::BadNeighbour => scenarios::bad_neighbour(services, sizes, db).await,
+                Scenario::ScaleOut => scenarios::scale_out(services, sizes, db).await,
+                Scenario::BareBound => unreachable!("handled above"),
+            };
+            if let Some(error) = &outcome.error {
+                eprintln!("   {} on {}: {error}", outcome.scenario, outcome.db);
+            }
+            outcomes.push(outcome);
+        }
+    }
+    outcomes
 }
 
 /// Percentages of the bare bound, and the comparisons the scenarios ask
@@ -349,12 +381,6 @@ fn compare(outcomes: &mut [Outcome]) {
                 );
                 if let Some(p) = per_endpoint {
                     o.extra(&format!("pct_of_{}", name.replace('-', "_")), p);
-                    let what = if ours_per > 1.0 {
-                        "per healthy endpoint "
-                    } else {
-                        ""
-                    };
-                    o.note(format!("{what}{p:.0}% of {name}"));
                 }
             }
             None if matches!(
@@ -367,7 +393,7 @@ fn compare(outcomes: &mut [Outcome]) {
                 } else {
                     "throughput-1"
                 };
-                o.note(format!("run {name} too for a comparison"));
+                o.remark(format!("run {name} too for a comparison"));
             }
             None => {}
         }

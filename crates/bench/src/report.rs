@@ -63,8 +63,12 @@ pub struct Outcome {
     /// Scenario-specific figures (latency percentiles, setup times,
     /// comparisons), by name.
     pub extra: serde_json::Map<String, serde_json::Value>,
-    /// The same, said in a few words for the table.
+    /// The figures of `extra` said in a few words, then the remarks: what
+    /// the table shows in its last column. Filled by [`finish`].
     pub notes: Vec<String>,
+    /// Remarks that are not figures ("runs inside the bench process").
+    #[serde(skip)]
+    pub remarks: Vec<String>,
 }
 
 impl Outcome {
@@ -91,6 +95,7 @@ impl Outcome {
             load_end: f64::NAN,
             extra: serde_json::Map::new(),
             notes: Vec::new(),
+            remarks: Vec::new(),
         }
     }
 
@@ -104,9 +109,204 @@ impl Outcome {
         self.extra.insert(key.to_owned(), value.into());
     }
 
-    pub fn note(&mut self, note: impl Into<String>) {
-        self.notes.push(note.into());
+    pub fn remark(&mut self, remark: impl Into<String>) {
+        self.remarks.push(remark.into());
     }
+
+    fn figure(&self, key: &str) -> Option<f64> {
+        self.extra.get(key).and_then(|v| v.as_f64())
+    }
+}
+
+/// Says each outcome's figures in its notes, followed by its remarks.
+pub fn finish(outcomes: &mut [Outcome]) {
+    for o in outcomes {
+        let mut notes = describe(o);
+        notes.extend(o.remarks.iter().cloned());
+        o.notes = notes;
+    }
+}
+
+/// The scenario-specific figures of an outcome in a few words. They are
+/// read from `extra`, so a summary of several rounds says its medians.
+fn describe(o: &Outcome) -> Vec<String> {
+    let mut notes = Vec::new();
+    let f = |key: &str| o.figure(key);
+    let ms = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+    if let Some(rounds) = f("rounds") {
+        let range = |lo: &str, hi: &str, unit: &str| match (f(lo), f(hi)) {
+            (Some(lo), Some(hi)) => format!(" {lo:.0}-{hi:.0}{unit}"),
+            _ => String::new(),
+        };
+        let mut note = format!("median of {rounds:.0} rounds: deliv/s");
+        note.push_str(&range("deliveries_per_s_min", "deliveries_per_s_max", ""));
+        if f("pct_of_bare_min").is_some() {
+            note.push_str(", %bare");
+            note.push_str(&range("pct_of_bare_min", "pct_of_bare_max", ""));
+        }
+        notes.push(note);
+    }
+    if o.scenario == "latency" {
+        notes.push(format!(
+            "ms p50 {} p95 {} p99 {} max {} at {}/s",
+            ms(f("latency_p50_ms")),
+            ms(f("latency_p95_ms")),
+            ms(f("latency_p99_ms")),
+            ms(f("latency_max_ms")),
+            o.events_per_s
+                .map(|r| format!("{r:.0}"))
+                .unwrap_or_else(|| "-".into()),
+        ));
+    }
+    if let (Some(late), Some(broken)) =
+        (f("late_endpoint_requests"), f("failing_endpoint_requests"))
+    {
+        notes.push(format!(
+            "5s endpoint got {late:.0}, 500 endpoint {broken:.0} requests"
+        ));
+    }
+    if let (Some(subs), Some(setup), Some(ready)) =
+        (f("subscriptions"), f("setup_s"), f("courier_ready_s"))
+    {
+        notes.push(format!(
+            "{subs:.0} subs inserted in {setup:.1}s, courier ready in {ready:.1}s"
+        ));
+    }
+    if let Some(p) = f("pct_of_throughput_1") {
+        notes.push(format!("{p:.0}% of throughput-1"));
+    }
+    if let Some(p) = f("pct_of_fanout_10") {
+        notes.push(format!("per healthy endpoint {p:.0}% of fanout-10"));
+    }
+    if let (Some(events), Some(one), Some(two)) = (
+        f("backlog_events"),
+        f("backlog_1_worker_per_s"),
+        f("backlog_2_workers_per_s"),
+    ) {
+        notes.push(format!(
+            "backlog of {events:.0} drained by 1 worker at {one:.0}/s, by 2 at {two:.0}/s ({}%)",
+            f("backlog_pct_of_one_worker")
+                .map(|p| format!("{p:.0}"))
+                .unwrap_or_else(|| "-".into())
+        ));
+    }
+    notes
+}
+
+/// One outcome per scenario and database out of several rounds: the median
+/// of each figure (ratios are taken within a round first, so each is
+/// against the bare bound measured next to it), the largest peak RSS, the
+/// worst status, and the spread of deliveries/s and of %bare.
+pub fn summarize(rounds: &[Vec<Outcome>]) -> Vec<Outcome> {
+    let mut keys: Vec<(&str, &str)> = Vec::new();
+    for o in rounds.iter().flatten() {
+        let key = (o.scenario.as_str(), o.db.as_str());
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys.into_iter()
+        .map(|(scenario, db)| {
+            let runs: Vec<&Outcome> = rounds
+                .iter()
+                .flatten()
+                .filter(|o| o.scenario == scenario && o.db == db)
+                .collect();
+            summarize_runs(&runs)
+        })
+        .collect()
+}
+
+fn summarize_runs(runs: &[&Outcome]) -> Outcome {
+    let first = runs[0];
+    let mut m = Outcome::new(&first.scenario, &first.db);
+    m.load_start = first.load_start;
+    m.load_end = runs[runs.len() - 1].load_end;
+    m.workers = first.workers;
+    m.status = runs
+        .iter()
+        .map(|o| o.status)
+        .max_by_key(|s| match s {
+            Status::Ok => 0,
+            Status::TimedOut => 1,
+            Status::Failed => 2,
+        })
+        .unwrap_or(Status::Ok);
+    m.error = runs.iter().find_map(|o| o.error.clone());
+    m.events_published = runs.iter().map(|o| o.events_published).min().unwrap_or(0);
+    m.events_failed = runs.iter().map(|o| o.events_failed).max().unwrap_or(0);
+    m.deliveries_expected = runs
+        .iter()
+        .map(|o| o.deliveries_expected)
+        .max()
+        .unwrap_or(0);
+    m.deliveries_received = runs
+        .iter()
+        .map(|o| o.deliveries_received)
+        .min()
+        .unwrap_or(0);
+    let of = |get: fn(&Outcome) -> Option<f64>| median(runs.iter().filter_map(|o| get(o)));
+    m.events_per_s = of(|o| o.events_per_s);
+    m.deliveries_per_s = of(|o| o.deliveries_per_s);
+    m.drain_s = of(|o| o.drain_s);
+    m.total_s = of(|o| o.total_s);
+    m.events_pct_of_bare = of(|o| o.events_pct_of_bare);
+    m.deliveries_pct_of_bare = of(|o| o.deliveries_pct_of_bare);
+    m.cpu_s_per_1000 = of(|o| o.cpu_s_per_1000);
+    m.peak_rss_mb = runs
+        .iter()
+        .filter_map(|o| o.peak_rss_mb)
+        .max_by(f64::total_cmp);
+
+    for key in runs.iter().flat_map(|o| o.extra.keys()) {
+        if m.extra.contains_key(key) {
+            continue;
+        }
+        let values: Vec<&serde_json::Value> =
+            runs.iter().filter_map(|o| o.extra.get(key)).collect();
+        let value = if values.iter().all(|v| v.is_number()) {
+            median(values.iter().filter_map(|v| v.as_f64())).map(serde_json::Value::from)
+        } else {
+            values.first().map(|&v| v.clone())
+        };
+        if let Some(value) = value {
+            m.extra.insert(key.clone(), value);
+        }
+    }
+    m.extra("rounds", runs.len());
+    let spread = |m: &mut Outcome, name: &str, get: fn(&Outcome) -> Option<f64>| {
+        let values: Vec<f64> = runs.iter().filter_map(|o| get(o)).collect();
+        if let (Some(lo), Some(hi)) = (
+            values.iter().copied().min_by(f64::total_cmp),
+            values.iter().copied().max_by(f64::total_cmp),
+        ) {
+            m.extra(&format!("{name}_min"), lo);
+            m.extra(&format!("{name}_max"), hi);
+        }
+    };
+    spread(&mut m, "deliveries_per_s", |o| o.deliveries_per_s);
+    spread(&mut m, "pct_of_bare", |o| o.deliveries_pct_of_bare);
+    for remark in runs.iter().flat_map(|o| &o.remarks) {
+        if !m.remarks.contains(remark) {
+            m.remarks.push(remark.clone());
+        }
+    }
+    m
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+pub fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut values: Vec<f64> = values.filter(|v| v.is_finite()).collect();
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
 }
 
 fn num(value: Option<f64>, decimals: usize) -> String {
@@ -167,4 +367,61 @@ pub fn table(outcomes: &[Outcome]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(scenario: &str, deliveries: f64, pct: Option<f64>, rss: f64) -> Outcome {
+        let mut o = Outcome::new(scenario, "postgres");
+        o.deliveries_per_s = Some(deliveries);
+        o.deliveries_pct_of_bare = pct;
+        o.peak_rss_mb = Some(rss);
+        o.extra("late_endpoint_requests", deliveries / 1000.0);
+        o.extra("label", scenario);
+        o.remark("same remark");
+        o
+    }
+
+    #[test]
+    fn median_takes_the_middle_or_the_mean_of_the_two_middle_values() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), Some(2.0));
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), Some(2.5));
+        assert_eq!(median([f64::NAN, 5.0].into_iter()), Some(5.0));
+        assert_eq!(median(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn a_summary_holds_medians_the_worst_case_and_the_spread() {
+        let mut failed = outcome("throughput-1", 9_000.0, Some(50.0), 40.0);
+        failed.status = Status::TimedOut;
+        let rounds = vec![
+            vec![outcome("throughput-1", 12_000.0, Some(60.0), 45.0)],
+            vec![failed],
+            vec![outcome("throughput-1", 13_000.0, Some(70.0), 41.0)],
+        ];
+        let summary = summarize(&rounds);
+        assert_eq!(summary.len(), 1);
+        let s = &summary[0];
+        assert_eq!(s.deliveries_per_s, Some(12_000.0));
+        assert_eq!(s.deliveries_pct_of_bare, Some(60.0));
+        assert_eq!(s.peak_rss_mb, Some(45.0));
+        assert_eq!(s.status, Status::TimedOut);
+        assert_eq!(s.figure("late_endpoint_requests"), Some(12.0));
+        assert_eq!(s.extra["label"], "throughput-1");
+        assert_eq!(s.figure("deliveries_per_s_min"), Some(9_000.0));
+        assert_eq!(s.figure("pct_of_bare_max"), Some(70.0));
+        assert_eq!(s.remarks, vec!["same remark".to_owned()]);
+
+        let mut summary = summary;
+        finish(&mut summary);
+        assert_eq!(
+            summary[0].notes,
+            vec![
+                "median of 3 rounds: deliv/s 9000-13000, %bare 50-70".to_owned(),
+                "same remark".to_owned()
+            ]
+        );
+    }
 }

@@ -187,6 +187,10 @@ struct Shape {
     layout: Layout,
     events: u64,
     rate: Option<f64>,
+    /// Publish every event before any worker starts, then time how fast
+    /// the workers drain that backlog: what they can do with the whole
+    /// machine, none of it taken by the producer.
+    backlog: bool,
 }
 
 pub async fn throughput_1(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
@@ -201,26 +205,60 @@ pub async fn throughput_1(services: &Services, sizes: &Sizes, db: Db) -> Outcome
             layout: Layout::OneWorkspace,
             events: sizes.events,
             rate: None,
+            backlog: false,
         },
     )
     .await
 }
 
+/// Two worker processes on the same broker and database, while the events
+/// are published (compared with throughput-1), and the capacity of one
+/// worker against two: each drains a backlog of the same size, published
+/// before it starts. On a small machine the producer competes with the
+/// workers for the cores, so the live figure tells little about what a
+/// second worker adds; the backlog figures do.
 pub async fn scale_out(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
-    run(
-        services,
-        sizes,
-        db,
-        Shape {
-            name: "scale-out",
-            workers: 2,
-            behaviors: vec![Behavior::Ok],
-            layout: Layout::OneWorkspace,
-            events: sizes.events,
-            rate: None,
-        },
-    )
-    .await
+    let shape = |workers, backlog| Shape {
+        name: "scale-out",
+        workers,
+        behaviors: vec![Behavior::Ok],
+        layout: Layout::OneWorkspace,
+        events: sizes.events,
+        rate: None,
+        backlog,
+    };
+    let mut live = run(services, sizes, db, shape(2, false)).await;
+    let one = run(services, sizes, db, shape(1, true)).await;
+    let two = run(services, sizes, db, shape(2, true)).await;
+    live.extra("backlog_events", sizes.events);
+    for (drain, key) in [(&one, "backlog_1_worker"), (&two, "backlog_2_workers")] {
+        if let Some(rate) = drain.deliveries_per_s {
+            live.extra(&format!("{key}_per_s"), rate);
+        }
+        if let Some(cpu) = drain.cpu_s_per_1000 {
+            live.extra(&format!("{key}_cpu_s_per_1000"), cpu);
+        }
+        if let Some(rss) = drain.peak_rss_mb {
+            live.peak_rss_mb = Some(live.peak_rss_mb.map_or(rss, |r| r.max(rss)));
+        }
+        if drain.status != Status::Ok && live.status == Status::Ok {
+            live.status = drain.status;
+        }
+        if let Some(error) = &drain.error {
+            live.error.get_or_insert_with(|| {
+                format!(
+                    "draining a backlog with {} worker(s): {error}",
+                    drain.workers
+                )
+            });
+        }
+    }
+    if let (Some(one), Some(two)) = (one.deliveries_per_s, two.deliveries_per_s)
+        && one > 0.0
+    {
+        live.extra("backlog_pct_of_one_worker", two / one * 100.0);
+    }
+    live
 }
 
 pub async fn fanout_10(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
@@ -235,6 +273,7 @@ pub async fn fanout_10(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
             layout: Layout::OneWorkspace,
             events: sizes.fanout_events,
             rate: None,
+            backlog: false,
         },
     )
     .await
@@ -255,6 +294,7 @@ pub async fn bad_neighbour(services: &Services, sizes: &Sizes, db: Db) -> Outcom
             layout: Layout::OneWorkspace,
             events: sizes.fanout_events,
             rate: None,
+            backlog: false,
         },
     )
     .await
@@ -272,6 +312,7 @@ pub async fn latency(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
             layout: Layout::OneWorkspace,
             events: (sizes.rate * sizes.duration.as_secs_f64()).round() as u64,
             rate: Some(sizes.rate),
+            backlog: false,
         },
     )
     .await
@@ -293,6 +334,7 @@ pub async fn many_subscriptions(services: &Services, sizes: &Sizes, db: Db) -> O
             },
             events: sizes.events,
             rate: None,
+            backlog: false,
         },
     )
     .await
@@ -301,7 +343,14 @@ pub async fn many_subscriptions(services: &Services, sizes: &Sizes, db: Db) -> O
 async fn run(services: &Services, sizes: &Sizes, db: Db, shape: Shape) -> Outcome {
     let mut outcome = Outcome::new(shape.name, db.name());
     outcome.workers = shape.workers as u32;
-    eprintln!("-- {} on {}", shape.name, db.name());
+    let backlog = if shape.backlog { ", backlog" } else { "" };
+    eprintln!(
+        "-- {} on {} ({} worker{}{backlog})",
+        shape.name,
+        db.name(),
+        shape.workers,
+        if shape.workers == 1 { "" } else { "s" },
+    );
     let mut env = match BenchEnv::create(db, services).await {
         Ok(env) => env,
         Err(error) => return finish(outcome.failed(&error)),
@@ -341,33 +390,52 @@ async fn measure(
     env.settle_database().await?;
     outcome.extra("setup_s", setup.elapsed().as_secs_f64());
 
-    let mut processes = Vec::with_capacity(shape.workers);
-    for n in 0..shape.workers {
-        processes.push(env.spawn_courier(n).await?);
-    }
-    let ready = env.wait_ready(&mut processes, sizes.ready_timeout).await?;
-    outcome.extra("courier_ready_s", ready.as_secs_f64());
-
     let expected = shape.events * healthy;
     outcome.deliveries_expected = expected;
     let pad = padding(sizes.payload_bytes)?;
-    let before = sample_all(&processes)?;
-    let (publisher, connection) = env.publisher().await?;
     let publish_deadline = match shape.rate {
         Some(_) => sizes.duration + sizes.drain_timeout,
         None => sizes.drain_timeout,
     };
-    let published = publish(
-        &publisher,
-        &recorder,
-        &route,
-        shape.events,
-        shape.rate,
-        &pad,
-        publish_deadline,
-    )
-    .await;
-    connection.close(200, "".into()).await.ok();
+    let publish_all = || async {
+        let (publisher, connection) = env.publisher().await?;
+        let published = publish(
+            &publisher,
+            &recorder,
+            &route,
+            shape.events,
+            shape.rate,
+            &pad,
+            publish_deadline,
+        )
+        .await;
+        connection.close(200, "".into()).await.ok();
+        anyhow::Ok(published)
+    };
+
+    let mut backlog = None;
+    if shape.backlog {
+        env.declare_topology().await?;
+        backlog = Some(publish_all().await?);
+    }
+    let spawned_us = recorder.now_us();
+    let mut processes = Vec::with_capacity(shape.workers);
+    for n in 0..shape.workers {
+        processes.push(env.spawn_courier(n).await?);
+    }
+    let before = sample_all(&processes)?;
+    let ready = env.wait_ready(&mut processes, sizes.ready_timeout).await?;
+    outcome.extra("courier_ready_s", ready.as_secs_f64());
+    let (published, before) = match backlog {
+        // Workers consume from the moment they attach: their CPU counts
+        // from their start (loading a few subscriptions costs next to
+        // nothing).
+        Some(published) => (published, before),
+        None => {
+            let before = sample_all(&processes)?;
+            (publish_all().await?, before)
+        }
+    };
     let drained = wait_drained(&recorder, expected, sizes.drain_timeout).await;
     let after = sample_all(&processes)?;
     for process in processes {
@@ -377,6 +445,10 @@ async fn measure(
     let arrivals = recorder.arrivals();
     let window = Window::of(&arrivals);
     fill(outcome, &published, &window, drained);
+    if shape.backlog && window.count > 0 {
+        // From the workers' start, not from the last publish.
+        outcome.drain_s = Some(window.last_us.saturating_sub(spawned_us) as f64 / 1e6);
+    }
     outcome.peak_rss_mb = Some(after.1 as f64 / 1024.0);
     let cpu = after.0 - before.0;
     outcome.extra("courier_cpu_s", cpu);
@@ -384,7 +456,7 @@ async fn measure(
         outcome.cpu_s_per_1000 = Some(cpu / window.count as f64 * 1000.0);
     }
     if recorder.unreadable() > 0 {
-        outcome.note(format!(
+        outcome.remark(format!(
             "{} request bodies were not courier's shape",
             recorder.unreadable()
         ));
@@ -393,23 +465,14 @@ async fn measure(
     outcome.extra("duplicates", duplicates as u64);
 
     match shape.name {
-        "latency" => latency_figures(outcome, &arrivals, shape, &published),
+        "latency" => latency_figures(outcome, &arrivals, shape),
         "bad-neighbour" => {
             let late = arrivals.iter().filter(|a| a.receiver == 0).count();
             let broken = arrivals.iter().filter(|a| a.receiver == 1).count();
             outcome.extra("late_endpoint_requests", late as u64);
             outcome.extra("failing_endpoint_requests", broken as u64);
-            outcome.note(format!(
-                "5s endpoint got {late}, 500 endpoint {broken} requests"
-            ));
         }
         "many-subscriptions" => {
-            outcome.note(format!(
-                "{} subs inserted in {:.1}s, courier ready in {:.1}s",
-                subscription_count(&shape.layout),
-                outcome.extra["setup_s"].as_f64().unwrap_or_default(),
-                ready.as_secs_f64()
-            ));
             outcome.extra("subscriptions", subscription_count(&shape.layout));
         }
         _ => {}
@@ -429,12 +492,7 @@ fn subscription_count(layout: &Layout) -> u64 {
 }
 
 /// Publish-to-receipt percentiles over the first arrival of each event.
-fn latency_figures(
-    outcome: &mut Outcome,
-    arrivals: &[crate::receiver::Arrival],
-    shape: &Shape,
-    published: &Published,
-) {
+fn latency_figures(outcome: &mut Outcome, arrivals: &[crate::receiver::Arrival], shape: &Shape) {
     let mut latencies: Vec<u64> = arrivals
         .iter()
         .filter(|a| a.first && a.healthy)
@@ -446,8 +504,6 @@ fn latency_figures(
         let i = ((p / 100.0) * last as f64).round() as usize;
         Some(latencies[i.min(last)] as f64 / 1000.0)
     };
-    let publish_s = published.end_us.saturating_sub(published.start_us) as f64 / 1e6;
-    let achieved = (publish_s > 0.0).then(|| published.accepted as f64 / publish_s);
     for (key, p) in [
         ("latency_p50_ms", 50.0),
         ("latency_p95_ms", 95.0),
@@ -461,15 +517,6 @@ fn latency_figures(
     if let Some(rate) = shape.rate {
         outcome.extra("target_rate", rate);
     }
-    let show = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or("-".into());
-    outcome.note(format!(
-        "ms p50 {} p95 {} p99 {} max {} at {}/s",
-        show(pct(50.0)),
-        show(pct(95.0)),
-        show(pct(99.0)),
-        show(pct(100.0)),
-        show(achieved).trim_end_matches(".0"),
-    ));
 }
 
 /// (courier CPU seconds summed, largest peak RSS in KiB) over processes.
