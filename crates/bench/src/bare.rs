@@ -21,7 +21,7 @@ use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::env::{Services, token};
+use crate::env::{PartsCpu, Services, token};
 use crate::receiver::{Behavior, Receivers, Recorder, Window};
 use crate::report::Outcome;
 use crate::scenarios::{PUBLISH_WINDOW, Published, Sizes, fill, padding, wait_drained};
@@ -105,6 +105,7 @@ async fn measure(
     outcome.deliveries_expected = events;
     let pad = padding(sizes.payload_bytes)?;
     let workspace = WorkspaceId::parse("bench-w00000")?;
+    let parts_before = PartsCpu::now();
     let mut published = Published {
         start_us: recorder.now_us(),
         ..Published::default()
@@ -167,6 +168,7 @@ async fn measure(
     published.end_us = recorder.now_us();
 
     let drained = wait_drained(&recorder, events, sizes.drain_timeout).await;
+    let parts = PartsCpu::now().since(parts_before);
     stop.cancel();
     let consumed = consumer.await.context("bare consumer panicked")?;
     publishing.close(200, "".into()).await.ok();
@@ -175,7 +177,8 @@ async fn measure(
 
     let window = Window::of(&recorder.arrivals());
     fill(outcome, &published, &window, drained);
-    outcome.remark("runs inside the bench process: no RSS/CPU of its own");
+    parts.report(outcome, window.count, false);
+    outcome.remark("runs inside the bench process: its consumer's CPU is in the bench column");
     Ok(())
 }
 

@@ -487,23 +487,97 @@ pub fn proc_sample(pid: u32) -> anyhow::Result<ProcSample> {
         .context("no VmHWM in /proc/<pid>/status")?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("could not read /proc/{pid}/stat"))?;
-    // The command name may hold spaces: fields are counted after its ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // After ')' come state (field 3), ..., utime (14), stime (15).
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        Ok(fields
-            .get(i)
-            .context("short /proc/<pid>/stat")?
-            .parse::<f64>()?)
-    };
-    let cpu_s = (ticks(11)? + ticks(12)?) / clock_ticks_per_second();
+    let (_, [user, system, ..]) = stat_times(&stat).context("unreadable /proc/<pid>/stat")?;
+    let cpu_s = (user + system) / clock_ticks_per_second();
     Ok(ProcSample {
         peak_rss_kib,
         cpu_s,
     })
+}
+
+/// CPU seconds spent so far by the parts a scenario runs on besides
+/// courier: the broker (every `beam.smp`), the database server (every
+/// `postgres` process, with the children it has reaped, so that backends
+/// that exit are counted too), and this process (the producer, the
+/// receivers, and the bare bound's consumer). The machine is shared by all
+/// of them, so where its CPU goes is what bounds a scenario.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PartsCpu {
+    pub broker_s: f64,
+    pub database_s: f64,
+    pub bench_s: f64,
+}
+
+impl PartsCpu {
+    pub fn now() -> Self {
+        let mut parts = PartsCpu::default();
+        let me = std::process::id();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return parts;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some((command, times)) = stat_times(&stat) else {
+                continue;
+            };
+            let tick = clock_ticks_per_second();
+            let [user, system, reaped_user, reaped_system] = times;
+            if pid == me {
+                parts.bench_s += (user + system) / tick;
+            } else if command == "beam.smp" {
+                parts.broker_s += (user + system) / tick;
+            } else if command == "postgres" {
+                parts.database_s += (user + system + reaped_user + reaped_system) / tick;
+            }
+        }
+        parts
+    }
+
+    pub fn since(self, before: PartsCpu) -> PartsCpu {
+        PartsCpu {
+            broker_s: (self.broker_s - before.broker_s).max(0.0),
+            database_s: (self.database_s - before.database_s).max(0.0),
+            bench_s: (self.bench_s - before.bench_s).max(0.0),
+        }
+    }
+
+    /// Adds each part's CPU seconds per 1,000 deliveries to `outcome`.
+    pub fn report(self, outcome: &mut crate::report::Outcome, deliveries: u64, database: bool) {
+        if deliveries == 0 {
+            return;
+        }
+        let per_1000 = |s: f64| s / deliveries as f64 * 1000.0;
+        outcome.extra("broker_cpu_s_per_1000", per_1000(self.broker_s));
+        if database {
+            outcome.extra("database_cpu_s_per_1000", per_1000(self.database_s));
+        }
+        outcome.extra("bench_cpu_s_per_1000", per_1000(self.bench_s));
+    }
+}
+
+/// The command name and the utime, stime, cutime and cstime ticks of a
+/// `/proc/<pid>/stat` line.
+fn stat_times(stat: &str) -> Option<(&str, [f64; 4])> {
+    // The command name may hold spaces and parentheses: it runs from the
+    // first '(' to the last ')', and fields are counted after it.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let (_, command) = head.split_once('(')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')' come state (field 3), ..., utime (14) to cstime (17).
+    let mut times = [0.0; 4];
+    for (i, time) in times.iter_mut().enumerate() {
+        *time = fields.get(11 + i)?.parse().ok()?;
+    }
+    Some((command, times))
 }
 
 /// The 1-minute load average of the machine.
@@ -512,4 +586,31 @@ pub fn load_average() -> f64 {
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(f64::NAN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_are_read_after_the_command_name() {
+        let line = "4242 (tokio (rt) x) S 1 4242 4242 0 -1 4194560 2048 0 0 0 \
+                    150 30 7 3 20 0 4 0 12345 1000000 500";
+        assert_eq!(
+            stat_times(line),
+            Some(("tokio (rt) x", [150.0, 30.0, 7.0, 3.0]))
+        );
+        assert_eq!(stat_times("4242 (short) S 1 2"), None);
+    }
+
+    #[test]
+    fn this_process_counts_as_the_bench() {
+        // Burn a little CPU so the figure cannot be zero by accident.
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        assert_ne!(x, 1);
+        assert!(PartsCpu::now().bench_s > 0.0);
+    }
 }

@@ -320,7 +320,7 @@ fn num(value: Option<f64>, decimals: usize) -> String {
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "{:<18} {:<8} {:<9} {:>8} {:>8} {:>6} {:>7} {:>6} {:>7} {:>9}  {}\n",
+        "{:<18} {:<8} {:<9} {:>8} {:>8} {:>6} {:>7} {:>6} {:>7} {:>6} {:>6} {:>6} {:>9}  {}\n",
         "scenario",
         "db",
         "status",
@@ -330,6 +330,9 @@ pub fn table(outcomes: &[Outcome]) -> String {
         "drain s",
         "RSS MB",
         "CPU/1k",
+        "MQ/1k",
+        "DB/1k",
+        "bench",
         "load",
         "notes"
     ));
@@ -349,7 +352,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
             .map(|e| format!("{e}; "))
             .unwrap_or_default();
         out.push_str(&format!(
-            "{:<18} {:<8} {:<9} {:>8} {:>8} {:>6} {:>7} {:>6} {:>7} {:>4.1}-{:<4.1}  {}{}{}\n",
+            "{:<18} {:<8} {:<9} {:>8} {:>8} {:>6} {:>7} {:>6} {:>7} {:>6} {:>6} {:>6} {:>4.1}-{:<4.1}  {}{}{}\n",
             o.scenario,
             o.db,
             o.status.label(),
@@ -359,6 +362,9 @@ pub fn table(outcomes: &[Outcome]) -> String {
             num(o.drain_s, 2),
             num(o.peak_rss_mb, 0),
             num(o.cpu_s_per_1000, 3),
+            num(o.figure("broker_cpu_s_per_1000"), 3),
+            num(o.figure("database_cpu_s_per_1000"), 3),
+            num(o.figure("bench_cpu_s_per_1000"), 3),
             o.load_start,
             o.load_end,
             error,

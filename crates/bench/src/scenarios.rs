@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 use serde_json::json;
 
-use crate::env::{BenchEnv, CourierProcess, Db, Services};
+use crate::env::{BenchEnv, CourierProcess, Db, PartsCpu, Services};
 use crate::receiver::{Behavior, Receivers, Recorder, Window};
 use crate::report::{Outcome, Status};
 
@@ -238,6 +238,11 @@ pub async fn scale_out(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
         if let Some(cpu) = drain.cpu_s_per_1000 {
             live.extra(&format!("{key}_cpu_s_per_1000"), cpu);
         }
+        for (part, value) in &drain.extra {
+            if part.ends_with("_cpu_s_per_1000") {
+                live.extra(&format!("{key}_{part}"), value.clone());
+            }
+        }
         if let Some(rss) = drain.peak_rss_mb {
             live.peak_rss_mb = Some(live.peak_rss_mb.map_or(rss, |r| r.max(rss)));
         }
@@ -423,21 +428,22 @@ async fn measure(
     for n in 0..shape.workers {
         processes.push(env.spawn_courier(n).await?);
     }
-    let before = sample_all(&processes)?;
+    let mut before = (sample_all(&processes)?, PartsCpu::now());
     let ready = env.wait_ready(&mut processes, sizes.ready_timeout).await?;
     outcome.extra("courier_ready_s", ready.as_secs_f64());
-    let (published, before) = match backlog {
+    let published = match backlog {
         // Workers consume from the moment they attach: their CPU counts
         // from their start (loading a few subscriptions costs next to
         // nothing).
-        Some(published) => (published, before),
+        Some(published) => published,
         None => {
-            let before = sample_all(&processes)?;
-            (publish_all().await?, before)
+            before = (sample_all(&processes)?, PartsCpu::now());
+            publish_all().await?
         }
     };
     let drained = wait_drained(&recorder, expected, sizes.drain_timeout).await;
-    let after = sample_all(&processes)?;
+    let (after, parts) = (sample_all(&processes)?, PartsCpu::now());
+    let (before, parts_before) = before;
     for process in processes {
         process.stop().await;
     }
@@ -455,6 +461,9 @@ async fn measure(
     if window.count > 0 {
         outcome.cpu_s_per_1000 = Some(cpu / window.count as f64 * 1000.0);
     }
+    parts
+        .since(parts_before)
+        .report(outcome, window.count, env.db == Db::Postgres);
     if recorder.unreadable() > 0 {
         outcome.remark(format!(
             "{} request bodies were not courier's shape",
