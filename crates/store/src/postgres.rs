@@ -344,12 +344,37 @@ impl PgStore {
 
     // --- hot path -----------------------------------------------------------
 
+    /// Applies a ledger batch in one transaction.
+    ///
+    /// Nearly every batch holds only rows the ledger does not have yet, and
+    /// a plain INSERT costs PostgreSQL much less than one with ON CONFLICT,
+    /// which inserts speculatively: 60,000 events with their deliveries and
+    /// first attempts took 1.8-1.9 s of its CPU plain against 2.2-2.6 s with
+    /// ON CONFLICT (pgbench, the ledger's own row shapes, 70 events per
+    /// transaction). So the batch is tried plain first; one that meets a
+    /// row already recorded (a redelivered event, a duplicate message) is
+    /// rolled back as a whole and applied again with every conflict
+    /// handled, which gives the same results as if it had gone that way at
+    /// once.
     pub async fn apply(&self, ops: &[WriteOp]) -> Result<Vec<WriteResult>> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
+        match self.apply_as(ops, Conflicts::Unexpected).await {
+            Err(StoreError::Database(error)) if is_unique_violation(&error) => {
+                tracing::debug!(
+                    ops = ops.len(),
+                    "ledger batch met rows already recorded; applying it again"
+                );
+                self.apply_as(ops, Conflicts::Expected).await
+            }
+            other => other,
+        }
+    }
+
+    async fn apply_as(&self, ops: &[WriteOp], conflicts: Conflicts) -> Result<Vec<WriteResult>> {
         let mut tx = self.pool.begin().await?;
-        match apply_in(&mut tx, ops).await {
+        match apply_in(&mut tx, ops, conflicts).await {
             Ok(results) => {
                 tx.commit().await?;
                 Ok(results)
@@ -519,7 +544,11 @@ impl PgStore {
 /// without changing what applying the ops one by one would do: fan-outs only
 /// ever insert-if-absent, so any number commute; attempts commute as long as
 /// no two touch the same delivery; cancels commute.
-async fn apply_in(conn: &mut PgConnection, ops: &[WriteOp]) -> Result<Vec<WriteResult>> {
+async fn apply_in(
+    conn: &mut PgConnection,
+    ops: &[WriteOp],
+    conflicts: Conflicts,
+) -> Result<Vec<WriteResult>> {
     let now = Utc::now();
     let order = kind_order(ops);
     let sorted: Vec<&WriteOp> = order.iter().map(|&i| &ops[i]).collect();
@@ -540,11 +569,10 @@ async fn apply_in(conn: &mut PgConnection, ops: &[WriteOp]) -> Result<Vec<WriteR
                     born_attempted: &mut born_attempted,
                     born_held: &mut born_held,
                 };
-                sorted_results.extend(fan_out_run(conn, run, now, births).await?);
+                sorted_results.extend(fan_out_run(conn, run, now, births, conflicts).await?);
             }
-            WriteOp::Attempt(_) => {
-                sorted_results.extend(attempt_run(conn, run, now, &mut born_attempted).await?)
-            }
+            WriteOp::Attempt(_) => sorted_results
+                .extend(attempt_run(conn, run, now, &mut born_attempted, conflicts).await?),
             WriteOp::Hold { .. } => {
                 sorted_results.extend(hold_run(conn, run, now, &mut born_held).await?)
             }
@@ -556,6 +584,26 @@ async fn apply_in(conn: &mut PgConnection, ops: &[WriteOp]) -> Result<Vec<WriteR
     }
 
     in_callers_order(&order, sorted_results)
+}
+
+/// Whether a batch's inserts may meet rows already in the ledger. With
+/// `Unexpected` they are plain INSERTs, and a row already there fails the
+/// batch with a unique violation (see [`PgStore::apply`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Conflicts {
+    Unexpected,
+    Expected,
+}
+
+/// An INSERT statement in both forms: `$conflict` is its ON CONFLICT
+/// clause, left out when no conflict is expected.
+macro_rules! insert {
+    ($conflicts:expr, $head:literal, $conflict:literal, $tail:literal) => {
+        match $conflicts {
+            Conflicts::Unexpected => concat!($head, " ", $tail),
+            Conflicts::Expected => concat!($head, " ", $conflict, " ", $tail),
+        }
+    };
 }
 
 /// The first attempts and holds of a batch, and the deliveries inserted in
@@ -574,6 +622,7 @@ async fn fan_out_run(
     run: &[&WriteOp],
     now: DateTime<Utc>,
     births: Births<'_, '_>,
+    conflicts: Conflicts,
 ) -> Result<Vec<WriteResult>> {
     let first_attempts = births.first_attempts;
     let fan_outs: Vec<(&Event, &[(DeliveryId, SubscriptionId)])> = run
@@ -601,13 +650,15 @@ async fn fan_out_run(
         occurred.push(event.occurred_at);
         data.push(event.data.as_str());
     }
-    let new_events: HashSet<String> = sqlx::query_scalar(
+    let new_events: HashSet<String> = sqlx::query_scalar(insert!(
+        conflicts,
         "INSERT INTO events (id, workspace_id, type, channel, occurred_at, data, received_at) \
          SELECT u.id, u.workspace_id, u.type, u.channel, u.occurred_at, u.data::jsonb, $7 \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], \
-         $6::text[]) AS u(id, workspace_id, type, channel, occurred_at, data) \
-         ON CONFLICT (id) DO NOTHING RETURNING id",
-    )
+         $6::text[]) AS u(id, workspace_id, type, channel, occurred_at, data)",
+        "ON CONFLICT (id) DO NOTHING",
+        "RETURNING id"
+    ))
     .bind(&ids)
     .bind(&workspaces)
     .bind(&types)
@@ -646,7 +697,8 @@ async fn fan_out_run(
         }
     }
     if !d_ids.is_empty() {
-        let inserted: Vec<Uuid> = sqlx::query_scalar(
+        let inserted: Vec<Uuid> = sqlx::query_scalar(insert!(
+            conflicts,
             "INSERT INTO deliveries (id, event_id, subscription_id, workspace_id, event_type, \
              status, attempts, last_response_status, last_attempt_at, next_attempt_at, \
              held_until, created_at, updated_at) \
@@ -657,9 +709,10 @@ async fn fan_out_run(
              $6::text[], $7::int[], $8::int[], $9::timestamptz[], $10::timestamptz[], \
              $12::timestamptz[]) \
              AS u(id, event_id, subscription_id, workspace_id, event_type, status, attempts, \
-             last_response_status, last_attempt_at, next_attempt_at, held_until) \
-             ON CONFLICT (event_id, subscription_id) DO NOTHING RETURNING id",
-        )
+             last_response_status, last_attempt_at, next_attempt_at, held_until)",
+            "ON CONFLICT (event_id, subscription_id) DO NOTHING",
+            "RETURNING id"
+        ))
         .bind(&d_ids)
         .bind(&d_events)
         .bind(&d_subs)
@@ -728,6 +781,7 @@ async fn attempt_run(
     run: &[&WriteOp],
     now: DateTime<Utc>,
     born_attempted: &mut HashSet<Uuid>,
+    conflicts: Conflicts,
 ) -> Result<Vec<WriteResult>> {
     let attempts: Vec<&AttemptWrite> = run
         .iter()
@@ -743,7 +797,8 @@ async fn attempt_run(
     // No foreign key stands behind attempts (see migration 0002): an
     // attempt whose delivery is not in the ledger shows as a new attempt
     // that updated no delivery, and fails the batch as the key would have.
-    let inserted: Vec<(Uuid, bool)> = sqlx::query_as(
+    let inserted: Vec<(Uuid, bool)> = sqlx::query_as(insert!(
+        conflicts,
         "WITH u AS ( \
              SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], \
                  $5::int[], $6::int[], $7::text[], $8::text[], $9::text[], $10::text[], \
@@ -754,9 +809,9 @@ async fn attempt_run(
              INSERT INTO attempts (delivery_id, attempt, url, started_at, duration_ms, \
                  response_status, error_kind, error, response_excerpt) \
              SELECT delivery_id, attempt, url, started_at, duration_ms, response_status, \
-                 error_kind, error, response_excerpt FROM u \
-             ON CONFLICT (delivery_id, attempt) DO NOTHING \
-             RETURNING delivery_id, attempt \
+                 error_kind, error, response_excerpt FROM u",
+        "ON CONFLICT (delivery_id, attempt) DO NOTHING",
+        "RETURNING delivery_id, attempt \
          ), upd AS ( \
              UPDATE deliveries d SET status = u.new_status, \
                  attempts = GREATEST(d.attempts, u.attempt), \
@@ -768,8 +823,8 @@ async fn attempt_run(
          ) \
          SELECT ins.delivery_id, u.born OR upd.id IS NOT NULL \
          FROM ins JOIN u ON u.delivery_id = ins.delivery_id AND u.attempt = ins.attempt \
-         LEFT JOIN upd ON upd.id = ins.delivery_id",
-    )
+         LEFT JOIN upd ON upd.id = ins.delivery_id"
+    ))
     .bind(attempts.iter().map(|a| a.delivery_id.0).collect::<Vec<_>>())
     .bind(
         attempts

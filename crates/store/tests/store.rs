@@ -649,6 +649,23 @@ async fn fan_out_is_idempotent(db: TestDb) {
     };
     assert_eq!(results, vec![expected.clone(), expected]);
 
+    // A batch that holds an event the ledger has and a new one: the first
+    // gets what is still pending, the second everything, recorded once.
+    let fresh = self::event(&ws);
+    let (known_op, known) = fan_out(&other, &subs);
+    let (fresh_op, fresh_deliveries) = fan_out(&fresh, &subs);
+    let results = store.apply(&[known_op, fresh_op]).await.unwrap();
+    assert_eq!(
+        results,
+        vec![
+            WriteResult::FanOut { to_publish: known },
+            WriteResult::FanOut {
+                to_publish: fresh_deliveries
+            }
+        ]
+    );
+    assert_eq!(store.deliveries_of_event(&fresh.id).await.unwrap().len(), 3);
+
     // An event no subscription matches is still recorded, with nothing to publish.
     let lonely = self::event(&ws);
     let (op, _) = fan_out(&lonely, &[]);
@@ -658,7 +675,7 @@ async fn fan_out_is_idempotent(db: TestDb) {
     );
     assert_eq!(
         counts(store.delivery_counts().await.unwrap()),
-        HashMap::from([(DeliveryStatus::Pending, 6), (DeliveryStatus::Retrying, 1)])
+        HashMap::from([(DeliveryStatus::Pending, 9), (DeliveryStatus::Retrying, 1)])
     );
 }
 
@@ -715,6 +732,29 @@ async fn attempts_are_recorded_once(db: TestDb) {
         ]
     );
     assert_eq!(status_of(store, id).await, DeliveryStatus::Retrying);
+    assert_eq!(store.list_attempts(id).await.unwrap().len(), 2);
+
+    // A duplicate beside a new attempt of another delivery in one batch:
+    // the new one is recorded and updates its delivery all the same.
+    let (op, others) = fan_out(&event, &[SubscriptionId::generate()]);
+    apply_one(store, op).await;
+    let other = others[0].0;
+    let results = store
+        .apply(&[
+            WriteOp::Attempt(succeeded_attempt(id, 1)),
+            WriteOp::Attempt(succeeded_attempt(other, 1)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        vec![
+            WriteResult::Attempt { recorded: false },
+            WriteResult::Attempt { recorded: true }
+        ]
+    );
+    assert_eq!(status_of(store, other).await, DeliveryStatus::Succeeded);
+    assert_eq!(store.list_attempts(other).await.unwrap().len(), 1);
     assert_eq!(store.list_attempts(id).await.unwrap().len(), 2);
 }
 
