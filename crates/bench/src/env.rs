@@ -107,7 +107,8 @@ impl BenchEnv {
             ("COURIER__DELIVERY__REQUIRE_HTTPS", "false"),
             ("COURIER__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true"),
             ("COURIER__HTTP__LISTEN", "127.0.0.1:0"),
-            ("COURIER__LOG__LEVEL", "warn"),
+            // courier's default level: what a deployment pays for logging.
+            ("COURIER__LOG__LEVEL", "info"),
             // Files, not a terminal: no colour codes.
             ("COURIER__LOG__FORMAT", "json"),
         ]

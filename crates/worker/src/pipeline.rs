@@ -674,13 +674,28 @@ impl Pipeline {
                 .inc(),
             Decision::Retry { .. } => {}
         }
-        tracing::info!(
-            status = attempted.write.new_status.as_str(),
-            response = attempted.class,
-            duration_ms = attempted.duration.as_millis() as u64,
-            error = attempted.write.error.as_deref().unwrap_or(""),
-            "attempt recorded",
-        );
+        // Every attempt is in the ledger and in the metrics. A log line per
+        // success would be most of the log at any real rate, and cost:
+        // courier-bench throughput-1 at info wrote 41 MB of it for 60,000
+        // deliveries and courier spent a quarter more CPU per delivery. So
+        // successes log at debug; failures, which operators read logs for,
+        // at info.
+        if matches!(attempted.decision, Decision::Succeeded) {
+            tracing::debug!(
+                status = attempted.write.new_status.as_str(),
+                response = attempted.class,
+                duration_ms = attempted.duration.as_millis() as u64,
+                "attempt recorded",
+            );
+        } else {
+            tracing::info!(
+                status = attempted.write.new_status.as_str(),
+                response = attempted.class,
+                duration_ms = attempted.duration.as_millis() as u64,
+                error = attempted.write.error.as_deref().unwrap_or(""),
+                "attempt recorded",
+            );
+        }
         match (attempted.decision, attempted.next_delay) {
             (Decision::Retry { .. }, Some(delay)) => self.schedule_retry(msg, delay).await,
             (Decision::Dead, _) => self.dead_letter(msg).await,
