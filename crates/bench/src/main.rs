@@ -261,12 +261,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         report::finish(&mut outcomes);
         rounds.push(outcomes);
     }
-    let mut outcomes = if rounds.len() == 1 {
+    let outcomes = if rounds.len() == 1 {
         rounds[0].clone()
     } else {
-        report::summarize(&rounds)
+        let mut summary = report::summarize(&rounds);
+        report::finish(&mut summary);
+        summary
     };
-    report::finish(&mut outcomes);
 
     let table = report::table(&outcomes);
     println!();
