@@ -15,15 +15,36 @@ use std::time::Duration;
 
 use lapin::Acker;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use prometheus::IntCounter;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::consumer::Handled;
+use crate::metrics::Metrics;
 
 /// How long a finished message may wait behind an unfinished one for a
 /// batch before it is acked alone.
 pub const HOLD: Duration = Duration::from_millis(10);
+
+/// The ack frames a stage sends and the messages they cover: how well
+/// acks batch (the broker's cost is per frame).
+#[derive(Clone)]
+pub struct AckCounts {
+    multiple: IntCounter,
+    single: IntCounter,
+    messages: IntCounter,
+}
+
+impl AckCounts {
+    pub fn new(metrics: &Metrics, stage: &str) -> Self {
+        Self {
+            multiple: metrics.acks_sent.with_label_values(&[stage, "multiple"]),
+            single: metrics.acks_sent.with_label_values(&[stage, "single"]),
+            messages: metrics.messages_acked.with_label_values(&[stage]),
+        }
+    }
+}
 
 enum Note {
     Received(u64, Acker),
@@ -55,11 +76,11 @@ impl Settle {
 }
 
 impl Settler {
-    pub fn start() -> Self {
+    pub fn start(counts: AckCounts) -> Self {
         let (notes, inbox) = mpsc::unbounded_channel();
         Self {
             notes,
-            task: tokio::spawn(settle(inbox)),
+            task: tokio::spawn(settle(inbox, counts)),
         }
     }
 
@@ -89,17 +110,21 @@ enum State {
     Finished(Acker),
 }
 
-#[derive(Default)]
 struct Window {
     /// Every message received and not yet settled, by delivery tag.
     open: BTreeMap<u64, State>,
     /// Finished messages in the order they finished, with when: the ones
     /// still open after [`HOLD`] are acked alone.
     finished: VecDeque<(Instant, u64)>,
+    counts: AckCounts,
 }
 
-async fn settle(mut inbox: mpsc::UnboundedReceiver<Note>) {
-    let mut window = Window::default();
+async fn settle(mut inbox: mpsc::UnboundedReceiver<Note>, counts: AckCounts) {
+    let mut window = Window {
+        open: BTreeMap::new(),
+        finished: VecDeque::new(),
+        counts,
+    };
     loop {
         let overdue = window.finished.front().map(|&(at, _)| at + HOLD);
         let note = tokio::select! {
@@ -164,14 +189,17 @@ impl Window {
     /// Acks the finished messages at the front of the window with one
     /// `multiple` ack of the last of them.
     async fn ack_front(&mut self) {
-        let mut last = None;
+        let (mut last, mut run) = (None, 0);
         while let Some(entry) = self.open.first_entry() {
             if !matches!(entry.get(), State::Finished(_)) {
                 break;
             }
             last = Some(entry.remove());
+            run += 1;
         }
         if let Some(State::Finished(acker)) = last {
+            self.counts.multiple.inc();
+            self.counts.messages.inc_by(run);
             report(
                 Handled::Ack,
                 acker.ack(BasicAckOptions { multiple: true }).await,
@@ -188,6 +216,8 @@ impl Window {
             }
             self.finished.pop_front();
             if let Some(State::Finished(acker)) = self.open.remove(&tag) {
+                self.counts.single.inc();
+                self.counts.messages.inc();
                 report(Handled::Ack, acker.ack(BasicAckOptions::default()).await);
             }
         }
@@ -304,7 +334,8 @@ mod tests {
             )
             .await
             .unwrap();
-        let settler = Settler::start();
+        let metrics = Metrics::new();
+        let settler = Settler::start(AckCounts::new(&metrics, "test"));
         let settle = settler.handle();
         let mut tags = Vec::new();
         take(&mut consumer, &settler, &["0", "1", "2"], &mut tags).await;
@@ -340,6 +371,12 @@ mod tests {
             left.push(String::from_utf8(message.delivery.data.clone()).unwrap());
         }
         assert_eq!(left, ["4"]);
+        // 1 and 2 alone, then 0 and 3 in runs (one, or two if the settler
+        // woke between their notes).
+        let acks = |mode: &str| metrics.acks_sent.with_label_values(&["test", mode]).get();
+        assert_eq!(acks("single"), 2);
+        assert!((1..=2).contains(&acks("multiple")), "{}", acks("multiple"));
+        assert_eq!(metrics.messages_acked.with_label_values(&["test"]).get(), 4);
         channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await

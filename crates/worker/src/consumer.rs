@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::WorkerError;
-use crate::acks::Settler;
+use crate::acks::{AckCounts, Settler};
 use crate::health::{HEARTBEAT, StageHealth};
 
 /// What to tell the broker about a message once its handler is done.
@@ -37,6 +37,7 @@ pub struct Stage<'a> {
     /// Bounds concurrently running handlers of this stage.
     pub slots: Arc<Semaphore>,
     pub grace: Duration,
+    pub acks: AckCounts,
 }
 
 pub async fn run<H, F>(
@@ -64,7 +65,7 @@ where
     stage.health.attached();
 
     let tasks = TaskTracker::new();
-    let settler = Settler::start();
+    let settler = Settler::start(stage.acks.clone());
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let result = loop {
         let next = tokio::select! {

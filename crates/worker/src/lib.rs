@@ -31,6 +31,8 @@ use lapin::Connection;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::acks::AckCounts;
+
 pub use consumer::Handled;
 pub use health::Health;
 pub use http::{HttpOptions, WebhookClient};
@@ -169,6 +171,7 @@ impl Worker {
                 prefetch: self.config.prefetch,
                 slots: Arc::new(Semaphore::new(self.config.prefetch.max(1) as usize)),
                 grace: self.config.shutdown_grace,
+                acks: AckCounts::new(&self.metrics, "fanout"),
             },
             stop.clone(),
             {
@@ -187,6 +190,7 @@ impl Worker {
                 prefetch: self.config.prefetch,
                 slots: Arc::clone(&self.pipeline.http_slots),
                 grace: self.config.shutdown_grace,
+                acks: AckCounts::new(&self.metrics, "delivery"),
             },
             stop.clone(),
             {

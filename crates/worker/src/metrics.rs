@@ -57,6 +57,12 @@ pub struct Metrics {
     pub ledger_batch_size: Histogram,
     /// Broker confirms of courier's own publishes, by outcome.
     pub publish_confirms: IntCounterVec,
+    /// `basic.ack` frames sent, by stage and mode (`multiple`: one frame
+    /// for a run of messages; `single`: one finished message stuck behind
+    /// an unfinished one).
+    pub acks_sent: IntCounterVec,
+    /// Messages those frames acked, by stage.
+    pub messages_acked: IntCounterVec,
     /// Publish to confirm.
     pub publish_confirm_seconds: Histogram,
     /// Enabled subscriptions in this process's matching index.
@@ -104,6 +110,16 @@ impl Metrics {
             "courier_publish_confirms_total",
             "Broker confirms of messages courier published, by outcome.",
             &["outcome"],
+        );
+        let acks_sent = counter(
+            "courier_acks_sent_total",
+            "basic.ack frames sent to the broker, by stage and mode (multiple: a run of messages; single: one message).",
+            &["stage", "mode"],
+        );
+        let messages_acked = counter(
+            "courier_messages_acked_total",
+            "Messages acked to the broker, by stage.",
+            &["stage"],
         );
 
         let plain_counter = |name: &str, help: &str| {
@@ -230,6 +246,8 @@ impl Metrics {
             queue_consumers,
             ledger_batch_size,
             publish_confirms,
+            acks_sent,
+            messages_acked,
             publish_confirm_seconds,
             subscriptions_cached,
             subscription_reloads,
