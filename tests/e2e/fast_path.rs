@@ -9,12 +9,13 @@ use courier_model::{DeliveryId, DeliveryStatus, ErrorKind, Event, EventType};
 use courier_store::{AttemptWrite, WriteOp};
 use courier_tests::{Behavior, Db, Receiver, TestEnv, metric_value, wait_for};
 
-use crate::{held, publish_orders, subscribe_to_orders};
+use crate::{held, publish_orders, subscribe_to_orders, wait_for_ledger};
 use lapin::options::BasicGetOptions;
 use serde_json::json;
 
 crate::on_both_databases!(
     a_slow_endpoint_does_not_hold_up_the_others,
+    a_first_attempt_that_outlived_its_ack_is_made_again_after_its_worker_dies,
     a_redelivered_event_gets_what_its_dead_worker_owed
 );
 
@@ -75,7 +76,89 @@ async fn a_slow_endpoint_does_not_hold_up_the_others(db: Db) {
     )
     .await;
     assert!(stuck.count() <= 1, "{} requests at once", stuck.count());
+    // The event whose attempt is still hanging was acked all the same: its
+    // delivery is claimed in the ledger, so it holds up no ack behind it.
+    let metrics = worker.get("/metrics").await.1;
+    assert_eq!(
+        metric_value(&metrics, r#"courier_messages_acked_total{stage="fanout"}"#),
+        EVENTS as f64
+    );
     worker.stop().await.unwrap();
+}
+
+/// A worker's first attempt to an endpoint that stalls outlives QUICK: the
+/// event is acked with the delivery claimed in the ledger. The worker dies
+/// before the attempt ends; once the claim runs out, another worker makes
+/// it. Nothing is redelivered by the broker, nothing is lost.
+async fn a_first_attempt_that_outlived_its_ack_is_made_again_after_its_worker_dies(db: Db) {
+    const EVENTS: usize = 10;
+    let env = TestEnv::with(
+        db,
+        &[
+            ("COURIER__DELIVERY__PER_ENDPOINT_IN_FLIGHT", "2"),
+            // Long enough that every event is acked well before the stalled
+            // request could time out; the claim lasts the timeout and 10 s.
+            ("COURIER__DELIVERY__TIMEOUT_MS", "5000"),
+        ],
+    )
+    .await;
+    let ws = env.workspace("acme").await;
+    let stalled = Receiver::start(Behavior::Stall).await;
+    let healthy = Receiver::start(Behavior::Ok).await;
+    subscribe_to_orders(&env, &ws, &[&stalled, &healthy]).await;
+
+    let mut worker = env.spawn_worker_process();
+    publish_orders(&env, &ws, EVENTS).await;
+    // Every event acked while the stalled endpoint's first request (the
+    // only one its slots allow) still hangs: had its event waited for the
+    // attempt, the attempt would have timed out and been recorded first.
+    wait_for(
+        "every event acked, each one's healthy delivery made",
+        Duration::from_secs(30),
+        || async {
+            let acked = worker.metrics().await.map_or(0.0, |m| {
+                metric_value(&m, r#"courier_messages_acked_total{stage="fanout"}"#)
+            });
+            acked == EVENTS as f64 && healthy.count() == EVENTS
+        },
+    )
+    .await;
+    assert_eq!(
+        env.store.delivery_counts().await.unwrap(),
+        [
+            (DeliveryStatus::Pending, EVENTS as u64),
+            (DeliveryStatus::Succeeded, EVENTS as u64),
+        ]
+    );
+    assert_eq!(stalled.count(), 1, "one request, still hanging");
+    worker.kill();
+    let attempted_before = stalled.count();
+
+    stalled.recover();
+    let replacement = env.start_worker().await;
+    wait_for_ledger(
+        &env,
+        "every delivery to succeed",
+        Duration::from_secs(60),
+        &[(DeliveryStatus::Succeeded, 2 * EVENTS as u64)],
+    )
+    .await;
+    assert_eq!(stalled.distinct(), EVENTS);
+    assert_eq!(healthy.count(), EVENTS, "once each");
+    // The claimed delivery was attempted again: the request the dead worker
+    // left hanging, then the replacement's.
+    assert!(stalled.count() > attempted_before);
+    // Every event was acked before the worker died: none came back.
+    let metrics = replacement.get("/metrics").await.1;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"courier_events_consumed_total{event_type="order.created"}"#
+        ),
+        0.0
+    );
+    assert_eq!(held(&env).await, 0);
+    replacement.stop().await.unwrap();
 }
 
 /// A worker made the first attempt of one delivery (it failed), recorded it
@@ -118,6 +201,7 @@ async fn a_redelivered_event_gets_what_its_dead_worker_owed(db: Db) {
                 response_excerpt: None,
                 new_status: DeliveryStatus::Retrying,
                 next_attempt_at: Some(started_at + chrono::Duration::milliseconds(200)),
+                held_until: None,
             }),
         ])
         .await

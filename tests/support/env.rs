@@ -216,15 +216,20 @@ impl TestEnv {
     /// Runs `courier serve` as a child process (to be killed).
     pub fn spawn_worker_process(&self) -> WorkerProcess {
         let binary = courier_binary();
+        // A port of its own, so that its /metrics can be read.
+        let http_addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
         let child = Command::new(&binary)
             .arg("serve")
             .envs(self.vars.iter().cloned())
+            .env("COURIER__HTTP__LISTEN", http_addr.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
-        WorkerProcess { child }
+        WorkerProcess { child, http_addr }
     }
 
     /// Messages ready in `queue`.
@@ -350,9 +355,23 @@ impl InProcessWorker {
 
 pub struct WorkerProcess {
     child: Child,
+    http_addr: std::net::SocketAddr,
 }
 
 impl WorkerProcess {
+    /// Its /metrics, or None while it does not answer (starting up).
+    pub async fn metrics(&self) -> Option<String> {
+        let response = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("HTTP client")
+            .get(format!("http://{}/metrics", self.http_addr))
+            .send()
+            .await
+            .ok()?;
+        response.text().await.ok()
+    }
+
     /// SIGKILL: no chance to finish anything.
     pub fn kill(&mut self) {
         self.child.kill().ok();

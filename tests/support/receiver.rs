@@ -29,6 +29,9 @@ pub enum Behavior {
     Slow(Duration),
     /// An outage: `status` to everything until [`Receiver::recover`], then 200.
     Down { status: u16 },
+    /// Hangs every request until [`Receiver::recover`] (a minute at most),
+    /// then answers 200.
+    Stall,
 }
 
 #[derive(Clone, Debug)]
@@ -102,7 +105,8 @@ impl Receiver {
         self.shared.log.lock().unwrap().requests.len()
     }
 
-    /// Ends a [`Behavior::Down`] outage: from now on every request gets 200.
+    /// Ends a [`Behavior::Down`] outage or a [`Behavior::Stall`]: from now
+    /// on every request gets 200.
     pub fn recover(&self) {
         self.shared
             .recovered
@@ -161,6 +165,15 @@ async fn handle(
             } else {
                 (StatusCode::from_u16(status).unwrap(), "down")
             }
+        }
+        Behavior::Stall => {
+            for _ in 0..1200 {
+                if shared.recovered.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (StatusCode::OK, "ok")
         }
         Behavior::Hang(delay) | Behavior::Slow(delay) => {
             tokio::time::sleep(delay).await;

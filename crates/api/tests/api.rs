@@ -390,6 +390,7 @@ async fn attempt(store: &Store, id: DeliveryId, attempt: u32, status: u16, new: 
             response_excerpt: Some("upstream said no".into()),
             new_status: new,
             next_attempt_at: None,
+            held_until: None,
         })])
         .await
         .unwrap();

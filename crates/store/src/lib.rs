@@ -242,6 +242,12 @@ pub struct AttemptWrite {
     pub response_excerpt: Option<String>,
     pub new_status: DeliveryStatus,
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Keeps the delivery held until then (see [`WriteOp::Hold`]): for an
+    /// attempt that no message carries (a held delivery released, a first
+    /// attempt that outlived its event's ack), the ledger itself owes the
+    /// next attempt, so nothing has to be published after the commit.
+    /// `None` ends any hold.
+    pub held_until: Option<DateTime<Utc>>,
 }
 
 /// A delivery as stored.

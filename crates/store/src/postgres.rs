@@ -692,7 +692,7 @@ async fn fan_out_run(
                 d_last.push(first.map(|a| a.started_at));
                 let held = births.first_holds.get(&delivery.0).copied();
                 d_next.push(first.and_then(|a| a.next_attempt_at).or(held));
-                d_held.push(held);
+                d_held.push(first.map_or(held, |a| a.held_until));
             }
         }
     }
@@ -802,9 +802,10 @@ async fn attempt_run(
         "WITH u AS ( \
              SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], \
                  $5::int[], $6::int[], $7::text[], $8::text[], $9::text[], $10::text[], \
-                 $11::timestamptz[], $13::bool[]) \
+                 $11::timestamptz[], $13::bool[], $14::timestamptz[]) \
              AS u(delivery_id, attempt, url, started_at, duration_ms, response_status, \
-                 error_kind, error, response_excerpt, new_status, next_attempt_at, born) \
+                 error_kind, error, response_excerpt, new_status, next_attempt_at, born, \
+                 held_until) \
          ), ins AS ( \
              INSERT INTO attempts (delivery_id, attempt, url, started_at, duration_ms, \
                  response_status, error_kind, error, response_excerpt) \
@@ -816,7 +817,7 @@ async fn attempt_run(
              UPDATE deliveries d SET status = u.new_status, \
                  attempts = GREATEST(d.attempts, u.attempt), \
                  last_response_status = u.response_status, last_attempt_at = u.started_at, \
-                 next_attempt_at = u.next_attempt_at, held_until = NULL, updated_at = $12 \
+                 next_attempt_at = u.next_attempt_at, held_until = u.held_until, updated_at = $12 \
              FROM ins JOIN u ON u.delivery_id = ins.delivery_id AND u.attempt = ins.attempt \
              WHERE d.id = ins.delivery_id AND NOT u.born \
              RETURNING d.id \
@@ -878,6 +879,7 @@ async fn attempt_run(
     )
     .bind(now)
     .bind(&born)
+    .bind(attempts.iter().map(|a| a.held_until).collect::<Vec<_>>())
     .fetch_all(&mut *conn)
     .await?;
     if let Some(&(missing, _)) = inserted.iter().find(|(_, known)| !known) {

@@ -784,6 +784,7 @@ async fn fan_out_run(
                     a.response_status,
                     ts(&a.started_at),
                     a.next_attempt_at.as_ref().map(ts),
+                    a.held_until.as_ref().map(ts),
                 ]),
             });
         }
@@ -922,6 +923,7 @@ async fn attempt_run(
                 a.response_status,
                 ts(&a.started_at),
                 a.next_attempt_at.as_ref().map(ts),
+                a.held_until.as_ref().map(ts),
             ])
         })
         .collect();
@@ -932,7 +934,8 @@ async fn attempt_run(
              attempts = MAX(attempts, json_extract(u.value, '$[2]')), \
              last_response_status = json_extract(u.value, '$[3]'), \
              last_attempt_at = json_extract(u.value, '$[4]'), \
-             next_attempt_at = json_extract(u.value, '$[5]'), held_until = NULL, updated_at = ?2 \
+             next_attempt_at = json_extract(u.value, '$[5]'), \
+             held_until = json_extract(u.value, '$[6]'), updated_at = ?2 \
              FROM json_each(?1) AS u WHERE deliveries.id = json_extract(u.value, '$[0]')",
         )
         .bind(&updates)

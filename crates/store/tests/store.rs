@@ -300,6 +300,7 @@ fn failed_attempt(delivery: DeliveryId, attempt: u32) -> AttemptWrite {
         response_excerpt: Some("upstream unavailable".into()),
         new_status: DeliveryStatus::Retrying,
         next_attempt_at: Some(started_at + Duration::minutes(1)),
+        held_until: None,
     }
 }
 
@@ -1062,7 +1063,43 @@ async fn held_deliveries_are_claimed_then_released_by_their_attempt(db: TestDb) 
     );
     let claimed = store.claim_held(subs[0], 10, t, lease).await.unwrap();
     assert_eq!(claimed[0].attempts, 1);
-    apply_one(store, WriteOp::Attempt(succeeded_attempt(a, 2))).await;
+
+    // An attempt that no message carries leaves the ledger owing the next
+    // one: it stays held, due when the retry is.
+    let retry_at = t + Duration::minutes(5);
+    let rehold = |d, n| AttemptWrite {
+        next_attempt_at: Some(retry_at),
+        held_until: Some(retry_at),
+        ..failed_attempt(d, n)
+    };
+    apply_one(store, WriteOp::Attempt(rehold(a, 2))).await;
+    let record = store.get_delivery(a).await.unwrap().unwrap();
+    assert_eq!(
+        (record.status, record.attempts, record.held_until),
+        (DeliveryStatus::Retrying, 2, Some(retry_at))
+    );
+    assert!(due(store, lease).await.is_empty(), "not before its retry");
+    let claimed = store
+        .claim_held(subs[0], 10, retry_at, lease)
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].attempts, 2, "it owes attempt 3");
+    apply_one(store, WriteOp::Attempt(succeeded_attempt(a, 3))).await;
+    assert_eq!(held_until(store, a).await, None);
+
+    // The same for a first attempt committed with its delivery.
+    let other = Event {
+        id: EventId::generate(),
+        ..event.clone()
+    };
+    let (op, born) = fan_out(&other, &subs[..1]);
+    store
+        .apply(&[op, WriteOp::Attempt(rehold(born[0].0, 1))])
+        .await
+        .unwrap();
+    assert_eq!(held_until(store, born[0].0).await, Some(retry_at));
+    apply_one(store, WriteOp::Attempt(succeeded_attempt(born[0].0, 2))).await;
+    assert_eq!(held_until(store, born[0].0).await, None);
 
     // A cancel ends a hold too; nothing is due any more, ever.
     apply_one(store, WriteOp::Cancel { delivery_id: b }).await;

@@ -1,6 +1,9 @@
 //! One stage's consume loop: take messages within the prefetch window, run
 //! the stage's handler on each in its own task, and ack or requeue by what
-//! the handler decided, only after it finished (in batches: see `acks`).
+//! the handler decided through the message's [`Finish`] (in batches: see
+//! `acks`). A handler may settle its message before it ends: the fan-out
+//! acks an event once everything it caused is durable, while a slow first
+//! attempt, which the ledger then owes, finishes on the same task.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,12 +14,12 @@ use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::WorkerError;
-use crate::acks::{AckCounts, Settler};
+use crate::acks::{AckCounts, Settle, Settler};
 use crate::health::{HEARTBEAT, StageHealth};
 
 /// What to tell the broker about a message once its handler is done.
@@ -27,6 +30,29 @@ pub enum Handled {
     /// Something failed before the effects were durable: hand it back so
     /// this or another worker tries again.
     Requeue,
+}
+
+/// Settles one message: acks or requeues it and gives its place in the
+/// stage back. Dropped unused (the handler panicked), it requeues.
+pub struct Finish {
+    tag: u64,
+    settle: Settle,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Finish {
+    pub fn done(mut self, handled: Handled) {
+        self.settle.finished(self.tag, handled);
+        self.permit = None;
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        if self.permit.is_some() {
+            self.settle.finished(self.tag, Handled::Requeue);
+        }
+    }
 }
 
 pub struct Stage<'a> {
@@ -46,8 +72,8 @@ pub async fn run<H, F>(
     handler: H,
 ) -> Result<(), WorkerError>
 where
-    H: Fn(Delivery) -> F,
-    F: Future<Output = Handled> + Send + 'static,
+    H: Fn(Delivery, Finish) -> F,
+    F: Future<Output = ()> + Send + 'static,
 {
     let channel = stage.connection.create_channel().await?;
     channel
@@ -95,12 +121,12 @@ where
         };
         let tag = delivery.delivery_tag;
         settler.received(tag, delivery.acker.clone());
-        let settle = settler.handle();
-        let work = handler(delivery);
-        tasks.spawn(async move {
-            settle.finished(tag, work.await);
-            drop(permit);
-        });
+        let finish = Finish {
+            tag,
+            settle: settler.handle(),
+            permit: Some(permit),
+        };
+        tasks.spawn(handler(delivery, finish));
     };
 
     stage.health.detached();

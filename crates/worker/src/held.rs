@@ -228,7 +228,7 @@ impl Pipeline {
     /// enough for its attempt to time out and be recorded. Should a worker
     /// take longer still (its database is down), another may attempt the
     /// delivery too; the ledger records one attempt of each number.
-    fn claim_lease(&self) -> chrono::Duration {
+    pub(crate) fn claim_lease(&self) -> chrono::Duration {
         chrono::Duration::from_std(self.config.http.timeout + Duration::from_secs(10))
             .unwrap_or_default()
     }

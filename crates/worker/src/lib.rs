@@ -176,9 +176,9 @@ impl Worker {
             stop.clone(),
             {
                 let pipeline = Arc::clone(&self.pipeline);
-                move |delivery| {
+                move |delivery, finish| {
                     let pipeline = Arc::clone(&pipeline);
-                    async move { pipeline.fan_out(&delivery).await }
+                    async move { pipeline.fan_out(&delivery, finish).await }
                 }
             },
         );
@@ -195,9 +195,9 @@ impl Worker {
             stop.clone(),
             {
                 let pipeline = Arc::clone(&self.pipeline);
-                move |delivery| {
+                move |delivery, finish: consumer::Finish| {
                     let pipeline = Arc::clone(&pipeline);
-                    async move { pipeline.deliver(&delivery).await }
+                    async move { finish.done(pipeline.deliver(&delivery).await) }
                 }
             },
         );

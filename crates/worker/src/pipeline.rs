@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::consumer::Handled;
+use crate::consumer::{Finish, Handled};
 use crate::limits::{EndpointLimits, NoSlot, QUICK, Slot};
 use crate::metrics::Metrics;
 use crate::subscriptions::SubscriptionCache;
@@ -143,7 +143,18 @@ impl Pipeline {
 
     // --- stage 1: fan-out ----------------------------------------------------
 
-    pub async fn fan_out(&self, message: &Delivery) -> Handled {
+    /// Fans one event out and settles its message through `finish`, as
+    /// soon as everything the event caused is durable (see
+    /// [`Pipeline::try_fan_out`]).
+    pub async fn fan_out(&self, message: &Delivery, finish: Finish) {
+        let mut finish = Some(finish);
+        let handled = self.fan_out_settling(message, &mut finish).await;
+        if let Some(finish) = finish {
+            finish.done(handled);
+        }
+    }
+
+    async fn fan_out_settling(&self, message: &Delivery, finish: &mut Option<Finish>) -> Handled {
         let event = match Event::from_slice(&message.data) {
             Ok(event) => Arc::new(event),
             Err(error) => {
@@ -164,9 +175,17 @@ impl Pipeline {
         let span =
             tracing::info_span!("fan_out", event_id = %event.id, event_type = %event.event_type);
         async {
-            match self.try_fan_out(&event, message.redelivered).await {
+            match self.try_fan_out(&event, message.redelivered, finish).await {
                 Ok(deliveries) => {
                     tracing::debug!(deliveries, "event fanned out");
+                    Handled::Ack
+                }
+                Err(error) if finish.is_none() => {
+                    tracing::warn!(
+                        error = %error_chain(&error),
+                        "recording first attempts that outlived their event's ack failed; \
+                         their deliveries are attempted again when their claims run out"
+                    );
                     Handled::Ack
                 }
                 // Storing it again would fail again: set it aside now with
@@ -186,9 +205,22 @@ impl Pipeline {
     /// Records the event and its deliveries, makes the first attempts that
     /// can be made at once right here, and hands the rest to the deliveries
     /// queue. Everything the event caused (deliveries, attempts, their
-    /// follow-up messages) is durable before it returns, and so before the
-    /// event is acked.
-    async fn try_fan_out(&self, event: &Arc<Event>, redelivered: bool) -> Result<usize, StepError> {
+    /// follow-up messages) is durable before the event is acked through
+    /// `finish`.
+    ///
+    /// A first attempt still running after [`QUICK`] (its endpoint turned
+    /// slow) does not keep the event unacked: its delivery is committed
+    /// with the others, claimed in the ledger for as long as the attempt
+    /// may take, and the event is acked. The attempt is recorded when it
+    /// ends, and the ledger owes whatever follows it; should this worker
+    /// die first, the claim runs out and another worker makes the attempt.
+    /// An unacked event would hold up the acks of every event behind it.
+    async fn try_fan_out(
+        &self,
+        event: &Arc<Event>,
+        redelivered: bool,
+        finish: &mut Option<Finish>,
+    ) -> Result<usize, StepError> {
         let matches = self.subscriptions.matching(event);
         if matches.is_empty() {
             // Nothing to deliver, nothing to record: acking loses nothing.
@@ -205,9 +237,11 @@ impl Pipeline {
         let inline = self.config.inline_first_attempt && !redelivered;
         let mut settled = Vec::with_capacity(matches.len());
         let mut running = FuturesUnordered::new();
+        let mut attempting = Vec::new();
         for (subscription, &(delivery_id, _)) in matches.iter().zip(&deliveries) {
             let msg = DeliveryMessage::new(delivery_id, event.id.clone(), subscription.id, 1);
             if inline {
+                attempting.push(msg.clone());
                 running.push(self.first_attempt(event, subscription, msg));
             } else {
                 settled.push(First::Queue(msg));
@@ -215,7 +249,7 @@ impl Pipeline {
         }
         // An endpoint that turns out slow must not keep the others' attempts
         // out of the ledger: what is done within QUICK is recorded now, the
-        // rest as it finishes (the event stays unacked until then).
+        // rest is claimed and recorded as it finishes.
         if !running.is_empty() {
             let patience = tokio::time::sleep(QUICK);
             tokio::pin!(patience);
@@ -229,13 +263,35 @@ impl Pipeline {
                 }
             }
         }
-        let (recorded, late) = tokio::join!(
-            self.record_fan_out(event, deliveries, settled, redelivered),
-            running.collect::<Vec<_>>(),
-        );
-        let to_publish = recorded?;
+        let claimed: Vec<DeliveryMessage> = if running.is_empty() {
+            Vec::new()
+        } else {
+            let settled: HashSet<DeliveryId> =
+                settled.iter().map(|f| f.msg().delivery_id).collect();
+            attempting
+                .into_iter()
+                .filter(|m| !settled.contains(&m.delivery_id))
+                .collect()
+        };
+        // The attempts under way keep going while the fan-out commits.
+        let mut late = Vec::new();
+        let record = self.record_fan_out(event, deliveries, settled, &claimed, redelivered);
+        tokio::pin!(record);
+        loop {
+            tokio::select! {
+                recorded = &mut record => {
+                    recorded?;
+                    break;
+                }
+                Some(first) = running.next() => late.push(first),
+            }
+        }
+        if let Some(finish) = finish.take() {
+            finish.done(Handled::Ack);
+        }
+        late.extend(running.collect::<Vec<_>>().await);
         if !late.is_empty() {
-            self.record_firsts(event, late, &to_publish).await?;
+            self.record_claimed(event, late).await?;
         }
         Ok(matches.len())
     }
@@ -284,15 +340,22 @@ impl Pipeline {
         event: &Arc<Event>,
         deliveries: Vec<(DeliveryId, SubscriptionId)>,
         settled: Vec<First>,
+        claimed: &[DeliveryMessage],
         redelivered: bool,
     ) -> Result<Vec<(DeliveryId, SubscriptionId)>, StepError> {
         let (attempted, queue, held) = First::split(settled);
-        let mut ops = Vec::with_capacity(1 + attempted.len() + held.len());
+        let mut ops = Vec::with_capacity(1 + attempted.len() + held.len() + claimed.len());
         ops.push(WriteOp::FanOut {
             event: Arc::clone(event),
             deliveries,
         });
         ops.extend(First::ops(&attempted, &held));
+        let lease_until = Utc::now() + self.claim_lease();
+        ops.extend(claimed.iter().map(|msg| WriteOp::Hold {
+            delivery_id: msg.delivery_id,
+            attempt: msg.attempt,
+            until: lease_until,
+        }));
         let results = self
             .durably("recording the fan-out", || {
                 self.ledger.write_many(ops.clone())
@@ -310,7 +373,7 @@ impl Pipeline {
         // Committed. Now every message that must follow is confirmed before
         // the event is acked. After a crash in between, the event comes back
         // redelivered and `recover` finds what is missing.
-        self.count_holds(results.as_slice()[attempted.len()..].iter());
+        self.count_holds(results.as_slice()[attempted.len()..][..held.len()].iter());
         let (first, resend) = if redelivered {
             self.recover(event).await?
         } else {
@@ -321,24 +384,30 @@ impl Pipeline {
         Ok(to_publish)
     }
 
-    /// Records first attempts that finished after their fan-out was
-    /// committed, and publishes what follows them and first messages for
-    /// the deliveries that found no slot in time.
-    async fn record_firsts(
-        &self,
-        event: &Event,
-        late: Vec<First>,
-        to_publish: &[(DeliveryId, SubscriptionId)],
-    ) -> Result<(), StepError> {
-        let (attempted, queue, held) = First::split(late);
+    /// Records the first attempts that outlived their event's ack. Their
+    /// deliveries are claimed in the ledger and no message carries them, so
+    /// the ledger owes what follows: a retry stays held until it is due,
+    /// and a delivery that found no slot after all is held for the release
+    /// loop. Only a dead letter is published.
+    async fn record_claimed(&self, event: &Event, late: Vec<First>) -> Result<(), StepError> {
+        let (mut attempted, queue, mut held) = First::split(late);
+        for (_, attempted, _) in &mut attempted {
+            attempted.carried_by_ledger();
+        }
+        held.extend(queue);
         let ops: Vec<WriteOp> = First::ops(&attempted, &held).collect();
         let results = self
             .durably("recording attempts", || self.ledger.write_many(ops.clone()))
             .await?;
         self.count_holds(results[attempted.len()..].iter());
-        let first = still_waiting(queue, to_publish);
-        self.send_follow_ups(event, &attempted, results.into_iter(), Vec::new(), first)
-            .await?;
+        self.send_follow_ups(
+            event,
+            &attempted,
+            results.into_iter(),
+            Vec::new(),
+            Vec::new(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -444,7 +513,7 @@ impl Pipeline {
         // worker's slots, where they would starve every other endpoint.
         match self.endpoints.acquire(subscription.url.as_str()).await {
             Ok(slot) => {
-                self.attempt_and_record(msg, &event, &subscription, slot)
+                self.attempt_and_record(msg, &event, &subscription, slot, Carrier::Message)
                     .await
             }
             Err(_) => Ok(self.hold(msg).await?),
@@ -460,7 +529,7 @@ impl Pipeline {
     ) -> Result<(), StepError> {
         match self.owed(msg, false).await? {
             Some((event, subscription)) => {
-                self.attempt_and_record(msg, &event, &subscription, slot)
+                self.attempt_and_record(msg, &event, &subscription, slot, Carrier::Ledger)
                     .await
             }
             None => Ok(()),
@@ -535,8 +604,12 @@ impl Pipeline {
         event: &Event,
         subscription: &Subscription,
         slot: Slot,
+        carrier: Carrier,
     ) -> Result<(), StepError> {
-        let attempted = self.attempt(event, subscription, msg, slot).await;
+        let mut attempted = self.attempt(event, subscription, msg, slot).await;
+        if carrier == Carrier::Ledger {
+            attempted.carried_by_ledger();
+        }
         let op = WriteOp::Attempt(attempted.write.clone());
         let recorded = self
             .durably("recording the attempt", || self.ledger.write(op.clone()))
@@ -549,6 +622,8 @@ impl Pipeline {
         }
         // The attempt is committed; the follow-up must be confirmed before
         // the ack, or a crash here would strand the delivery as "retrying".
+        // (Without a message to ack, a retry is held in the ledger, in the
+        // attempt's own transaction.)
         self.follow_up(msg, &attempted, event).await?;
         Ok(())
     }
@@ -630,6 +705,7 @@ impl Pipeline {
                 next_attempt_at: next_delay
                     .and_then(|d| chrono::Duration::from_std(d).ok())
                     .map(|d| started_at + d),
+                held_until: None,
             },
             class: outcome.result.class(),
             duration: outcome.duration,
@@ -697,6 +773,8 @@ impl Pipeline {
             );
         }
         match (attempted.decision, attempted.next_delay) {
+            // Held: the ledger makes the next attempt when it is due.
+            (Decision::Retry { .. }, _) if attempted.write.held_until.is_some() => Ok(()),
             (Decision::Retry { .. }, Some(delay)) => self.schedule_retry(msg, delay).await,
             (Decision::Dead, _) => self.dead_letter(msg).await,
             _ => Ok(()),
@@ -905,7 +983,23 @@ enum First {
 
 type AttemptedHere = (DeliveryMessage, Attempted, tracing::Span);
 
+/// What brings a delivery to its next attempt after this one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Carrier {
+    /// The message the attempt came in, acked only once what follows the
+    /// attempt is durable.
+    Message,
+    /// Nothing but the ledger: the delivery was held and claimed.
+    Ledger,
+}
+
 impl First {
+    fn msg(&self) -> &DeliveryMessage {
+        match self {
+            First::Attempted(msg, ..) | First::Queue(msg) | First::Hold(msg) => msg,
+        }
+    }
+
     fn split(
         firsts: Vec<First>,
     ) -> (
@@ -972,6 +1066,17 @@ struct Attempted {
     /// Response class, for metrics.
     class: &'static str,
     duration: Duration,
+}
+
+impl Attempted {
+    /// For an attempt no message carries: a retry stays held in the
+    /// ledger until it is due, committed with the attempt, instead of
+    /// travelling a retry queue that only a message's ack would make safe.
+    fn carried_by_ledger(&mut self) {
+        if matches!(self.decision, Decision::Retry { .. }) {
+            self.write.held_until = self.write.next_attempt_at;
+        }
+    }
 }
 
 /// The span of one delivery attempt: every line logged in it names the
