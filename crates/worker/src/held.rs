@@ -34,6 +34,7 @@ use tracing::Instrument;
 
 use crate::error_chain;
 use crate::limits::{NoSlot, Slot};
+use crate::log::{About, about};
 use crate::pipeline::{Pipeline, delivery_span};
 
 /// How often the ledger is asked which held deliveries are due.
@@ -242,7 +243,9 @@ impl Pipeline {
         );
         async {
             if let Err(error) = self.deliver_with(&msg, slot).await {
-                tracing::warn!(
+                about!(
+                    warn,
+                    About::Delivery(&msg),
                     error = %error_chain(&error),
                     "releasing a held delivery failed; it is released again when its claim runs out"
                 );

@@ -17,6 +17,7 @@ pub mod health;
 mod held;
 pub mod http;
 mod limits;
+mod log;
 pub mod metrics;
 mod pipeline;
 mod subscriptions;

@@ -29,6 +29,7 @@ use tracing::Instrument;
 
 use crate::consumer::{Finish, Handled};
 use crate::limits::{EndpointLimits, NoSlot, QUICK, Slot};
+use crate::log::{About, about};
 use crate::metrics::Metrics;
 use crate::subscriptions::SubscriptionCache;
 use crate::{WebhookClient, WorkerConfig, error_chain};
@@ -90,7 +91,12 @@ impl Pipeline {
     /// handing the message back: requeueing would burn through the queue's
     /// delivery limit and poison good messages. Gives up on shutdown, and at
     /// once on errors that retrying cannot fix.
-    async fn durably<T, F, Fut>(&self, what: &str, mut operation: F) -> Result<T, StoreError>
+    async fn durably<T, F, Fut>(
+        &self,
+        what: &str,
+        about: About<'_>,
+        mut operation: F,
+    ) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -100,7 +106,7 @@ impl Pipeline {
             match operation().await {
                 Ok(value) => return Ok(value),
                 Err(error) if is_transient(&error) && !self.stopping.is_cancelled() => {
-                    tracing::warn!(error = %error_chain(&error), retry_in_ms = wait.as_millis() as u64, "{what} failed; retrying");
+                    about!(warn, about, error = %error_chain(&error), retry_in_ms = wait.as_millis() as u64, "{what} failed; retrying");
                     tokio::select! {
                         _ = self.stopping.cancelled() => return Err(error),
                         _ = tokio::time::sleep(wait) => {}
@@ -173,7 +179,7 @@ impl Pipeline {
             .with_label_values(&[event.event_type.as_str()])
             .inc();
         let span =
-            tracing::info_span!("fan_out", event_id = %event.id, event_type = %event.event_type);
+            tracing::debug_span!("fan_out", event_id = %event.id, event_type = %event.event_type);
         async {
             match self.try_fan_out(&event, message.redelivered, finish).await {
                 Ok(deliveries) => {
@@ -181,7 +187,9 @@ impl Pipeline {
                     Handled::Ack
                 }
                 Err(error) if finish.is_none() => {
-                    tracing::warn!(
+                    about!(
+                        warn,
+                        About::Event(&event),
                         error = %error_chain(&error),
                         "recording first attempts that outlived their event's ack failed; \
                          their deliveries are attempted again when their claims run out"
@@ -195,7 +203,7 @@ impl Pipeline {
                     self.poison(message, "fanout", &self.topology.fanout_queue(), reason)
                         .await
                 }
-                Err(error) => self.requeue_after(&error).await,
+                Err(error) => self.requeue_after(About::Event(&event), &error).await,
             }
         }
         .instrument(span)
@@ -357,7 +365,7 @@ impl Pipeline {
             until: lease_until,
         }));
         let results = self
-            .durably("recording the fan-out", || {
+            .durably("recording the fan-out", About::Event(event), || {
                 self.ledger.write_many(ops.clone())
             })
             .await?;
@@ -397,7 +405,9 @@ impl Pipeline {
         held.extend(queue);
         let ops: Vec<WriteOp> = First::ops(&attempted, &held).collect();
         let results = self
-            .durably("recording attempts", || self.ledger.write_many(ops.clone()))
+            .durably("recording attempts", About::Event(event), || {
+                self.ledger.write_many(ops.clone())
+            })
             .await?;
         self.count_holds(results[attempted.len()..].iter());
         self.send_follow_ups(
@@ -432,9 +442,11 @@ impl Pipeline {
                         .instrument(span.clone()),
                 ));
             } else {
-                span.in_scope(|| {
-                    tracing::info!("duplicate attempt; the other worker's record stands")
-                });
+                about!(
+                    info,
+                    About::Delivery(msg),
+                    "duplicate attempt; the other worker's record stands"
+                );
             }
         }
         for (msg, status) in resend {
@@ -463,9 +475,11 @@ impl Pipeline {
         event: &Event,
     ) -> Result<(Vec<DeliveryMessage>, Vec<(DeliveryMessage, DeliveryStatus)>), StoreError> {
         let records = self
-            .durably("reading the event's deliveries", || {
-                self.store.deliveries_of_event(&event.id)
-            })
+            .durably(
+                "reading the event's deliveries",
+                About::Event(event),
+                || self.store.deliveries_of_event(&event.id),
+            )
             .await?;
         let (mut first, mut resend) = (Vec::new(), Vec::new());
         for record in records.into_iter().filter(|r| r.held_until.is_none()) {
@@ -498,7 +512,7 @@ impl Pipeline {
         async {
             match self.try_deliver(&msg, message.redelivered).await {
                 Ok(()) => Handled::Ack,
-                Err(error) => self.requeue_after(&error).await,
+                Err(error) => self.requeue_after(About::Delivery(&msg), &error).await,
             }
         }
         .instrument(delivery_span(&msg))
@@ -551,14 +565,18 @@ impl Pipeline {
             event,
             subscription,
         }) = self
-            .durably("reading the delivery", || {
+            .durably("reading the delivery", About::Delivery(msg), || {
                 self.store.delivery_context(msg.delivery_id)
             })
             .await?
         else {
             // The ledger has no such delivery (its event was purged): there is
             // nothing left to deliver.
-            tracing::warn!("delivery not in the ledger; dropping its message");
+            about!(
+                warn,
+                About::Delivery(msg),
+                "delivery not in the ledger; dropping its message"
+            );
             return Ok(None);
         };
 
@@ -589,9 +607,15 @@ impl Pipeline {
             let op = WriteOp::Cancel {
                 delivery_id: msg.delivery_id,
             };
-            self.durably("canceling the delivery", || self.ledger.write(op.clone()))
-                .await?;
-            tracing::info!("webhook deleted or disabled; delivery canceled");
+            self.durably("canceling the delivery", About::Delivery(msg), || {
+                self.ledger.write(op.clone())
+            })
+            .await?;
+            about!(
+                info,
+                About::Delivery(msg),
+                "webhook deleted or disabled; delivery canceled"
+            );
             return Ok(None);
         };
         Ok(Some((event, subscription)))
@@ -612,12 +636,18 @@ impl Pipeline {
         }
         let op = WriteOp::Attempt(attempted.write.clone());
         let recorded = self
-            .durably("recording the attempt", || self.ledger.write(op.clone()))
+            .durably("recording the attempt", About::Delivery(msg), || {
+                self.ledger.write(op.clone())
+            })
             .await?;
         if recorded != (WriteResult::Attempt { recorded: true }) {
             // Another worker recorded this attempt number first; it owns the
             // follow-up.
-            tracing::info!("duplicate attempt; the other worker's record stands");
+            about!(
+                info,
+                About::Delivery(msg),
+                "duplicate attempt; the other worker's record stands"
+            );
             return Ok(());
         }
         // The attempt is committed; the follow-up must be confirmed before
@@ -661,7 +691,9 @@ impl Pipeline {
         slot.observe(outcome.duration);
         if slot.outcome(endpoint_healthy(outcome.result)) {
             self.metrics.circuit_opened.inc();
-            tracing::warn!(
+            about!(
+                warn,
+                About::Delivery(msg),
                 url = %subscription.url,
                 "endpoint failed {} attempts in a row; circuit open, its deliveries are held",
                 crate::limits::FAILURES_TO_OPEN
@@ -764,7 +796,9 @@ impl Pipeline {
                 "attempt recorded",
             );
         } else {
-            tracing::info!(
+            about!(
+                info,
+                About::Delivery(msg),
                 status = attempted.write.new_status.as_str(),
                 response = attempted.class,
                 duration_ms = attempted.duration.as_millis() as u64,
@@ -818,7 +852,9 @@ impl Pipeline {
             until: Utc::now(),
         };
         let result = self
-            .durably("holding the delivery", || self.ledger.write(op.clone()))
+            .durably("holding the delivery", About::Delivery(msg), || {
+                self.ledger.write(op.clone())
+            })
             .await?;
         self.count_holds(std::iter::once(&result));
         if result == (WriteResult::Held { held: true }) {
@@ -906,14 +942,17 @@ impl Pipeline {
                 self.metrics.poison.with_label_values(&[stage]).inc();
                 Handled::Ack
             }
-            Err(publish_error) => self.requeue_after(&StepError::Publish(publish_error)).await,
+            Err(publish_error) => {
+                self.requeue_after(About::Message, &StepError::Publish(publish_error))
+                    .await
+            }
         }
     }
 
     /// Logs why a message goes back, and pauses briefly so a failing
     /// database or broker is not hammered by instant redeliveries.
-    async fn requeue_after(&self, error: &StepError) -> Handled {
-        tracing::warn!(error = %error_chain(error), "handing message back for redelivery");
+    async fn requeue_after(&self, about: About<'_>, error: &StepError) -> Handled {
+        about!(warn, about, error = %error_chain(error), "handing message back for redelivery");
         tokio::time::sleep(Duration::from_millis(500)).await;
         Handled::Requeue
     }
@@ -1079,11 +1118,14 @@ impl Attempted {
     }
 }
 
-/// The span of one delivery attempt: every line logged in it names the
-/// event, the delivery (the `webhook-id` the receiver sees), the webhook and
-/// the attempt.
+/// The span of one delivery attempt, at debug level: every line logged in
+/// it names the event, the delivery (the `webhook-id` the receiver sees),
+/// the webhook and the attempt. At info a span per delivery cost courier
+/// about a tenth of its CPU (formatting its fields for every delivery,
+/// whether anything was logged or not), so lines at info and above name
+/// what they are about themselves (see `crate::log`).
 pub(crate) fn delivery_span(msg: &DeliveryMessage) -> tracing::Span {
-    tracing::info_span!(
+    tracing::debug_span!(
         "deliver",
         event_id = %msg.event_id,
         delivery_id = %msg.delivery_id,
