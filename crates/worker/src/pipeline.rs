@@ -167,6 +167,7 @@ impl Pipeline {
                 return self
                     .poison(
                         message,
+                        About::Message,
                         "fanout",
                         &self.topology.fanout_queue(),
                         error_chain(&error),
@@ -200,8 +201,15 @@ impl Pipeline {
                 // the database's reason, rather than after every redelivery.
                 Err(StepError::Store(error)) if ledger_refused_value(&error) => {
                     let reason = format!("the ledger refused the event: {}", error_chain(&error));
-                    self.poison(message, "fanout", &self.topology.fanout_queue(), reason)
-                        .await
+                    let about = About::Event(&event);
+                    self.poison(
+                        message,
+                        about,
+                        "fanout",
+                        &self.topology.fanout_queue(),
+                        reason,
+                    )
+                    .await
                 }
                 Err(error) => self.requeue_after(About::Event(&event), &error).await,
             }
@@ -502,6 +510,7 @@ impl Pipeline {
                 return self
                     .poison(
                         message,
+                        About::Message,
                         "delivery",
                         &self.topology.deliveries_queue(),
                         error_chain(&error),
@@ -919,11 +928,12 @@ impl Pipeline {
     async fn poison(
         &self,
         message: &Delivery,
+        about: About<'_>,
         stage: &str,
         source: &str,
         reason: String,
     ) -> Handled {
-        tracing::warn!(queue = source, reason = %reason, bytes = message.data.len(), "poison message");
+        about!(warn, about, queue = source, reason = %reason, bytes = message.data.len(), "poison message");
         let mut headers = FieldTable::default();
         headers.insert(
             "x-courier-error".into(),
@@ -943,7 +953,7 @@ impl Pipeline {
                 Handled::Ack
             }
             Err(publish_error) => {
-                self.requeue_after(About::Message, &StepError::Publish(publish_error))
+                self.requeue_after(about, &StepError::Publish(publish_error))
                     .await
             }
         }
