@@ -35,8 +35,9 @@ pub struct Event {
 /// Receivers get it byte for byte (numbers keep every digit, keys their
 /// order), and the worker never builds a tree of it or writes it out again.
 ///
-/// Equality is equality as JSON: the PostgreSQL ledger keeps `jsonb`, which
-/// gives the same object back with its own spacing and key order.
+/// Equality is equality as JSON, whatever the spacing and key order. Both
+/// ledgers keep the text itself (PostgreSQL as `json`, not `jsonb`), so
+/// what is read back is what was written.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct EventData(Box<RawValue>);

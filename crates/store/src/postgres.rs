@@ -653,7 +653,7 @@ async fn fan_out_run(
     let new_events: HashSet<String> = sqlx::query_scalar(insert!(
         conflicts,
         "INSERT INTO events (id, workspace_id, type, channel, occurred_at, data, received_at) \
-         SELECT u.id, u.workspace_id, u.type, u.channel, u.occurred_at, u.data::jsonb, $7 \
+         SELECT u.id, u.workspace_id, u.type, u.channel, u.occurred_at, u.data::json, $7 \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], \
          $6::text[]) AS u(id, workspace_id, type, channel, occurred_at, data)",
         "ON CONFLICT (id) DO NOTHING",

@@ -1300,9 +1300,12 @@ async fn delivery_context_with_and_without_subscription(db: TestDb) {
     let ws = workspace(store).await;
     let sub = stored_subscription(store, &ws).await;
     let mut event = event(&ws);
-    event.data = EventData::from_value(
-        &json!({"order_id": "o-9", "nested": {"unicode": "Grüße ✓", "n": null}}),
-    );
+    // Read back byte for byte, whatever its spacing and key order, with
+    // what PostgreSQL's jsonb could not hold (a number beyond `numeric`, an
+    // escaped NUL) and a key given twice.
+    let text = r#"{ "zeta":1, "order_id" :"o-9","nested":{"unicode":"Grüße ✓","n":null},
+        "total": 1e200000, "note": "a\u0000b", "zeta": 2 }"#;
+    event.data = EventData::from_text(text.to_owned()).unwrap();
     let (op, deliveries) = fan_out(&event, &[sub.id]);
     apply_one(store, op).await;
     let id = deliveries[0].0;
@@ -1314,6 +1317,7 @@ async fn delivery_context_with_and_without_subscription(db: TestDb) {
         store.get_delivery(id).await.unwrap().unwrap()
     );
     assert_eq!(context.delivery.subscription_id, sub.id);
+    assert_eq!(context.event.data.as_str(), text);
     assert_eq!(context.event, event);
     assert_eq!(context.subscription, Some(sub.clone()));
 

@@ -998,9 +998,12 @@ fn is_transient(error: &StoreError) -> bool {
 }
 
 /// Whether the database refused a value it was given (PostgreSQL's "data
-/// exception" class: a number beyond `numeric`, a NUL character in a
-/// string), which no retry can change. In a fan-out's write the only values
-/// from outside are the event's, and response excerpts, which are cleaned.
+/// exception" class), which no retry can change. The ledger's columns take
+/// any event the model accepts (its data is `json`, which holds what
+/// `jsonb` could not); this is for a database that refuses more, such as
+/// one with a trigger an operator added. In a fan-out's write the only
+/// values from outside are the event's, and response excerpts, which are
+/// cleaned.
 fn ledger_refused_value(error: &StoreError) -> bool {
     match error {
         StoreError::Database(e) => e
