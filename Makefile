@@ -4,7 +4,7 @@
 CARGO ?= cargo
 COURIER := target/release/courier
 
-.PHONY: run demo test test-unit lint fmt build release sweep services tools check-deploy bench
+.PHONY: run demo test test-unit lint fmt build release sweep services tools check-deploy bench bench-instructions
 
 build:
 	$(CARGO) build --workspace --bins
@@ -27,6 +27,12 @@ demo: build
 ## (see `cargo run --release -p courier-bench -- --help`).
 bench: release
 	$(CARGO) run --release -p courier-bench -- $(if $(SCENARIO),--scenario $(SCENARIO),) $(BENCH_ARGS)
+
+## Instructions courier executes per delivery (throughput-1, PostgreSQL),
+## counted by valgrind's callgrind: a few percent between runs, where the
+## bench's rates move by tens. COURIERS="a b" compares two builds.
+bench-instructions: release
+	crates/bench/instructions.sh $(COURIERS)
 
 ## Every test: deployment files, unit, store on both databases, producer
 ## CLI, end-to-end.

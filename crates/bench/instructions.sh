@@ -1,0 +1,57 @@
+#!/bin/sh
+# Instructions courier executes per delivery, counted by callgrind. Unlike
+# the bench's rates, which move by tens of percent with the machine, the
+# count moves by a few percent between runs (batch sizes and wake-ups depend
+# on timing): run each build more than once, and trust only a difference
+# larger than that.
+#
+# Runs throughput-1 on PostgreSQL twice with `courier serve` under
+# valgrind's callgrind, with SMALL and LARGE events (one delivery each), and
+# divides the difference of the two totals by the difference in deliveries,
+# which leaves start-up out.
+#
+#   crates/bench/instructions.sh [COURIER_BINARY ...]
+#
+# Each binary (target/release/courier by default) is measured in turn.
+# KEEP=DIR keeps the callgrind files there (callgrind_annotate reads them).
+# Under valgrind, sha2 cannot use the CPU's SHA extensions, so signing counts
+# for far more of the total than it costs natively.
+set -eu
+
+small=${SMALL:-1000}
+large=${LARGE:-6000}
+[ "$large" -gt "$small" ] || { echo "LARGE ($large) must exceed SMALL ($small)" >&2; exit 2; }
+command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 2; }
+[ $# -gt 0 ] || set -- target/release/courier
+
+cargo build --release -q -p courier-bench
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+total() { # BINARY EVENTS -> callgrind's instruction total for `serve`
+    tag=$(basename "$1")-$2
+    wrapper="$work/$tag.sh"
+    cat >"$wrapper" <<EOF
+#!/bin/sh
+if [ "\$1" = serve ]; then
+    exec valgrind --tool=callgrind --callgrind-out-file=$work/$tag.out "$1" "\$@"
+fi
+exec "$1" "\$@"
+EOF
+    chmod +x "$wrapper"
+    target/release/courier-bench --courier "$wrapper" --scenario throughput-1 \
+        --db postgres --no-bare --events "$2" --out "$work/$tag.json" >"$work/$tag.log" 2>&1 ||
+        { cat "$work/$tag.log" >&2; exit 1; }
+    grep -q '"status": *"ok"' "$work/$tag.json" ||
+        { echo "throughput-1 did not finish with $1:" >&2; cat "$work/$tag.log" >&2; exit 1; }
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work/$tag.out" "$KEEP/"; fi
+    sed -n 's/^totals: *//p' "$work/$tag.out"
+}
+
+for courier in "$@"; do
+    [ -x "$courier" ] || { echo "$courier is not an executable" >&2; exit 2; }
+    a=$(total "$courier" "$small")
+    b=$(total "$courier" "$large")
+    echo "$courier: $(( (b - a) / (large - small) )) instructions per delivery" \
+        "(throughput-1, PostgreSQL, $small and $large events)"
+done
