@@ -29,7 +29,7 @@ bench: release
 	$(CARGO) run --release -p courier-bench -- $(if $(SCENARIO),--scenario $(SCENARIO),) $(BENCH_ARGS)
 
 ## Instructions courier executes per delivery (throughput-1, PostgreSQL),
-## counted by valgrind's callgrind: a few percent between runs, where the
+## counted by valgrind's callgrind: up to 5 % between runs, where the
 ## bench's rates move by tens. COURIERS="a b" compares two builds.
 bench-instructions: release
 	crates/bench/instructions.sh $(COURIERS)

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Instructions courier executes per delivery, counted by callgrind. Unlike
 # the bench's rates, which move by tens of percent with the machine, the
-# count moves by a few percent between runs (batch sizes and wake-ups depend
+# count moves by up to 5 % between runs (batch sizes and wake-ups depend
 # on timing): run each build more than once, and trust only a difference
 # larger than that.
 #

@@ -201,10 +201,9 @@ impl Pipeline {
                 // the database's reason, rather than after every redelivery.
                 Err(StepError::Store(error)) if ledger_refused_value(&error) => {
                     let reason = format!("the ledger refused the event: {}", error_chain(&error));
-                    let about = About::Event(&event);
                     self.poison(
                         message,
-                        about,
+                        About::Event(&event),
                         "fanout",
                         &self.topology.fanout_queue(),
                         reason,
