@@ -129,7 +129,8 @@ struct Cli {
     /// The courier binary to measure; target/release/courier by default.
     #[arg(long)]
     courier: Option<PathBuf>,
-    /// Where the JSON report goes; target/bench/report.json by default.
+    /// Where the JSON report goes; target/bench/report.json by default. A
+    /// copy named by the run's start stays in target/bench/runs/ either way.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Runs the selected scenarios this many times, the bare bound first in
@@ -249,8 +250,19 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         DbChoice::Both => &[Db::Sqlite, Db::Postgres],
     };
 
-    let load_start = env::load_average();
-    let started_at = chrono::Utc::now();
+    let run = Run {
+        load_start: env::load_average(),
+        started_at: chrono::Utc::now(),
+        courier: &courier,
+        cli: &cli,
+        sizes: &sizes,
+    };
+    // Every run also keeps its own copy, named by its start, which a later
+    // run cannot overwrite.
+    let kept = bench_dir.join("runs").join(format!(
+        "report-{}.json",
+        run.started_at.format("%Y%m%dT%H%M%SZ")
+    ));
     let mut rounds = Vec::new();
     for round in 1..=cli.repeat {
         if cli.repeat > 1 {
@@ -260,49 +272,79 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         compare(&mut outcomes);
         report::finish(&mut outcomes);
         rounds.push(outcomes);
+        if round < cli.repeat {
+            // The rounds so far, in case the run is cut short.
+            run.write(&rounds, &kept)?;
+        }
     }
-    let outcomes = if rounds.len() == 1 {
-        rounds[0].clone()
-    } else {
-        let mut summary = report::summarize(&rounds);
-        report::finish(&mut summary);
-        summary
-    };
-
+    let outcomes = run.write(&rounds, &kept)?;
     let table = report::table(&outcomes);
     println!();
     print!("{table}");
-    let report = json!({
-        "started_at": started_at,
-        "finished_at": chrono::Utc::now(),
-        "machine": {
-            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "load_start": load_start,
-            "load_end": env::load_average(),
-        },
-        "courier": courier.display().to_string(),
-        "overrides": cli.set.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
-        "sizes": {
-            "events": sizes.events,
-            "fanout_events": sizes.fanout_events,
-            "rate": sizes.rate,
-            "duration_s": sizes.duration.as_secs(),
-            "subscriptions": sizes.subscriptions,
-            "workspaces": sizes.workspaces,
-            "payload_bytes": sizes.payload_bytes,
-            "drain_timeout_s": sizes.drain_timeout.as_secs(),
-        },
-        "repeat": cli.repeat,
-        "results": outcomes,
-        "rounds": if rounds.len() > 1 { json!(rounds) } else { json!(null) },
-    });
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).ok();
-    }
-    std::fs::write(&out, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("could not write {}", out.display()))?;
-    println!("\nreport: {}", out.display());
+    std::fs::copy(&kept, &out).with_context(|| format!("could not write {}", out.display()))?;
+    println!("\nreport: {} (also {})", out.display(), kept.display());
     Ok(outcomes.iter().all(|o| o.status != Status::Failed))
+}
+
+/// What a report says about the run besides its outcomes.
+struct Run<'a> {
+    load_start: f64,
+    started_at: chrono::DateTime<chrono::Utc>,
+    courier: &'a std::path::Path,
+    cli: &'a Cli,
+    sizes: &'a Sizes,
+}
+
+impl Run<'_> {
+    /// Writes the report of the rounds so far to `path` and returns its
+    /// results: the one round's outcomes, or the summary of several.
+    fn write(
+        &self,
+        rounds: &[Vec<Outcome>],
+        path: &std::path::Path,
+    ) -> anyhow::Result<Vec<Outcome>> {
+        let outcomes = if rounds.len() == 1 {
+            rounds[0].clone()
+        } else {
+            let mut summary = report::summarize(rounds);
+            report::finish(&mut summary);
+            summary
+        };
+        let (cli, sizes) = (self.cli, self.sizes);
+        let report = json!({
+            "started_at": self.started_at,
+            "finished_at": chrono::Utc::now(),
+            "complete": rounds.len() as u32 == cli.repeat,
+            "machine": {
+                "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+                "load_start": self.load_start,
+                "load_end": env::load_average(),
+            },
+            "courier": self.courier.display().to_string(),
+            "overrides": cli.set.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            "sizes": {
+                "events": sizes.events,
+                "fanout_events": sizes.fanout_events,
+                "rate": sizes.rate,
+                "duration_s": sizes.duration.as_secs(),
+                "subscriptions": sizes.subscriptions,
+                "workspaces": sizes.workspaces,
+                "payload_bytes": sizes.payload_bytes,
+                "drain_timeout_s": sizes.drain_timeout.as_secs(),
+            },
+            "repeat": cli.repeat,
+            "rounds_done": rounds.len(),
+            "results": outcomes,
+            "rounds": if rounds.len() > 1 { json!(rounds) } else { json!(null) },
+        });
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("could not create {}", dir.display()))?;
+        }
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("could not write {}", path.display()))?;
+        Ok(outcomes)
+    }
 }
 
 /// One round: scenario by scenario, both databases back to back, so the

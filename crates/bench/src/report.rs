@@ -157,6 +157,13 @@ fn describe(o: &Outcome) -> Vec<String> {
                 .map(|r| format!("{r:.0}"))
                 .unwrap_or_else(|| "-".into()),
         ));
+        if let (Some(slow), Some(seconds)) = (f("latency_over_50ms"), f("latency_slow_seconds"))
+            && slow > 0.0
+        {
+            notes.push(format!(
+                "{slow:.0} over 50 ms, in {seconds:.0} distinct seconds"
+            ));
+        }
     }
     if let (Some(late), Some(broken)) =
         (f("late_endpoint_requests"), f("failing_endpoint_requests"))

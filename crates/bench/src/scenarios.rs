@@ -526,7 +526,47 @@ fn latency_figures(outcome: &mut Outcome, arrivals: &[crate::receiver::Arrival],
     if let Some(rate) = shape.rate {
         outcome.extra("target_rate", rate);
     }
+    slow_seconds(outcome, arrivals);
 }
+
+/// Where in the run the slow deliveries were: how many took longer than
+/// [`SLOW_MS`], and the one-second windows (by publish time, from the first
+/// publish) that held the most of them. A single stall shows as one or two
+/// windows; a machine that is slow throughout spreads them over many.
+fn slow_seconds(outcome: &mut Outcome, arrivals: &[crate::receiver::Arrival]) {
+    let firsts = arrivals.iter().filter(|a| a.first && a.healthy);
+    let Some(start) = firsts.clone().map(|a| a.sent_us).min() else {
+        return;
+    };
+    // second -> (slow deliveries, slowest ms)
+    let mut by_second: std::collections::BTreeMap<u64, (u64, f64)> = Default::default();
+    for a in firsts {
+        let ms = a.at_us.saturating_sub(a.sent_us) as f64 / 1000.0;
+        if ms > SLOW_MS {
+            let entry = by_second
+                .entry((a.sent_us - start) / 1_000_000)
+                .or_default();
+            entry.0 += 1;
+            entry.1 = entry.1.max(ms);
+        }
+    }
+    let slow: u64 = by_second.values().map(|(n, _)| n).sum();
+    outcome.extra("latency_over_50ms", slow);
+    outcome.extra("latency_slow_seconds", by_second.len() as u64);
+    let mut worst: Vec<_> = by_second.into_iter().collect();
+    worst.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(&b.0)));
+    let worst: Vec<serde_json::Value> = worst
+        .into_iter()
+        .take(5)
+        .map(|(second, (count, max_ms))| {
+            json!({ "second": second, "over_50ms": count, "max_ms": max_ms })
+        })
+        .collect();
+    outcome.extra("latency_worst_seconds", worst);
+}
+
+/// A delivery slower than this counts as slow in the latency scenario.
+const SLOW_MS: f64 = 50.0;
 
 /// (courier CPU seconds summed, largest peak RSS in KiB) over processes.
 fn sample_all(processes: &[CourierProcess]) -> anyhow::Result<(f64, u64)> {
