@@ -12,12 +12,64 @@ use courier_tests::{Behavior, Db, Receiver, TestEnv, metric_value, wait_for};
 use crate::{held, publish_orders, subscribe_to_orders, wait_for_ledger};
 use lapin::options::BasicGetOptions;
 use serde_json::json;
+use sqlx::Connection;
 
 crate::on_both_databases!(
     a_slow_endpoint_does_not_hold_up_the_others,
     a_first_attempt_that_outlived_its_ack_is_made_again_after_its_worker_dies,
     a_redelivered_event_gets_what_its_dead_worker_owed
 );
+
+/// A ledger that stops committing for a while (here a lock on the events
+/// table) holds up acks, not deliveries: first attempts go on for as many
+/// events as the prefetch holds, nothing is acked before it is recorded,
+/// and every event is recorded once the ledger moves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_ledger_holds_up_acks_not_deliveries() {
+    // More than the prefetch of 256 courier had, fewer than its 512 now.
+    const EVENTS: usize = 400;
+    let env = TestEnv::new(Db::Postgres).await;
+    let ws = env.workspace("acme").await;
+    let receiver = Receiver::start(Behavior::Ok).await;
+    subscribe_to_orders(&env, &ws, &[&receiver]).await;
+    let worker = env.start_worker().await;
+
+    let mut db = sqlx::PgConnection::connect(&env.settings.database.url)
+        .await
+        .unwrap();
+    let mut stall = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *stall)
+        .await
+        .unwrap();
+
+    publish_orders(&env, &ws, EVENTS).await;
+    wait_for(
+        "every event delivered while the ledger is stalled",
+        Duration::from_secs(60),
+        || async { receiver.count() >= EVENTS },
+    )
+    .await;
+    // The fan-outs' commits wait behind the lock: nothing is recorded, so
+    // nothing was acked, and every event is still the broker's to redeliver.
+    assert_eq!(env.store.delivery_counts().await.unwrap(), []);
+    let metrics = worker.get("/metrics").await.1;
+    assert_eq!(
+        metric_value(&metrics, r#"courier_messages_acked_total{stage="fanout"}"#),
+        0.0
+    );
+
+    stall.rollback().await.unwrap();
+    wait_for_ledger(
+        &env,
+        "every delivery recorded",
+        Duration::from_secs(60),
+        &[(DeliveryStatus::Succeeded, EVENTS as u64)],
+    )
+    .await;
+    assert_eq!(receiver.count(), EVENTS, "once each");
+    worker.stop().await.unwrap();
+}
 
 async fn a_slow_endpoint_does_not_hold_up_the_others(db: Db) {
     const EVENTS: usize = 60;

@@ -19,7 +19,7 @@ max_connections = 16
 [amqp]
 url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 prefix = "courier"
-prefetch = 256
+prefetch = 512
 
 [http]
 listen = "127.0.0.1:8080"

@@ -125,6 +125,7 @@ impl Worker {
         let pipeline = Arc::new(Pipeline {
             endpoints: limits::EndpointLimits::new(config.per_endpoint_in_flight),
             http_slots: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            first_attempt_room: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
             subscriptions: subscriptions::SubscriptionCache::default(),
             config: config.clone(),
             topology,

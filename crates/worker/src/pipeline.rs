@@ -55,6 +55,13 @@ pub struct Pipeline {
     pub(crate) endpoints: EndpointLimits,
     /// Bounds the attempts in flight across both stages.
     pub(crate) http_slots: Arc<Semaphore>,
+    /// Bounds the first attempts fan-outs make at once, one permit per
+    /// attempt, to as many as `http_slots` holds: a fan-out starts its
+    /// attempts when there is room for them, rather than queueing them for
+    /// slots until they give up (see [`Pipeline::first_attempt`]). The
+    /// prefetch, larger, bounds the events held unacked meanwhile, most of
+    /// them waiting for their commit.
+    pub(crate) first_attempt_room: Arc<Semaphore>,
     pub(crate) metrics: Arc<Metrics>,
     /// Cancelled on shutdown: ends the waits for a database to come back.
     pub(crate) stopping: CancellationToken,
@@ -250,6 +257,17 @@ impl Pipeline {
         // have a slot. A redelivered event may have been half done by a
         // worker that died: it takes the queue, and `recover`.
         let inline = self.config.inline_first_attempt && !redelivered;
+        let room = if inline {
+            let wanted = matches.len().min(self.config.max_in_flight.max(1));
+            Some(
+                self.first_attempt_room
+                    .acquire_many(u32::try_from(wanted).unwrap_or(u32::MAX))
+                    .await
+                    .expect("the first-attempt semaphore is never closed"),
+            )
+        } else {
+            None
+        };
         let mut settled = Vec::with_capacity(matches.len());
         let mut running = FuturesUnordered::new();
         let mut attempting = Vec::new();
@@ -288,6 +306,9 @@ impl Pipeline {
                 .filter(|m| !settled.contains(&m.delivery_id))
                 .collect()
         };
+        // Attempts still running hold HTTP slots of their own; the commit
+        // needs no room, so the next events' attempts start while it waits.
+        drop(room);
         // The attempts under way keep going while the fan-out commits.
         let mut late = Vec::new();
         let record = self.record_fan_out(event, deliveries, settled, &claimed, redelivered);
