@@ -10,6 +10,15 @@ use crate::{EventId, EventType, WorkspaceId, subscription::Channel};
 /// queue by the worker: receivers and the ledger should not carry megabytes.
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 
+/// How deeply an event's `data` may nest arrays and objects, its own object
+/// counting as one level. The webhook body wraps `data` in one more object,
+/// so a body nests at most 64 levels: within what the strictest common JSON
+/// parsers read by default (.NET's System.Text.Json and Json.NET stop at 64,
+/// Ruby's at 100, serde_json at 127), so every receiver can read what it
+/// gets. Deeper data is refused by the producer and HTTP ingest, and the
+/// worker sets such an event aside in the poison queue.
+pub const MAX_DATA_DEPTH: usize = 63;
+
 /// Room for the envelope around `data` (ids, type, timestamps), so that
 /// writing an event or a webhook body does not grow its buffer.
 const ENVELOPE_BYTES: usize = 256;
@@ -43,12 +52,26 @@ pub struct Event {
 pub struct EventData(Box<RawValue>);
 
 impl EventData {
-    /// The text of a JSON value; [`Event`] checks that it is an object.
+    /// Data as an upstream gave it: checks that `text` is a JSON object
+    /// nesting at most [`MAX_DATA_DEPTH`] levels, and keeps it as it is
+    /// (only whitespace around the object is dropped). Every way into
+    /// courier (the producer, its CLI, HTTP ingest) builds data with this,
+    /// so receivers get the upstream's bytes, not a re-encoding of them.
+    pub fn parse(text: impl Into<String>) -> Result<Self, EventError> {
+        let data = Self::from_text(text.into()).map_err(EventError::DataMalformed)?;
+        data.validate()?;
+        Ok(data)
+    }
+
+    /// The text of a JSON value built in code; [`Event`] checks that it is
+    /// an object. Text from outside goes through [`EventData::parse`]
+    /// instead: a `Value` has already lost digits, key order and escapes.
     pub fn from_value(value: &serde_json::Value) -> Self {
         Self(serde_json::value::to_raw_value(value).expect("a JSON value always serializes"))
     }
 
-    /// Checks that `text` is JSON and keeps it as it is.
+    /// Checks only that `text` is JSON, and keeps it as it is: for text
+    /// that was validated on its way in, such as what the ledger kept.
     pub fn from_text(text: String) -> Result<Self, serde_json::Error> {
         RawValue::from_string(text).map(Self)
     }
@@ -59,6 +82,17 @@ impl EventData {
 
     pub fn is_object(&self) -> bool {
         self.as_str().trim_start().starts_with('{')
+    }
+
+    /// The rules every event's data follows, whichever way it came in.
+    fn validate(&self) -> Result<(), EventError> {
+        if !self.is_object() {
+            return Err(EventError::DataNotObject);
+        }
+        if nests_deeper_than(self.as_str().as_bytes(), MAX_DATA_DEPTH) {
+            return Err(EventError::DataTooDeep);
+        }
+        Ok(())
     }
 
     /// Parses the text, for the few readers that look inside.
@@ -79,16 +113,64 @@ pub enum EventError {
     TooLarge { size: usize },
     #[error("event is not valid JSON of the event envelope: {0}")]
     Malformed(#[from] serde_json::Error),
+    #[error("event field `data` is not valid JSON: {0}")]
+    DataMalformed(#[source] serde_json::Error),
     #[error("event field `data` must be a JSON object")]
     DataNotObject,
+    #[error(
+        "event field `data` nests arrays and objects more than {max} levels deep; \
+         courier accepts at most {max}, so that every receiver's JSON parser can read the webhook",
+        max = MAX_DATA_DEPTH
+    )]
+    DataTooDeep,
+}
+
+/// Whether JSON text nests arrays and objects more than `max` levels deep.
+///
+/// serde_json skips over a [`RawValue`] without its recursion limit, so
+/// `data` a hundred thousand levels deep parses; this bounds it instead. It
+/// runs on every event the worker consumes, hence one pass over the bytes
+/// with no allocation: brackets count unless they are inside a string, and
+/// a string ends at a quote that is not escaped. It expects text that is
+/// valid JSON (it does not check it).
+pub fn nests_deeper_than(json: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in json {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 impl Event {
-    pub fn new(
+    /// A new event, with a generated id and the current time, of data
+    /// checked by [`EventData::parse`] (or built in code).
+    pub fn with_data(
         workspace_id: WorkspaceId,
         event_type: EventType,
         channel: Option<Channel>,
-        data: serde_json::Value,
+        data: EventData,
     ) -> Result<Self, EventError> {
         let event = Self {
             id: EventId::generate(),
@@ -96,13 +178,32 @@ impl Event {
             event_type,
             channel,
             occurred_at: Utc::now(),
-            data: EventData::from_value(&data),
+            data,
         };
         event.validate()?;
         Ok(event)
     }
 
-    /// Parses and validates an event as it arrives from the broker.
+    /// As [`Event::with_data`], for data built in code. Data that arrives
+    /// as text goes through [`EventData::parse`] and `with_data`, which keep
+    /// it byte for byte; a `Value` has already rounded numbers beyond f64,
+    /// sorted keys and rewritten escapes.
+    pub fn new(
+        workspace_id: WorkspaceId,
+        event_type: EventType,
+        channel: Option<Channel>,
+        data: serde_json::Value,
+    ) -> Result<Self, EventError> {
+        Self::with_data(
+            workspace_id,
+            event_type,
+            channel,
+            EventData::from_value(&data),
+        )
+    }
+
+    /// Parses and validates an event as it arrives from the broker. The
+    /// worker calls this on every message and sets aside what it refuses.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, EventError> {
         if bytes.len() > MAX_EVENT_BYTES {
             return Err(EventError::TooLarge { size: bytes.len() });
@@ -122,10 +223,7 @@ impl Event {
     }
 
     fn validate(&self) -> Result<(), EventError> {
-        if !self.data.is_object() {
-            return Err(EventError::DataNotObject);
-        }
-        Ok(())
+        self.data.validate()
     }
 
     /// The JSON body POSTed to receivers. Shaped like the webhook payloads
@@ -218,6 +316,122 @@ mod tests {
         assert!(body.ends_with(&format!(r#""data":{data}}}"#)), "{body}");
         let again = Event::from_slice(&event.to_vec().unwrap()).unwrap();
         assert_eq!(again.data.as_str(), data);
+    }
+
+    /// Data nesting `levels` objects, each under key "a".
+    fn nested(levels: usize) -> String {
+        format!(
+            "{}{}",
+            r#"{"a":"#.repeat(levels - 1) + "{}",
+            "}".repeat(levels - 1)
+        )
+    }
+
+    fn envelope(data: &str) -> String {
+        format!(
+            r#"{{"id":"evt_1","workspace_id":"acme","type":"order.created","occurred_at":"2026-01-01T00:00:00Z","data":{data}}}"#
+        )
+    }
+
+    #[test]
+    fn nesting_counts_brackets_outside_strings_only() {
+        assert!(!nests_deeper_than(b"{}", 1));
+        assert!(nests_deeper_than(b"{}", 0));
+        assert!(!nests_deeper_than(b"[[1], {\"a\": [2]}]", 3));
+        assert!(nests_deeper_than(b"[[1], {\"a\": [[2]]}]", 3));
+        // Levels closed again do not add up.
+        assert!(!nests_deeper_than(b"[[],[],[],[]]", 2));
+        // Brackets inside strings, keys included, are text.
+        assert!(!nests_deeper_than(br#"{"[[[{{{": "]]]}}}[[[{{{"}"#, 1));
+        // An escaped quote does not end the string; the brackets after it
+        // are still text.
+        assert!(!nests_deeper_than(br#"{"a": "say \"[[[\" twice"}"#, 1));
+        // An escaped backslash does not escape the quote after it: the
+        // string ends there and the brackets that follow count.
+        assert!(nests_deeper_than(br#"{"a": "back\\", "b": [[1]]}"#, 2));
+        assert!(!nests_deeper_than(br#"{"a": "back\\", "b": [[1]]}"#, 3));
+        // Unicode escapes and multi-byte characters are plain string bytes.
+        assert!(!nests_deeper_than(
+            r#"{"\u005b": "✓ [ \u0022"}"#.as_bytes(),
+            1
+        ));
+        assert!(!nests_deeper_than(
+            nested(MAX_DATA_DEPTH).as_bytes(),
+            MAX_DATA_DEPTH
+        ));
+        assert!(nests_deeper_than(
+            nested(MAX_DATA_DEPTH + 1).as_bytes(),
+            MAX_DATA_DEPTH
+        ));
+    }
+
+    #[test]
+    fn deep_data_is_refused_wherever_it_comes_in() {
+        let deepest = nested(MAX_DATA_DEPTH);
+        let event = Event::from_slice(envelope(&deepest).as_bytes()).unwrap();
+        assert_eq!(event.data.as_str(), deepest);
+        // The webhook body, one level more, still parses with serde_json's
+        // default limit (127), as a Rust receiver would read it.
+        serde_json::from_slice::<serde_json::Value>(&event.webhook_body()).unwrap();
+        assert!(EventData::parse(deepest).is_ok());
+
+        // Past the limit by one, and far past it: serde_json alone accepts
+        // both, since it skips raw values without its recursion limit.
+        let arrays = 100_000;
+        let far = format!("{{\"a\":{}{}}}", "[".repeat(arrays), "]".repeat(arrays));
+        for data in [nested(MAX_DATA_DEPTH + 1), far] {
+            let err = Event::from_slice(envelope(&data).as_bytes()).unwrap_err();
+            assert!(matches!(err, EventError::DataTooDeep), "{err}");
+            let message = err.to_string();
+            assert!(
+                message.contains("`data`") && message.contains("at most 63"),
+                "{message}"
+            );
+            assert!(matches!(
+                EventData::parse(data.clone()),
+                Err(EventError::DataTooDeep)
+            ));
+        }
+        let mut value = json!({});
+        for _ in 0..MAX_DATA_DEPTH {
+            value = json!({ "a": value });
+        }
+        let ws = WorkspaceId::parse("acme").unwrap();
+        assert!(matches!(
+            Event::new(ws, EventType::OrderCreated, None, value),
+            Err(EventError::DataTooDeep)
+        ));
+    }
+
+    #[test]
+    fn parsed_data_keeps_its_text() {
+        // Numbers beyond f64 and u64, keys out of order, escapes a writer
+        // would rewrite, characters beyond ASCII; surrounding space goes.
+        let text = "{\"order_id\": \"o-1\", \"total\": 12.50000000000000000001, \"big\": 123456789012345678901234567890, \"note\":\"caf\\u00e9 ✓\\n\", \"a\": []}";
+        let data = EventData::parse(format!("\n  {text}\n")).unwrap();
+        assert_eq!(data.as_str(), text);
+        let event = Event::with_data(
+            WorkspaceId::parse("acme").unwrap(),
+            EventType::OrderCreated,
+            None,
+            data,
+        )
+        .unwrap();
+        let body = String::from_utf8(event.webhook_body()).unwrap();
+        assert!(body.ends_with(&format!(r#""data":{text}}}"#)), "{body}");
+        let again = Event::from_slice(&event.to_vec().unwrap()).unwrap();
+        assert_eq!(again.data.as_str(), text);
+
+        for (bad, why) in [
+            ("[1, 2]", "must be a JSON object"),
+            ("\"text\"", "must be a JSON object"),
+            ("{\"a\": }", "`data` is not valid JSON"),
+            ("{} {}", "`data` is not valid JSON"),
+            ("", "`data` is not valid JSON"),
+        ] {
+            let err = EventData::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
     }
 
     #[test]

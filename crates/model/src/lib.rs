@@ -16,7 +16,7 @@ pub mod signing;
 pub mod subscription;
 pub mod url;
 
-pub use event::{Event, EventData, EventError, MAX_EVENT_BYTES};
+pub use event::{Event, EventData, EventError, MAX_DATA_DEPTH, MAX_EVENT_BYTES};
 pub use event_type::{EventType, UnknownEventType};
 pub use ids::{DeliveryId, EventId, IdError, SubscriptionId, WorkspaceId};
 pub use message::{DeliveryMessage, MessageError};
@@ -24,6 +24,6 @@ pub use outcome::{AttemptResult, Decision, DeliveryStatus, ErrorKind, classify};
 pub use retry::{RetryPolicy, RetryPolicyError};
 pub use signing::{SecretError, WebhookSecret, sign_headers};
 pub use subscription::{
-    Channel, Subscription, SubscriptionIndex, SubscriptionStatus, ValidationError,
+    Channel, Subscription, SubscriptionIndex, SubscriptionStatus, ValidationError, validate_name,
 };
 pub use url::{UrlError, WebhookUrl};

@@ -27,6 +27,36 @@ impl ValidationError {
     }
 }
 
+/// The rule for names people give things (webhooks, workspaces, API keys),
+/// checked on the name as stored, without surrounding whitespace: 1 to
+/// `max_len` characters and no control characters. PostgreSQL cannot store
+/// a NUL in text at all, and the others (line breaks, escape sequences)
+/// would forge lines in logs and the CLI's output.
+pub fn validate_name(
+    field: &'static str,
+    name: &str,
+    max_len: usize,
+) -> Result<(), ValidationError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > max_len {
+        return Err(ValidationError::new(
+            field,
+            format!("must be 1-{max_len} characters"),
+        ));
+    }
+    if let Some((at, c)) = name.chars().enumerate().find(|(_, c)| c.is_control()) {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "must not contain control characters; found U+{:04X} at character {}",
+                u32::from(c),
+                at + 1
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// An order channel (a marketplace or shop the order came from).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -128,14 +158,7 @@ impl Subscription {
     pub const MAX_NAME_LEN: usize = 200;
 
     pub fn validate_name(name: &str) -> Result<(), ValidationError> {
-        let len = name.chars().count();
-        if name.trim().is_empty() || len > Self::MAX_NAME_LEN {
-            return Err(ValidationError::new(
-                "name",
-                format!("must be 1-{} characters", Self::MAX_NAME_LEN),
-            ));
-        }
-        Ok(())
+        validate_name("name", name, Self::MAX_NAME_LEN)
     }
 
     pub fn validate_event_types(types: &[EventType]) -> Result<(), ValidationError> {
@@ -368,7 +391,26 @@ mod tests {
     #[test]
     fn validation() {
         assert!(Subscription::validate_name("ok").is_ok());
+        assert!(Subscription::validate_name("Bestellungen → ERP ✓").is_ok());
+        // Stored trimmed, so a line break around the name is no harm.
+        assert!(Subscription::validate_name("from a pipe\n").is_ok());
         assert_eq!(Subscription::validate_name(" ").unwrap_err().field, "name");
+        for bad in [
+            "a\0b",
+            "line\nbreak",
+            "tab\there",
+            "\u{1b}[31mred",
+            "del\u{7f}",
+            "next\u{85}line",
+        ] {
+            let err = Subscription::validate_name(bad).unwrap_err();
+            assert_eq!(err.field, "name", "{bad:?}");
+            assert!(err.message.contains("control characters"), "{err}");
+        }
+        assert_eq!(
+            validate_name("name", "a\0b", 10).unwrap_err().message,
+            "must not contain control characters; found U+0000 at character 2"
+        );
         assert_eq!(
             Subscription::validate_event_types(&[]).unwrap_err().field,
             "events"
