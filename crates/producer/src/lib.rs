@@ -5,6 +5,24 @@
 //! The worker reuses [`Topology`] and [`ConfirmedChannel`] for its own
 //! publishes (delivery, retry, dead and poison messages), so all broker names
 //! and durability settings live here and nowhere else.
+//!
+//! Data that arrives as text (a request body, a file) is best published as
+//! that text: receivers then get it byte for byte, where going through a
+//! `serde_json::Value` would round numbers beyond f64 and reorder keys.
+//!
+//! ```no_run
+//! use courier_model::{Event, EventData, EventType, WorkspaceId};
+//! use courier_producer::{DEFAULT_AMQP_URL, Publisher};
+//!
+//! # async fn publish() -> Result<(), Box<dyn std::error::Error>> {
+//! let (publisher, _connection) = Publisher::connect(DEFAULT_AMQP_URL, "courier").await?;
+//! let data = EventData::parse(r#"{"order_id": "o-1", "total": 12.50}"#)?;
+//! let workspace = WorkspaceId::parse("acme")?;
+//! let event = Event::with_data(workspace, EventType::OrderCreated, None, data)?;
+//! publisher.publish(&event).await?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod publisher;
 pub mod topology;

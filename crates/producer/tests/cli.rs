@@ -1,7 +1,7 @@
-//! The `courier-producer` binary against the real RabbitMQ (127.0.0.1:5672,
-//! or `COURIER__AMQP__URL`). Each test gets its own name prefix, reads what
-//! arrived in that prefix's fan-out queue, and deletes its queues and
-//! exchanges afterwards, even when it fails.
+//! The `courier-producer` binary, and the library's `Publisher` under it,
+//! against the real RabbitMQ (127.0.0.1:5672, or `COURIER__AMQP__URL`). Each
+//! test gets its own name prefix, reads what arrived in that prefix's fan-out
+//! queue, and deletes its queues and exchanges afterwards, even when it fails.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -32,6 +32,8 @@ struct Ctx {
 #[derive(Debug)]
 struct Received {
     body: Value,
+    /// The bytes as published, for what a `Value` would normalise away.
+    raw: Vec<u8>,
     properties: BasicProperties,
 }
 
@@ -125,6 +127,7 @@ impl Ctx {
         {
             received.push(Received {
                 body: serde_json::from_slice(&message.delivery.data).unwrap(),
+                raw: message.delivery.data.clone(),
                 properties: message.delivery.properties.clone(),
             });
         }
@@ -289,6 +292,77 @@ async fn publish_reads_stdin_and_files_and_keeps_a_given_id() {
     .await;
 }
 
+/// Data a `serde_json::Value` would change: digits beyond f64 and u64, keys
+/// out of order, escapes (`\u00e9`, `\n`) a writer re-encodes, characters
+/// beyond ASCII, spacing of its own.
+const EXACT_DATA: &str = r#"{"order_id": "o-1", "total": 12.50000000000000000001, "big": 123456789012345678901234567890, "note":"caf\u00e9 ✓\n",  "a": {"z": 1, "b": []}}"#;
+
+/// The published event ends with its data, byte for byte.
+#[track_caller]
+fn assert_data_exact(message: &Received, data: &str) {
+    let raw = String::from_utf8(message.raw.clone()).unwrap();
+    assert!(
+        raw.ends_with(&format!(r#""data":{data}}}"#)),
+        "data changed on the way:\n sent {data}\n got {raw}"
+    );
+}
+
+#[tokio::test]
+async fn publish_keeps_the_data_byte_for_byte_from_every_source() {
+    isolated(|ctx| async move {
+        let base = ["publish", "--workspace", "acme", "--type", "order.created"];
+        let output = ctx
+            .run(&[&base[..], &["--data", EXACT_DATA]].concat())
+            .await;
+        assert_success(&output);
+
+        // Space around the object is not part of it; everything inside is.
+        let output = ctx
+            .run_with_stdin(
+                &[&base[..], &["-"]].concat(),
+                &format!("\n {EXACT_DATA} \n"),
+            )
+            .await;
+        assert_success(&output);
+
+        let pretty = "{\n  \"total\": 1e-7,\n  \"order_id\": \"o-\\u0031\"\n}";
+        let file = ctx.temp_file("exact.json", &format!("{pretty}\n"));
+        let output = ctx
+            .run(&[&base[..], &["--file", file.to_str().unwrap()]].concat())
+            .await;
+        std::fs::remove_file(&file).unwrap();
+        assert_success(&output);
+
+        let received = ctx.drain().await;
+        assert_eq!(received.len(), 3);
+        assert_data_exact(&received[0], EXACT_DATA);
+        assert_data_exact(&received[1], EXACT_DATA);
+        assert_data_exact(&received[2], pretty);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_library_publishes_data_text_as_given() {
+    use courier_model::{Event, EventData, EventType, WorkspaceId};
+    use courier_producer::Publisher;
+
+    isolated(|ctx| async move {
+        let (publisher, connection) = Publisher::connect(&ctx.url, &ctx.prefix).await.unwrap();
+        let data = EventData::parse(EXACT_DATA).unwrap();
+        let workspace = WorkspaceId::parse("acme").unwrap();
+        let event = Event::with_data(workspace, EventType::OrderCreated, None, data).unwrap();
+        publisher.publish(&event).await.unwrap();
+        connection.close(200, "done".into()).await.unwrap();
+
+        let received = ctx.drain().await;
+        assert_eq!(received.len(), 1);
+        assert_eq!(received[0].body["id"], event.id.as_str());
+        assert_data_exact(&received[0], EXACT_DATA);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn bad_input_exits_2_naming_the_problem_and_publishes_nothing() {
     isolated(|ctx| async move {
@@ -297,6 +371,12 @@ async fn bad_input_exits_2_naming_the_problem_and_publishes_nothing() {
         let oversized = ctx.temp_file(
             "oversized.json",
             &json!({"blob": "x".repeat(300 * 1024)}).to_string(),
+        );
+        // Accepted by serde_json, which skips data without its recursion
+        // limit; refused by courier's own.
+        let deep = ctx.temp_file(
+            "deep.json",
+            &format!("{{\"a\": {}{}}}", "[".repeat(100_000), "]".repeat(100_000)),
         );
         let base = ["publish", "--workspace", "acme", "--type", "order.created"];
         let cases: Vec<(Vec<&str>, Vec<String>)> = vec![
@@ -333,6 +413,13 @@ async fn bad_input_exits_2_naming_the_problem_and_publishes_nothing() {
             (
                 [&base[..], &["--data", "[1, 2]"]].concat(),
                 vec!["must be a JSON object".into(), "not an array".into()],
+            ),
+            (
+                [&base[..], &["--file", deep.to_str().unwrap()]].concat(),
+                vec![
+                    format!("file {}: ", deep.display()),
+                    "`data` nests arrays and objects more than 63 levels deep".into(),
+                ],
             ),
             (
                 [&base[..], &["--file", oversized.to_str().unwrap()]].concat(),
@@ -388,6 +475,7 @@ async fn bad_input_exits_2_naming_the_problem_and_publishes_nothing() {
         }
         std::fs::remove_file(&malformed).unwrap();
         std::fs::remove_file(&oversized).unwrap();
+        std::fs::remove_file(&deep).unwrap();
 
         assert_eq!(ctx.fanout_count().await, 0);
         assert!(ctx.drain().await.is_empty());

@@ -1,14 +1,16 @@
 //! `courier-producer publish`: one event from the command line, a file or
 //! stdin. The event is fully built and encoded before connecting, so bad
-//! input never reaches the broker and never needs one to be diagnosed.
+//! input never reaches the broker and never needs one to be diagnosed. The
+//! data is checked but kept as the text given, so receivers get its bytes.
 
 use std::fmt;
 use std::io::Read;
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args};
-use courier_model::{Channel, Event, EventId, EventType, MAX_EVENT_BYTES, WorkspaceId};
-use serde_json::Value;
+use courier_model::{
+    Channel, Event, EventData, EventError, EventId, EventType, MAX_EVENT_BYTES, WorkspaceId,
+};
 
 use super::{Broker, Failure, parse_channel};
 
@@ -86,7 +88,7 @@ impl PublishArgs {
 pub async fn run(broker: &Broker, args: &PublishArgs) -> Result<(), Failure> {
     let source = args.source();
     let bytes = read(&source)?;
-    let (event, body) = build(args, &source, &bytes)?;
+    let (event, body) = build(args, &source, bytes)?;
 
     let (publisher, connection) = super::connect(broker).await?;
     let published = publisher.publish_encoded(&event, &body).await;
@@ -124,17 +126,24 @@ fn read(source: &Source<'_>) -> Result<Vec<u8>, Failure> {
 fn build(
     args: &PublishArgs,
     source: &Source<'_>,
-    bytes: &[u8],
+    bytes: Vec<u8>,
 ) -> Result<(Event, Vec<u8>), Failure> {
-    let data: Value = serde_json::from_slice(bytes)
-        .map_err(|error| Failure::bad_input(format!("malformed JSON in {source}: {error}")))?;
-    if !data.is_object() {
-        return Err(Failure::bad_input(format!(
-            "the data in {source} must be a JSON object ({{...}}), not {}",
-            kind(&data)
-        )));
-    }
-    let mut event = Event::new(
+    let text = String::from_utf8(bytes).map_err(|error| {
+        Failure::bad_input(format!(
+            "malformed JSON in {source}: not UTF-8 text ({error})"
+        ))
+    })?;
+    let kind = kind(&text);
+    let data = EventData::parse(text).map_err(|error| match error {
+        EventError::DataMalformed(error) => {
+            Failure::bad_input(format!("malformed JSON in {source}: {error}"))
+        }
+        EventError::DataNotObject => Failure::bad_input(format!(
+            "the data in {source} must be a JSON object ({{...}}), not {kind}"
+        )),
+        other => Failure::bad_input(format!("{source}: {other}")),
+    })?;
+    let mut event = Event::with_data(
         args.workspace.clone(),
         args.event_type,
         args.channel.clone(),
@@ -152,14 +161,16 @@ fn build(
     Ok((event, body))
 }
 
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// What a JSON text holds, told by its first character, for saying what was
+/// given instead of an object. Only read once the text failed as an object.
+fn kind(text: &str) -> &'static str {
+    match text.trim_start().bytes().next() {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
     }
 }
 
@@ -183,7 +194,7 @@ mod tests {
         let args = parse(argv).unwrap();
         let source = args.source();
         let bytes = read(&source)?;
-        build(&args, &source, &bytes)
+        build(&args, &source, bytes)
     }
 
     fn message(failure: Failure) -> String {
@@ -235,6 +246,19 @@ mod tests {
         let huge = format!(r#"{{"blob": "{}"}}"#, "x".repeat(MAX_EVENT_BYTES));
         let err = message(build_from(&[&base[..], &[huge.as_str()]].concat()).unwrap_err());
         assert!(err.contains("too large"), "{err}");
+
+        let depth = courier_model::MAX_DATA_DEPTH + 1;
+        let deep = format!(
+            "{}{}",
+            r#"{"a":"#.repeat(depth - 1) + "{}",
+            "}".repeat(depth - 1)
+        );
+        let err = message(build_from(&[&base[..], &[deep.as_str()]].concat()).unwrap_err());
+        assert!(err.starts_with("--data: "), "{err}");
+        assert!(
+            err.contains("`data` nests") && err.contains("at most 63"),
+            "{err}"
+        );
     }
 
     #[test]
