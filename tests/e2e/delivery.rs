@@ -146,7 +146,11 @@ async fn matching_reaches_exactly_the_right_receivers(db: Db) {
                 .expect("body carries the event id");
             assert_eq!(body["type"], event.event_type.as_str());
             assert_eq!(body["workspace_id"], event.workspace_id.as_str());
-            let deliveries = env.store.deliveries_of_event(&event.id).await.unwrap();
+            let deliveries = env
+                .store
+                .deliveries_of_event(&event.workspace_id, &event.id)
+                .await
+                .unwrap();
             assert!(
                 deliveries.iter().any(|d| d.id.to_string() == r.webhook_id),
                 "webhook-id is the delivery id"

@@ -8,9 +8,12 @@ mod fast_path;
 mod held;
 mod operations;
 mod poison;
+mod read_your_writes;
 mod recovery;
 mod replicas;
 mod retries;
+mod tenancy;
+mod traces;
 
 /// Generates `<name>::sqlite` and `<name>::postgres` tests from one
 /// `async fn name(db: Db)`.

@@ -45,7 +45,11 @@ async fn failures_are_retried_then_dead_lettered(db: Db) {
         "all three deliveries to die",
         Duration::from_secs(60),
         || async {
-            let deliveries = env.store.deliveries_of_event(&event.id).await.unwrap();
+            let deliveries = env
+                .store
+                .deliveries_of_event(&event.workspace_id, &event.id)
+                .await
+                .unwrap();
             deliveries.len() == 3 && deliveries.iter().all(|d| d.status == DeliveryStatus::Dead)
         },
     )
@@ -58,7 +62,11 @@ async fn failures_are_retried_then_dead_lettered(db: Db) {
     .await;
     worker.stop().await.unwrap();
 
-    let deliveries = env.store.deliveries_of_event(&event.id).await.unwrap();
+    let deliveries = env
+        .store
+        .deliveries_of_event(&event.workspace_id, &event.id)
+        .await
+        .unwrap();
     for (sub, expect_status, expect_kind) in [
         (&s500, Some(500), None),
         (&stimeout, None, Some(ErrorKind::Timeout)),
@@ -141,7 +149,7 @@ async fn recovers_after_two_failures(db: Db) {
         Duration::from_secs(30),
         || async {
             env.store
-                .deliveries_of_event(&event.id)
+                .deliveries_of_event(&event.workspace_id, &event.id)
                 .await
                 .unwrap()
                 .first()
@@ -153,7 +161,7 @@ async fn recovers_after_two_failures(db: Db) {
 
     let delivery = env
         .store
-        .deliveries_of_event(&event.id)
+        .deliveries_of_event(&event.workspace_id, &event.id)
         .await
         .unwrap()
         .remove(0);

@@ -24,8 +24,8 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use courier_model::{EventType, Subscription, SubscriptionId, SubscriptionStatus};
-use courier_store::{DeliveryFilter, DeliveryLogEntry};
+use courier_model::{EventId, EventType, Subscription, SubscriptionId, SubscriptionStatus};
+use courier_store::{DeliveryFilter, DeliveryLogEntry, EventRecord};
 use serde_json::json;
 
 use crate::auth::{WorkspaceKey, bearer};
@@ -209,6 +209,45 @@ impl WebhookLog {
     }
 }
 
+/// An event as courier received it, with the deliveries it led to.
+pub struct GqlEvent {
+    record: EventRecord,
+    deliveries: Vec<DeliveryLogEntry>,
+}
+
+#[Object(name = "Event")]
+impl GqlEvent {
+    async fn id(&self) -> &str {
+        self.record.event.id.as_str()
+    }
+    #[graphql(name = "type")]
+    async fn event_type(&self) -> GqlEventType {
+        self.record.event.event_type.into()
+    }
+    async fn channel(&self) -> Option<&str> {
+        self.record.event.channel.as_ref().map(|c| c.as_str())
+    }
+    async fn occurred_at(&self) -> String {
+        self.record.event.occurred_at.to_rfc3339()
+    }
+    /// When courier recorded it.
+    async fn received_at(&self) -> String {
+        self.record.received_at.to_rfc3339()
+    }
+    /// The event's data: the JSON text as published.
+    async fn data(&self) -> &str {
+        self.record.event.data.as_str()
+    }
+    /// How many webhooks it matched; 0 when none did.
+    async fn matched(&self) -> i32 {
+        i32::try_from(self.deliveries.len()).unwrap_or(i32::MAX)
+    }
+    /// Its deliveries, oldest first.
+    async fn deliveries(&self) -> Vec<WebhookLog> {
+        self.deliveries.iter().cloned().map(WebhookLog).collect()
+    }
+}
+
 #[derive(SimpleObject)]
 pub struct WebhookLogEdge {
     node: WebhookLog,
@@ -272,6 +311,29 @@ impl Query {
             .await
             .map_err(|e| gql_error(e.into()))?
             .map(Webhook))
+    }
+
+    /// One event of the workspace: when courier received it and which
+    /// webhooks it matched (none included). Null when courier has no record
+    /// of it.
+    async fn event(&self, ctx: &Context<'_>, id: ID) -> GqlResult<Option<GqlEvent>> {
+        let (state, key) = caller(ctx);
+        let Ok(id) = EventId::parse(id.as_str()) else {
+            return Ok(None);
+        };
+        let store = state.store();
+        let Some(record) = store
+            .get_event(&key.workspace, &id)
+            .await
+            .map_err(|e| gql_error(e.into()))?
+        else {
+            return Ok(None);
+        };
+        let deliveries = store
+            .event_deliveries(&key.workspace, &id)
+            .await
+            .map_err(|e| gql_error(e.into()))?;
+        Ok(Some(GqlEvent { record, deliveries }))
     }
 
     /// The delivery log, newest first.

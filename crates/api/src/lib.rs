@@ -19,6 +19,7 @@ mod admin;
 mod auth;
 mod deliveries;
 mod error;
+mod events;
 mod extract;
 mod graphql;
 mod ingest;

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{ApiState, admin, deliveries, ingest, testsend, webhooks_rest};
+use crate::{ApiState, admin, deliveries, events, ingest, testsend, webhooks_rest};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,7 +24,7 @@ use crate::{ApiState, admin, deliveries, ingest, testsend, webhooks_rest};
         (name = "admin", description = "workspaces and API keys (admin token)"),
         (name = "webhooks", description = "subscriptions of a workspace"),
         (name = "deliveries", description = "delivery log and redelivery"),
-        (name = "events", description = "HTTP event ingest"),
+        (name = "events", description = "HTTP event ingest, and what became of an event"),
     )
 )]
 struct ApiDoc;
@@ -64,4 +64,5 @@ pub fn rest_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(deliveries::list_attempts))
         .routes(routes!(deliveries::retry_delivery))
         .routes(routes!(ingest::ingest))
+        .routes(routes!(events::get_event))
 }

@@ -112,9 +112,15 @@ async fn open_db(db: Db) -> (Store, Cleanup) {
             (format!("{base}/{name}"), Cleanup::Database(name))
         }
     };
-    let store = Store::connect(&url, &StoreOptions { max_connections: 4 })
-        .await
-        .unwrap();
+    let store = Store::connect(
+        &url,
+        &StoreOptions {
+            max_connections: 4,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     store.migrate().await.unwrap();
     (store, cleanup)
 }

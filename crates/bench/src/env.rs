@@ -159,7 +159,10 @@ impl BenchEnv {
     pub async fn store(&self) -> anyhow::Result<Store> {
         Store::connect(
             &self.settings.database.url,
-            &StoreOptions { max_connections: 8 },
+            &StoreOptions {
+                max_connections: 8,
+                ..StoreOptions::default()
+            },
         )
         .await
         .context("could not open the bench ledger")

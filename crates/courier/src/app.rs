@@ -47,6 +47,8 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
         url,
         &StoreOptions {
             max_connections: settings.database.max_connections,
+            sqlite_sync: courier_store::SqliteSync::parse(&settings.database.sqlite_synchronous)
+                .unwrap_or_default(),
         },
     )
     .await

@@ -15,6 +15,7 @@ pub const DEFAULTS: &str = r#"
 [database]
 url = "sqlite://courier.db"
 max_connections = 16
+sqlite_synchronous = "full"
 
 [amqp]
 url = "amqp://guest:guest@127.0.0.1:5672/%2f"
@@ -81,6 +82,9 @@ pub struct Settings {
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
+    /// SQLite only: `full` (the default; a commit survives a power loss) or
+    /// `normal` (it survives the process crashing only).
+    pub sqlite_synchronous: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -175,6 +179,13 @@ impl Settings {
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if courier_store::SqliteSync::parse(&self.database.sqlite_synchronous).is_none() {
+            return Err(invalid(
+                "database.sqlite_synchronous",
+                "must be \"full\" (commits survive a power loss) or \"normal\" (they survive \
+                 the process crashing only)",
+            ));
         }
         if !(self.amqp.url.starts_with("amqp://") || self.amqp.url.starts_with("amqps://")) {
             return Err(invalid("amqp.url", "must start with amqp:// or amqps://"));

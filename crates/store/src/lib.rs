@@ -60,11 +60,12 @@ pub struct Workspace {
     pub created_at: DateTime<Utc>,
 }
 
-/// How many subscriptions there are and when the latest change was made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The ledger's subscriptions version: a counter that every change to a
+/// subscription moves forward in the change's own transaction (a trigger
+/// does, whatever made the change). Equal fingerprints mean no change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SubscriptionsFingerprint {
-    pub count: i64,
-    pub latest: Option<DateTime<Utc>>,
+    pub version: i64,
 }
 
 /// One hot-path write. A batch of these commits in one transaction.
@@ -303,6 +304,15 @@ pub struct AttemptRecord {
     pub response_excerpt: Option<String>,
 }
 
+/// An event as the ledger recorded it: every event a worker consumed,
+/// whether or not it matched a webhook.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRecord {
+    pub event: Event,
+    /// When the fan-out that recorded it committed.
+    pub received_at: DateTime<Utc>,
+}
+
 /// Everything the delivery stage needs to make one attempt, read in one go.
 #[derive(Clone, Debug)]
 pub struct DeliveryContext {
@@ -366,12 +376,40 @@ impl DeliveryLogEntry {
 pub struct StoreOptions {
     /// Upper bound of pooled connections (PostgreSQL; SQLite readers).
     pub max_connections: u32,
+    /// What a SQLite commit survives; PostgreSQL has its own settings.
+    pub sqlite_sync: SqliteSync,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             max_connections: 16,
+            sqlite_sync: SqliteSync::Full,
+        }
+    }
+}
+
+/// SQLite's `synchronous` setting (WAL mode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SqliteSync {
+    /// Every commit is fsynced before it returns: it survives a power loss
+    /// or a kernel crash as well as the process dying. Held deliveries and
+    /// retries the ledger owes live only there, their events long acked,
+    /// so this is the default.
+    #[default]
+    Full,
+    /// Commits are fsynced at checkpoints only: they survive the process
+    /// dying, but a power loss may roll back the last of them, and with
+    /// them deliveries whose events were acked. An explicit opt-in.
+    Normal,
+}
+
+impl SqliteSync {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "full" => Some(Self::Full),
+            "normal" => Some(Self::Normal),
+            _ => None,
         }
     }
 }
@@ -394,7 +432,8 @@ macro_rules! dispatch {
 
 impl Store {
     /// Connects to `sqlite://PATH` (file created when missing; WAL,
-    /// synchronous=NORMAL) or `postgres://...`. Does not migrate.
+    /// `synchronous` as `options.sqlite_sync` says) or `postgres://...`.
+    /// Does not migrate.
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
         if url.starts_with("sqlite:") {
             Ok(Self::Sqlite(SqliteStore::connect(url, options).await?))
@@ -503,9 +542,9 @@ impl Store {
         dispatch!(self, s => s.for_each_enabled_subscription(each).await)
     }
 
-    /// Changes whenever a subscription is created, updated or deleted (as
-    /// long as clocks move forward): a cheap test of whether a cached set
-    /// is stale.
+    /// Changes whenever a subscription is created, updated or deleted, in
+    /// the change's own transaction: a cheap test (one row) of whether a
+    /// cached set is stale.
     pub async fn subscriptions_fingerprint(&self) -> Result<SubscriptionsFingerprint> {
         dispatch!(self, s => s.subscriptions_fingerprint().await)
     }
@@ -545,6 +584,26 @@ impl Store {
         id: DeliveryId,
     ) -> Result<Option<DeliveryLogEntry>> {
         dispatch!(self, s => s.get_delivery_entry(workspace, id).await)
+    }
+
+    /// One event of the workspace as recorded, matched or not; another
+    /// workspace's event of the same id is `None`.
+    pub async fn get_event(
+        &self,
+        workspace: &WorkspaceId,
+        id: &EventId,
+    ) -> Result<Option<EventRecord>> {
+        dispatch!(self, s => s.get_event(workspace, id).await)
+    }
+
+    /// The deliveries of one event of the workspace with the URL each goes
+    /// to, oldest first.
+    pub async fn event_deliveries(
+        &self,
+        workspace: &WorkspaceId,
+        id: &EventId,
+    ) -> Result<Vec<DeliveryLogEntry>> {
+        dispatch!(self, s => s.event_deliveries(workspace, id).await)
     }
 
     /// Puts a delivery of this workspace back to `retrying` (attempt count
@@ -637,8 +696,13 @@ impl Store {
         dispatch!(self, s => s.get_delivery(id).await)
     }
 
-    pub async fn deliveries_of_event(&self, event: &EventId) -> Result<Vec<DeliveryRecord>> {
-        dispatch!(self, s => s.deliveries_of_event(event).await)
+    /// The deliveries of one event of one workspace, oldest first.
+    pub async fn deliveries_of_event(
+        &self,
+        workspace: &WorkspaceId,
+        event: &EventId,
+    ) -> Result<Vec<DeliveryRecord>> {
+        dispatch!(self, s => s.deliveries_of_event(workspace, event).await)
     }
 
     /// Oldest first.

@@ -25,8 +25,9 @@ use crate::rows::{
 };
 use crate::{
     ApiKeyRecord, AttemptRecord, AttemptWrite, DeliveryContext, DeliveryCursor, DeliveryFilter,
-    DeliveryLogEntry, DeliveryRecord, HeldDelivery, HeldDue, Result, StoreError, StoreOptions,
-    SubscriptionsFingerprint, Workspace, WriteOp, WriteResult, in_callers_order, kind_order,
+    DeliveryLogEntry, DeliveryRecord, EventRecord, HeldDelivery, HeldDue, Result, StoreError,
+    StoreOptions, SubscriptionsFingerprint, Workspace, WriteOp, WriteResult, in_callers_order,
+    kind_order,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -333,13 +334,10 @@ impl PgStore {
     }
 
     pub async fn subscriptions_fingerprint(&self) -> Result<SubscriptionsFingerprint> {
-        let row = sqlx::query("SELECT COUNT(*) AS n, MAX(updated_at) AS latest FROM subscriptions")
+        let version = sqlx::query_scalar("SELECT version FROM subscriptions_version")
             .fetch_one(&self.pool)
             .await?;
-        Ok(SubscriptionsFingerprint {
-            count: row.try_get::<i64, _>("n")?,
-            latest: row.try_get("latest")?,
-        })
+        Ok(SubscriptionsFingerprint { version })
     }
 
     // --- hot path -----------------------------------------------------------
@@ -396,7 +394,8 @@ impl PgStore {
             rows::event_columns!(),
             ", ",
             rows::subscription_columns!(),
-            " FROM deliveries d JOIN events e ON e.id = d.event_id \
+            " FROM deliveries d \
+             JOIN events e ON e.workspace_id = d.workspace_id AND e.id = d.event_id \
              LEFT JOIN subscriptions s ON s.id = d.subscription_id \
              AND s.workspace_id = d.workspace_id \
              WHERE d.id = $1"
@@ -494,13 +493,19 @@ impl PgStore {
         .transpose()
     }
 
-    pub async fn deliveries_of_event(&self, event: &EventId) -> Result<Vec<DeliveryRecord>> {
+    pub async fn deliveries_of_event(
+        &self,
+        workspace: &WorkspaceId,
+        event: &EventId,
+    ) -> Result<Vec<DeliveryRecord>> {
         sqlx::query(concat!(
             "SELECT ",
             rows::delivery_columns!(),
-            " FROM deliveries d WHERE d.event_id = $1 ORDER BY d.created_at, d.id"
+            " FROM deliveries d WHERE d.event_id = $1 AND d.workspace_id = $2 \
+             ORDER BY d.created_at, d.id"
         ))
         .bind(event.as_str())
+        .bind(workspace.as_str())
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -633,16 +638,16 @@ async fn fan_out_run(
         })
         .collect();
 
-    // One row per distinct event: the first op naming an event id speaks for
+    // One row per distinct event: the first op naming an event speaks for
     // it, as it would have when applied first.
-    let mut first_op_of_event: HashMap<&str, usize> = HashMap::new();
+    let mut first_op_of_event: HashMap<(&str, &str), usize> = HashMap::new();
     let (mut ids, mut workspaces, mut types, mut channels, mut occurred, mut data) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     for (i, (event, _)) in fan_outs.iter().enumerate() {
-        if first_op_of_event.contains_key(event.id.as_str()) {
+        if first_op_of_event.contains_key(&rows::event_key(event)) {
             continue;
         }
-        first_op_of_event.insert(event.id.as_str(), i);
+        first_op_of_event.insert(rows::event_key(event), i);
         ids.push(event.id.as_str());
         workspaces.push(event.workspace_id.as_str());
         types.push(event.event_type.as_str());
@@ -650,14 +655,14 @@ async fn fan_out_run(
         occurred.push(event.occurred_at);
         data.push(event.data.as_str());
     }
-    let new_events: HashSet<String> = sqlx::query_scalar(insert!(
+    let new_events: HashSet<(String, String)> = sqlx::query_as(insert!(
         conflicts,
         "INSERT INTO events (id, workspace_id, type, channel, occurred_at, data, received_at) \
          SELECT u.id, u.workspace_id, u.type, u.channel, u.occurred_at, u.data::json, $7 \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], \
          $6::text[]) AS u(id, workspace_id, type, channel, occurred_at, data)",
-        "ON CONFLICT (id) DO NOTHING",
-        "RETURNING id"
+        "ON CONFLICT (workspace_id, id) DO NOTHING",
+        "RETURNING workspace_id, id"
     ))
     .bind(&ids)
     .bind(&workspaces)
@@ -737,8 +742,8 @@ async fn fan_out_run(
     }
 
     let is_new = |i: usize, event: &Event| {
-        new_events.contains(event.id.as_str())
-            && first_op_of_event.get(event.id.as_str()) == Some(&i)
+        rows::contains_event(&new_events, event)
+            && first_op_of_event.get(&rows::event_key(event)) == Some(&i)
     };
     // Redelivered events publish only what is still pending: one lookup for
     // all of them.
@@ -1088,6 +1093,48 @@ impl PgStore {
         .await?
         .map(|row| log_entry_from_row(&row))
         .transpose()
+    }
+
+    pub async fn get_event(
+        &self,
+        workspace: &WorkspaceId,
+        id: &EventId,
+    ) -> Result<Option<EventRecord>> {
+        let Some(row) = sqlx::query(concat!(
+            "SELECT ",
+            rows::event_columns!(),
+            ", e.received_at AS e_received_at FROM events e \
+             WHERE e.workspace_id = $1 AND e.id = $2"
+        ))
+        .bind(workspace.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(EventRecord {
+            event: event_from_row(&row)?,
+            received_at: row.try_get("e_received_at")?,
+        }))
+    }
+
+    pub async fn event_deliveries(
+        &self,
+        workspace: &WorkspaceId,
+        id: &EventId,
+    ) -> Result<Vec<DeliveryLogEntry>> {
+        sqlx::query(concat!(
+            delivery_log_select!(),
+            "WHERE d.event_id = $1 AND d.workspace_id = $2 ORDER BY d.created_at, d.id"
+        ))
+        .bind(id.as_str())
+        .bind(workspace.as_str())
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(log_entry_from_row)
+        .collect()
     }
 
     pub async fn reopen_delivery(

@@ -311,3 +311,21 @@ pub(crate) fn to_publish(
         .copied()
         .collect()
 }
+
+/// What identifies an event in the ledger: its workspace and its id. Ids
+/// are the upstreams', so two workspaces may use the same one.
+pub(crate) fn event_key(event: &Event) -> (&str, &str) {
+    (event.workspace_id.as_str(), event.id.as_str())
+}
+
+/// Whether `keys`, (workspace, id) pairs as an insert returned them, hold
+/// `event`.
+pub(crate) fn contains_event(
+    keys: &std::collections::HashSet<(String, String)>,
+    event: &Event,
+) -> bool {
+    keys.contains(&(
+        event.workspace_id.as_str().to_owned(),
+        event.id.as_str().to_owned(),
+    ))
+}

@@ -7,9 +7,13 @@
 //! waiting. Other processes on the same file queue on `busy_timeout`. Reads
 //! use a separate pool and never wait for the writer (WAL).
 //!
-//! `synchronous=NORMAL` in WAL mode: a commit survives the process crashing
-//! (what the durability contract is about: redelivery after a worker dies),
-//! though the last commits may roll back if the machine itself loses power.
+//! `synchronous=FULL` in WAL mode by default: a commit is on disk when it
+//! returns, so it survives a power loss as well as the process crashing.
+//! The ledger alone holds held deliveries and the retries it owes, their
+//! events long acked, so a rolled-back commit would lose them. The ledger
+//! commits in groups, so the fsync is paid per batch, not per event.
+//! `synchronous=NORMAL` (`database.sqlite_synchronous = "normal"`) only
+//! survives the process crashing; it is there as an explicit opt-in.
 //!
 //! SQLite has no timestamp or UUID types: timestamps are stored as RFC 3339
 //! text with exactly six fractional digits, so that text order is time order,
@@ -36,8 +40,9 @@ use crate::rows::{
 };
 use crate::{
     ApiKeyRecord, AttemptRecord, AttemptWrite, DeliveryContext, DeliveryCursor, DeliveryFilter,
-    DeliveryLogEntry, DeliveryRecord, HeldDelivery, HeldDue, Result, StoreError, StoreOptions,
-    SubscriptionsFingerprint, Workspace, WriteOp, WriteResult, in_callers_order, kind_order,
+    DeliveryLogEntry, DeliveryRecord, EventRecord, HeldDelivery, HeldDue, Result, SqliteSync,
+    StoreError, StoreOptions, SubscriptionsFingerprint, Workspace, WriteOp, WriteResult,
+    in_callers_order, kind_order,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -225,7 +230,10 @@ impl SqliteStore {
         let connect = connect
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(match options.sqlite_sync {
+                SqliteSync::Full => SqliteSynchronous::Full,
+                SqliteSync::Normal => SqliteSynchronous::Normal,
+            })
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
 
@@ -440,16 +448,10 @@ impl SqliteStore {
     }
 
     pub async fn subscriptions_fingerprint(&self) -> Result<SubscriptionsFingerprint> {
-        let row = sqlx::query("SELECT COUNT(*) AS n, MAX(updated_at) AS latest FROM subscriptions")
+        let version = sqlx::query_scalar("SELECT version FROM subscriptions_version")
             .fetch_one(&self.reader)
             .await?;
-        Ok(SubscriptionsFingerprint {
-            count: row.try_get::<i64, _>("n")?,
-            latest: match row.try_get::<Option<&str>, _>("latest")? {
-                Some(text) => Some(parse_ts("subscriptions.updated_at", text)?),
-                None => None,
-            },
-        })
+        Ok(SubscriptionsFingerprint { version })
     }
 
     // --- hot path -----------------------------------------------------------
@@ -547,7 +549,8 @@ impl SqliteStore {
             rows::event_columns!(),
             ", ",
             rows::subscription_columns!(),
-            " FROM deliveries d JOIN events e ON e.id = d.event_id \
+            " FROM deliveries d \
+             JOIN events e ON e.workspace_id = d.workspace_id AND e.id = d.event_id \
              LEFT JOIN subscriptions s ON s.id = d.subscription_id \
              AND s.workspace_id = d.workspace_id \
              WHERE d.id = ?1"
@@ -582,13 +585,19 @@ impl SqliteStore {
         .transpose()
     }
 
-    pub async fn deliveries_of_event(&self, event: &EventId) -> Result<Vec<DeliveryRecord>> {
+    pub async fn deliveries_of_event(
+        &self,
+        workspace: &WorkspaceId,
+        event: &EventId,
+    ) -> Result<Vec<DeliveryRecord>> {
         sqlx::query(concat!(
             "SELECT ",
             rows::delivery_columns!(),
-            " FROM deliveries d WHERE d.event_id = ?1 ORDER BY d.created_at, d.id"
+            " FROM deliveries d WHERE d.event_id = ?1 AND d.workspace_id = ?2 \
+             ORDER BY d.created_at, d.id"
         ))
         .bind(event.as_str())
+        .bind(workspace.as_str())
         .fetch_all(&self.reader)
         .await?
         .iter()
@@ -714,13 +723,13 @@ async fn fan_out_run(
         .collect();
 
     // An event twice in one run is inserted by its first op only.
-    let mut first_op_of_event: HashMap<&str, usize> = HashMap::new();
+    let mut first_op_of_event: HashMap<(&str, &str), usize> = HashMap::new();
     let mut events = Vec::new();
     for (i, (event, _)) in fan_outs.iter().enumerate() {
-        if first_op_of_event.contains_key(event.id.as_str()) {
+        if first_op_of_event.contains_key(&rows::event_key(event)) {
             continue;
         }
-        first_op_of_event.insert(event.id.as_str(), i);
+        first_op_of_event.insert(rows::event_key(event), i);
         let data = event.data.as_str();
         events.push(serde_json::json!([
             event.id.as_str(),
@@ -732,12 +741,13 @@ async fn fan_out_run(
         ]));
     }
     let events = serde_json::to_string(&events).map_err(|e| corrupt("events", e))?;
-    let new_events: HashSet<String> = sqlx::query_scalar(
+    let new_events: HashSet<(String, String)> = sqlx::query_as(
         "INSERT INTO events (id, workspace_id, type, channel, occurred_at, data, received_at) \
          SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
          json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
          json_extract(value, '$[4]'), json_extract(value, '$[5]'), ?2 \
-         FROM json_each(?1) WHERE true ON CONFLICT (id) DO NOTHING RETURNING id",
+         FROM json_each(?1) WHERE true ON CONFLICT (workspace_id, id) DO NOTHING \
+         RETURNING workspace_id, id",
     )
     .bind(&events)
     .bind(now)
@@ -820,8 +830,8 @@ async fn fan_out_run(
     }
 
     let is_new = |i: usize, event: &courier_model::Event| {
-        new_events.contains(event.id.as_str())
-            && first_op_of_event.get(event.id.as_str()) == Some(&i)
+        rows::contains_event(&new_events, event)
+            && first_op_of_event.get(&rows::event_key(event)) == Some(&i)
     };
     // Events seen before publish only what is still pending: one lookup for
     // all of them.
@@ -1128,6 +1138,48 @@ impl SqliteStore {
         .await?
         .map(|row| log_entry_from_row(&row))
         .transpose()
+    }
+
+    pub async fn get_event(
+        &self,
+        workspace: &WorkspaceId,
+        id: &EventId,
+    ) -> Result<Option<EventRecord>> {
+        let Some(row) = sqlx::query(concat!(
+            "SELECT ",
+            rows::event_columns!(),
+            ", e.received_at AS e_received_at FROM events e \
+             WHERE e.workspace_id = ?1 AND e.id = ?2"
+        ))
+        .bind(workspace.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&self.reader)
+        .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(EventRecord {
+            event: event_from_row(&row)?,
+            received_at: parse_ts("events.received_at", row.try_get("e_received_at")?)?,
+        }))
+    }
+
+    pub async fn event_deliveries(
+        &self,
+        workspace: &WorkspaceId,
+        id: &EventId,
+    ) -> Result<Vec<DeliveryLogEntry>> {
+        sqlx::query(concat!(
+            delivery_log_select!(),
+            "WHERE d.event_id = ?1 AND d.workspace_id = ?2 ORDER BY d.created_at, d.id"
+        ))
+        .bind(id.as_str())
+        .bind(workspace.as_str())
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(log_entry_from_row)
+        .collect()
     }
 
     pub async fn reopen_delivery(

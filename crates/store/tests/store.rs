@@ -51,6 +51,15 @@ enum Cleanup {
 
 impl TestDb {
     async fn sqlite() -> Self {
+        Self::sqlite_unmigrated().await.migrated().await
+    }
+
+    async fn postgres() -> Self {
+        Self::postgres_unmigrated().await.migrated().await
+    }
+
+    /// A ledger file with no tables yet.
+    async fn sqlite_unmigrated() -> Self {
         let path = std::env::temp_dir().join(format!(
             "courier-store-test-{}.db",
             uuid::Uuid::new_v4().simple()
@@ -59,7 +68,8 @@ impl TestDb {
         Self::open(url, Cleanup::File(path)).await
     }
 
-    async fn postgres() -> Self {
+    /// A new, empty PostgreSQL database.
+    async fn postgres_unmigrated() -> Self {
         let admin = postgres_admin_url();
         let name = format!("courier_store_{}", uuid::Uuid::new_v4().simple());
         let mut conn = PgConnection::connect(&admin)
@@ -75,15 +85,21 @@ impl TestDb {
     }
 
     async fn open(url: String, cleanup: Cleanup) -> Self {
-        let store = Store::connect(&url, &StoreOptions { max_connections: 4 })
-            .await
-            .expect("connect");
-        store.migrate().await.expect("migrate");
+        let options = StoreOptions {
+            max_connections: 4,
+            ..StoreOptions::default()
+        };
+        let store = Store::connect(&url, &options).await.expect("connect");
         Self {
             store,
             url,
             cleanup,
         }
+    }
+
+    async fn migrated(self) -> Self {
+        self.store.migrate().await.expect("migrate");
+        self
     }
 
     async fn remove(self) {
@@ -210,6 +226,9 @@ on_both_backends!(
     held_deliveries_are_claimed_then_released_by_their_attempt,
     concurrent_claims_take_different_deliveries,
     expired_held_deliveries_are_claimed_then_given_up,
+    one_event_id_in_two_workspaces_is_two_events,
+    unmatched_events_are_recorded,
+    migration_keys_recorded_events_by_workspace,
 );
 
 // --- builders -------------------------------------------------------------------
@@ -591,7 +610,10 @@ async fn fan_out_is_idempotent(db: TestDb) {
             to_publish: deliveries.clone()
         }
     );
-    let stored = store.deliveries_of_event(&event.id).await.unwrap();
+    let stored = store
+        .deliveries_of_event(&event.workspace_id, &event.id)
+        .await
+        .unwrap();
     assert_eq!(stored.len(), 3);
     for record in &stored {
         assert!(deliveries.contains(&(record.id, record.subscription_id)));
@@ -624,7 +646,14 @@ async fn fan_out_is_idempotent(db: TestDb) {
             to_publish: deliveries[1..].to_vec()
         }
     );
-    assert_eq!(store.deliveries_of_event(&event.id).await.unwrap().len(), 3);
+    assert_eq!(
+        store
+            .deliveries_of_event(&event.workspace_id, &event.id)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
 
     // A subscription created since the first fan-out gets its delivery.
     let late = SubscriptionId::generate();
@@ -639,7 +668,14 @@ async fn fan_out_is_idempotent(db: TestDb) {
             to_publish: expected
         }
     );
-    assert_eq!(store.deliveries_of_event(&event.id).await.unwrap().len(), 4);
+    assert_eq!(
+        store
+            .deliveries_of_event(&event.workspace_id, &event.id)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
 
     // The same event twice in one batch: both see every pending delivery.
     let other = self::event(&ws);
@@ -665,7 +701,14 @@ async fn fan_out_is_idempotent(db: TestDb) {
             }
         ]
     );
-    assert_eq!(store.deliveries_of_event(&fresh.id).await.unwrap().len(), 3);
+    assert_eq!(
+        store
+            .deliveries_of_event(&fresh.workspace_id, &fresh.id)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
 
     // An event no subscription matches is still recorded, with nothing to publish.
     let lonely = self::event(&ws);
@@ -880,7 +923,7 @@ async fn mixed_ops_apply_in_kind_order(db: TestDb) {
     assert!(is_unknown_delivery(&err), "{err:?}");
     assert!(
         store
-            .deliveries_of_event(&other.id)
+            .deliveries_of_event(&other.workspace_id, &other.id)
             .await
             .unwrap()
             .is_empty()
@@ -1327,7 +1370,14 @@ async fn delivery_context_with_and_without_subscription(db: TestDb) {
     assert_eq!(context.subscription, None);
     assert_eq!(context.event, event);
     assert_eq!(context.delivery.status, DeliveryStatus::Retrying);
-    assert_eq!(store.deliveries_of_event(&event.id).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .deliveries_of_event(&event.workspace_id, &event.id)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(store.list_attempts(id).await.unwrap().len(), 1);
 
     let unknown = DeliveryId::derive(&event.id, SubscriptionId::generate());
@@ -1442,7 +1492,14 @@ async fn ledger_fails_only_the_bad_request(db: TestDb) {
                 to_publish: vec![(DeliveryId::derive(&event.id, sub), sub)]
             }
         );
-        assert_eq!(store.deliveries_of_event(&event.id).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .deliveries_of_event(&event.workspace_id, &event.id)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
     }
     assert!(store.list_attempts(missing).await.unwrap().is_empty());
 
@@ -1705,4 +1762,278 @@ async fn reopen_and_restore_deliveries(db: TestDb) {
     apply_one(store, WriteOp::Attempt(succeeded_attempt(ids[0], 2))).await;
     assert!(!store.restore_delivery(&reopened[0]).await.unwrap());
     assert_eq!(status_of(store, ids[0]).await, DeliveryStatus::Succeeded);
+}
+
+// --- events keyed by workspace -------------------------------------------------
+
+/// Two workspaces publish the same event id with different data, in separate
+/// batches and in one: each gets an event of its own, and every read of a
+/// delivery finds its own workspace's data.
+async fn one_event_id_in_two_workspaces_is_two_events(db: TestDb) {
+    let store = &db.store;
+    let (a, b) = (workspace(store).await, workspace(store).await);
+    let (sub_a, sub_b) = (
+        stored_subscription(store, &a).await,
+        stored_subscription(store, &b).await,
+    );
+    let shared = |ws: &WorkspaceId, data: &str| Event {
+        id: EventId::parse("order-1001-created").unwrap(),
+        data: EventData::from_text(data.to_owned()).unwrap(),
+        ..event(ws)
+    };
+    let event_a = shared(&a, r#"{"from": "a"}"#);
+    let event_b = shared(&b, r#"{"from": "b"}"#);
+    let (op_a, deliveries_a) = fan_out(&event_a, &[sub_a.id]);
+    let (op_b, deliveries_b) = fan_out(&event_b, &[sub_b.id]);
+
+    // Each is new to the ledger, so each delivery is published.
+    assert_eq!(
+        apply_one(store, op_a.clone()).await,
+        WriteResult::FanOut {
+            to_publish: deliveries_a.clone()
+        }
+    );
+    assert_eq!(
+        apply_one(store, op_b.clone()).await,
+        WriteResult::FanOut {
+            to_publish: deliveries_b.clone()
+        }
+    );
+    // In one batch (both redelivered): each still sees only its own rows.
+    let results = store.apply(&[op_a, op_b]).await.unwrap();
+    assert_eq!(
+        results,
+        [
+            WriteResult::FanOut {
+                to_publish: deliveries_a.clone()
+            },
+            WriteResult::FanOut {
+                to_publish: deliveries_b.clone()
+            }
+        ]
+    );
+
+    for (ws, sub, deliveries, data) in [
+        (&a, &sub_a, &deliveries_a, r#"{"from": "a"}"#),
+        (&b, &sub_b, &deliveries_b, r#"{"from": "b"}"#),
+    ] {
+        let context = store
+            .delivery_context(deliveries[0].0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&context.event.workspace_id, ws);
+        assert_eq!(context.event.data.as_str(), data);
+        assert_eq!(context.subscription.unwrap().id, sub.id);
+
+        let recorded = store
+            .get_event(ws, &event_a.id)
+            .await
+            .unwrap()
+            .expect("each workspace has its event");
+        assert_eq!(recorded.event.data.as_str(), data);
+        let of_event = store.deliveries_of_event(ws, &event_a.id).await.unwrap();
+        assert_eq!(of_event.len(), 1);
+        assert_eq!(of_event[0].id, deliveries[0].0);
+        let entries = store.event_deliveries(ws, &event_a.id).await.unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].delivery.subscription_id, sub.id);
+    }
+    let stranger = workspace(store).await;
+    assert!(
+        store
+            .get_event(&stranger, &event_a.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .event_deliveries(&stranger, &event_a.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A fan-out that matched nothing still records its event.
+async fn unmatched_events_are_recorded(db: TestDb) {
+    let store = &db.store;
+    let ws = workspace(store).await;
+    let unmatched = event(&ws);
+    let before = now();
+    let (op, _) = fan_out(&unmatched, &[]);
+    assert_eq!(
+        apply_one(store, op.clone()).await,
+        WriteResult::FanOut { to_publish: vec![] }
+    );
+    // Redelivered: nothing changes.
+    assert_eq!(
+        apply_one(store, op).await,
+        WriteResult::FanOut { to_publish: vec![] }
+    );
+    let recorded = store.get_event(&ws, &unmatched.id).await.unwrap().unwrap();
+    assert_eq!(recorded.event, unmatched);
+    assert!(recorded.received_at >= before);
+    assert!(
+        store
+            .event_deliveries(&ws, &unmatched.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A ledger written before events were keyed by workspace keeps every row
+/// through the migration, and reads back as before.
+async fn migration_keys_recorded_events_by_workspace(db: TestDb) {
+    // A fresh database of the same backend, migrated only as far as the
+    // last migration before the change.
+    let fresh = match db.store.backend() {
+        Backend::Sqlite => TestDb::sqlite_unmigrated().await,
+        Backend::Postgres => TestDb::postgres_unmigrated().await,
+    };
+    let (folder, before_change) = match fresh.store.backend() {
+        Backend::Sqlite => ("sqlite", 3),
+        Backend::Postgres => ("postgres", 5),
+    };
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../migrations")
+        .join(folder);
+    let mut old = sqlx::migrate::Migrator::new(path).await.unwrap();
+    old.migrations = old
+        .migrations
+        .iter()
+        .filter(|m| m.version < before_change)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    let ws = WorkspaceId::parse("acme").unwrap();
+    let sub = subscription(&ws, &[EventType::OrderCreated], &[]);
+    let event = event(&ws);
+    let delivery = DeliveryId::derive(&event.id, sub.id);
+    let data = r#"{"order_id": "o-1",  "total": 12.50000000000000000001}"#;
+    let (at, sub_id, delivery_id) = match fresh.store.backend() {
+        Backend::Sqlite => (
+            "'2026-11-30T10:00:00.000000Z'".to_owned(),
+            format!("'{}'", sub.id),
+            format!("'{delivery}'"),
+        ),
+        Backend::Postgres => (
+            "'2026-11-30T10:00:00Z'::timestamptz".to_owned(),
+            format!("'{}'::uuid", sub.id),
+            format!("'{delivery}'::uuid"),
+        ),
+    };
+    let (types, secret) = match fresh.store.backend() {
+        Backend::Sqlite => (r#"'["order.created"]'"#, "'whsec_c2VjcmV0c2VjcmV0c2VjcmV0'"),
+        Backend::Postgres => ("ARRAY['order.created']", "'whsec_c2VjcmV0c2VjcmV0c2VjcmV0'"),
+    };
+    let empty = match fresh.store.backend() {
+        Backend::Sqlite => "'[]'",
+        Backend::Postgres => "ARRAY[]::text[]",
+    };
+    let rows = [
+        format!("INSERT INTO workspaces (id, name, created_at) VALUES ('acme', 'Acme', {at})"),
+        format!(
+            "INSERT INTO subscriptions (id, workspace_id, name, url, event_types, channels, \
+             secret, status, created_at, updated_at) VALUES ({sub_id}, 'acme', 'erp', \
+             'https://erp.example.com/hooks', {types}, {empty}, {secret}, 'enabled', {at}, {at})"
+        ),
+        format!(
+            "INSERT INTO events (id, workspace_id, type, channel, occurred_at, data, \
+             received_at) VALUES ('{}', 'acme', 'order.created', NULL, {at}, '{data}', {at})",
+            event.id
+        ),
+        format!(
+            "INSERT INTO deliveries (id, event_id, subscription_id, workspace_id, event_type, \
+             status, attempts, last_response_status, last_attempt_at, next_attempt_at, \
+             created_at, updated_at) VALUES ({delivery_id}, '{}', {sub_id}, 'acme', \
+             'order.created', 'retrying', 1, 503, {at}, {at}, {at}, {at})",
+            event.id
+        ),
+        format!(
+            "INSERT INTO attempts (delivery_id, attempt, url, started_at, duration_ms, \
+             response_status) VALUES ({delivery_id}, 1, 'https://erp.example.com/hooks', \
+             {at}, 12, 503)"
+        ),
+    ];
+    match fresh.store.backend() {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&fresh.url).await.unwrap();
+            old.run(&pool).await.unwrap();
+            for row in &rows {
+                pool.execute(sqlx::AssertSqlSafe(row.as_str()))
+                    .await
+                    .unwrap();
+            }
+            pool.close().await;
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&fresh.url).await.unwrap();
+            old.run(&pool).await.unwrap();
+            for row in &rows {
+                pool.execute(sqlx::AssertSqlSafe(row.as_str()))
+                    .await
+                    .unwrap();
+            }
+            pool.close().await;
+        }
+    }
+
+    let store = &fresh.store;
+    store.migrate().await.unwrap();
+    let context = store.delivery_context(delivery).await.unwrap().unwrap();
+    assert_eq!(context.event.data.as_str(), data);
+    assert_eq!(context.delivery.status, DeliveryStatus::Retrying);
+    assert_eq!(context.subscription.unwrap().id, sub.id);
+    assert_eq!(store.list_attempts(delivery).await.unwrap().len(), 1);
+    assert!(store.get_event(&ws, &event.id).await.unwrap().is_some());
+    // The same id in another workspace is a new event now.
+    let other = workspace(store).await;
+    let (op, _) = fan_out(
+        &Event {
+            workspace_id: other.clone(),
+            ..event.clone()
+        },
+        &[],
+    );
+    apply_one(store, op).await;
+    assert!(store.get_event(&other, &event.id).await.unwrap().is_some());
+    assert_eq!(
+        store
+            .get_event(&ws, &event.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .event
+            .data
+            .as_str(),
+        data
+    );
+    if fresh.store.backend() == Backend::Sqlite {
+        // Foreign keys still hold, and are still enforced.
+        let mut conn = SqliteConnection::connect(&fresh.url).await.unwrap();
+        let broken: Vec<(String,)> =
+            sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        assert!(broken.is_empty(), "{broken:?}");
+        conn.close().await.unwrap();
+        let orphan = apply_one_err(
+            store,
+            WriteOp::Attempt(failed_attempt(
+                DeliveryId::derive(&event.id, SubscriptionId::generate()),
+                1,
+            )),
+        )
+        .await;
+        assert!(orphan.is_some());
+    }
+    fresh.remove().await;
+}
+
+async fn apply_one_err(store: &Store, op: WriteOp) -> Option<StoreError> {
+    store.apply(&[op]).await.err()
 }

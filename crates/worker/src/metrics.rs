@@ -28,6 +28,8 @@ pub struct Metrics {
     registry: Registry,
     /// Events read by the fan-out stage (parsed), by type.
     pub events_consumed: IntCounterVec,
+    /// Events that matched no webhook (recorded all the same), by type.
+    pub events_unmatched: IntCounterVec,
     /// Deliveries the fan-out stage created, by event type.
     pub deliveries_created: IntCounterVec,
     /// Attempts by outcome (success, retry, dead), response class and type.
@@ -86,6 +88,12 @@ impl Metrics {
             "Events read by the fan-out stage, by event type.",
             &["event_type"],
         );
+        let events_unmatched = counter(
+            "courier_events_unmatched_total",
+            "Events that matched no webhook, by event type. They are recorded in the ledger \
+             all the same, so the API can say why no webhook fired.",
+            &["event_type"],
+        );
         let deliveries_created = counter(
             "courier_deliveries_created_total",
             "Deliveries (event x matching webhook) created by the fan-out stage.",
@@ -139,7 +147,7 @@ impl Metrics {
         );
         let subscription_reloads = counter(
             "courier_subscription_reloads_total",
-            "Reloads of the matching index, by what triggered them (start, notice, periodic).",
+            "Reloads of the matching index, by what triggered them (start, notice, periodic, catch_up: a fan-out found the index behind the ledger).",
             &["trigger"],
         );
 
@@ -232,6 +240,7 @@ impl Metrics {
         Self {
             registry,
             events_consumed,
+            events_unmatched,
             deliveries_created,
             attempts,
             attempt_duration,

@@ -73,15 +73,20 @@ impl Pipeline {
     }
 
     /// Reloads the matching index; returns the enabled subscriptions seen.
-    /// `trigger` (start, notice, periodic) labels the reload metric.
+    /// `trigger` (start, notice, periodic; catch_up for a fan-out's own
+    /// check) labels the reload metric.
     pub async fn reload_subscriptions(&self, trigger: &str) -> Result<usize, StoreError> {
         let n = self.subscriptions.reload(&self.store).await?;
-        self.metrics.subscriptions_cached.set(n as i64);
+        self.count_reload(trigger, n);
+        Ok(n)
+    }
+
+    fn count_reload(&self, trigger: &str, subscriptions: usize) {
+        self.metrics.subscriptions_cached.set(subscriptions as i64);
         self.metrics
             .subscription_reloads
             .with_label_values(&[trigger])
             .inc();
-        Ok(n)
     }
 
     /// The periodic refresh: reloads the matching index if the ledger's
@@ -168,6 +173,9 @@ impl Pipeline {
     }
 
     async fn fan_out_settling(&self, message: &Delivery, finish: &mut Option<Finish>) -> Handled {
+        // No earlier than the broker handed the message over, so no earlier
+        // than it was published.
+        let arrived = std::time::Instant::now();
         let event = match Event::from_slice(&message.data) {
             Ok(event) => Arc::new(event),
             Err(error) => {
@@ -189,7 +197,10 @@ impl Pipeline {
         let span =
             tracing::debug_span!("fan_out", event_id = %event.id, event_type = %event.event_type);
         async {
-            match self.try_fan_out(&event, message.redelivered, finish).await {
+            match self
+                .try_fan_out(&event, arrived, message.redelivered, finish)
+                .await
+            {
                 Ok(deliveries) => {
                     tracing::debug!(deliveries, "event fanned out");
                     Handled::Ack
@@ -240,12 +251,30 @@ impl Pipeline {
     async fn try_fan_out(
         &self,
         event: &Arc<Event>,
+        arrived: std::time::Instant,
         redelivered: bool,
         finish: &mut Option<Finish>,
     ) -> Result<usize, StepError> {
+        // Webhook changes that returned before this event was published
+        // apply to it: see `SubscriptionCache::catch_up`.
+        let reloaded = self
+            .durably("checking for webhook changes", About::Event(event), || {
+                self.subscriptions.catch_up(&self.store, arrived)
+            })
+            .await?;
+        if let Some(n) = reloaded {
+            self.count_reload("catch_up", n);
+        }
         let matches = self.subscriptions.matching(event);
         if matches.is_empty() {
-            // Nothing to deliver, nothing to record: acking loses nothing.
+            // Nothing to deliver. The event is recorded all the same, so
+            // that "why did my webhook not fire?" has an answer.
+            self.record_fan_out(event, Vec::new(), Vec::new(), &[], redelivered)
+                .await?;
+            self.metrics
+                .events_unmatched
+                .with_label_values(&[event.event_type.as_str()])
+                .inc();
             return Ok(0);
         }
         let deliveries: Vec<(DeliveryId, SubscriptionId)> = matches
@@ -506,7 +535,10 @@ impl Pipeline {
             .durably(
                 "reading the event's deliveries",
                 About::Event(event),
-                || self.store.deliveries_of_event(&event.id),
+                || {
+                    self.store
+                        .deliveries_of_event(&event.workspace_id, &event.id)
+                },
             )
             .await?;
         let (mut first, mut resend) = (Vec::new(), Vec::new());

@@ -1,7 +1,20 @@
 //! The in-memory matching index, shared by every fan-out task and swapped
 //! whole when the subscription set changes.
+//!
+//! Read-your-writes: once a webhook change has returned (API, GraphQL, the
+//! admin CLI), every event published after it is matched against the
+//! changed set, on every replica. The ledger keeps a version of the
+//! subscriptions that every change moves forward in its own transaction;
+//! before matching, a fan-out makes sure the index was checked against
+//! that version by a read that started after its event arrived (and so
+//! after the change committed), reloading the index if it was behind.
+//! One such read serves every event that arrived before it started, so
+//! under load it costs one small query per group of events, not one per
+//! event. Change notices and the periodic refresh still reload ahead of
+//! time, so the check rarely finds the index behind.
 
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use courier_model::{Event, Subscription, SubscriptionIndex};
 use courier_store::{Store, StoreError, SubscriptionsFingerprint};
@@ -9,26 +22,36 @@ use courier_store::{Store, StoreError, SubscriptionsFingerprint};
 #[derive(Debug, Default)]
 pub struct SubscriptionCache {
     index: RwLock<Arc<SubscriptionIndex>>,
-    /// The ledger's subscriptions fingerprint as of the last reload.
+    /// The ledger's subscriptions version as of the index's load.
     loaded: Mutex<Option<SubscriptionsFingerprint>>,
+    /// One check against the ledger at a time; fan-outs queue here in order.
+    checking: tokio::sync::Mutex<()>,
+    /// When the latest completed check started: the index holds every
+    /// change committed before then.
+    checked_from: Mutex<Option<Instant>>,
 }
 
 impl SubscriptionCache {
     /// Reloads every enabled subscription from the ledger and swaps the
     /// index in one step, so a fan-out sees either the old set or the new.
     /// Rows stream straight into the new index: a large set is never held
-    /// twice.
+    /// twice. Returns how many it loaded.
     pub async fn reload(&self, store: &Store) -> Result<usize, StoreError> {
-        // Taken first: a change made during the load shows up as a
-        // difference at the next check.
-        let fingerprint = store.subscriptions_fingerprint().await?;
+        // Read first: a change made during the load shows up as a newer
+        // version at the next check.
+        let version = store.subscriptions_fingerprint().await?;
         let mut index = SubscriptionIndex::default();
         store
             .for_each_enabled_subscription(&mut |sub| index.insert(sub))
             .await?;
         let len = index.len();
-        *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);
-        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = Some(fingerprint);
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        // Two reloads may overlap (a notice, a check): the later version
+        // stays.
+        if loaded.is_none_or(|current| current <= version) {
+            *self.index.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(index);
+            *loaded = Some(version);
+        }
         Ok(len)
     }
 
@@ -36,11 +59,49 @@ impl SubscriptionCache {
     /// small query instead of loading them all).
     pub async fn is_stale(&self, store: &Store) -> Result<bool, StoreError> {
         let now = store.subscriptions_fingerprint().await?;
-        Ok(*self.loaded.lock().unwrap_or_else(|e| e.into_inner()) != Some(now))
+        Ok(self.loaded_version() != Some(now))
+    }
+
+    /// Brings the index up to every change committed before `arrived` (the
+    /// moment an event reached this worker), reloading when the ledger is
+    /// ahead. Returns the reload's count when it reloaded.
+    pub async fn catch_up(
+        &self,
+        store: &Store,
+        arrived: Instant,
+    ) -> Result<Option<usize>, StoreError> {
+        if self.checked_since(arrived) {
+            return Ok(None);
+        }
+        let _turn = self.checking.lock().await;
+        // The check that held the turn may have started after `arrived`.
+        if self.checked_since(arrived) {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let reloaded = if self.is_stale(store).await? {
+            Some(self.reload(store).await?)
+        } else {
+            None
+        };
+        let mut checked = self.checked_from.lock().unwrap_or_else(|e| e.into_inner());
+        *checked = (*checked).max(Some(started));
+        Ok(reloaded)
     }
 
     pub fn matching(&self, event: &Event) -> Vec<Arc<Subscription>> {
         let index = Arc::clone(&self.index.read().unwrap_or_else(|e| e.into_inner()));
         index.matching(event)
+    }
+
+    fn loaded_version(&self) -> Option<SubscriptionsFingerprint> {
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn checked_since(&self, arrived: Instant) -> bool {
+        self.checked_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|from| from >= arrived)
     }
 }

@@ -1,0 +1,102 @@
+//! `GET /v1/workspaces/{ws}/events/{id}`: what courier did with one event.
+//!
+//! "Why did my webhook not fire?" is the first question of every
+//! integrator. The fan-out stage records every event it consumes, matched
+//! or not, so this answers it: courier never received the event (404), or
+//! received it at `receivedAt` and matched the webhooks its deliveries
+//! name, none included.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use chrono::{DateTime, Utc};
+use courier_model::{EventId, WorkspaceId};
+use courier_store::{DeliveryLogEntry, EventRecord};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+
+use crate::auth::WorkspaceKey;
+use crate::error::{Envelope, ErrorEnvelope};
+use crate::views::DeliveryView;
+use crate::{ApiError, ApiState};
+
+/// An event as courier received it, with the deliveries it led to.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventView {
+    pub id: String,
+    pub workspace_id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub channel: Option<String>,
+    /// When the upstream says the event happened.
+    pub occurred_at: DateTime<Utc>,
+    /// When courier recorded it.
+    pub received_at: DateTime<Utc>,
+    /// The event's data, as published.
+    #[schema(value_type = Object)]
+    pub data: Box<RawValue>,
+    /// How many webhooks it matched when it was received: one delivery
+    /// each. Zero means no enabled webhook of the workspace listed its type
+    /// (and its channel, when the webhook lists channels).
+    pub matched: usize,
+    /// Its deliveries, oldest first.
+    pub deliveries: Vec<DeliveryView>,
+}
+
+impl EventView {
+    pub fn new(record: EventRecord, deliveries: Vec<DeliveryLogEntry>) -> Self {
+        let EventRecord { event, received_at } = record;
+        Self {
+            id: event.id.to_string(),
+            workspace_id: event.workspace_id.to_string(),
+            event_type: event.event_type.as_str().to_owned(),
+            channel: event.channel.map(|c| c.as_str().to_owned()),
+            occurred_at: event.occurred_at,
+            received_at,
+            data: RawValue::from_string(event.data.as_str().to_owned())
+                .expect("event data is JSON"),
+            matched: deliveries.len(),
+            deliveries: deliveries.into_iter().map(DeliveryView::from).collect(),
+        }
+    }
+}
+
+/// Reads one event of the workspace and its deliveries; `None` when the
+/// workspace has no event of that id.
+pub(crate) async fn find_event(
+    state: &ApiState,
+    workspace: &WorkspaceId,
+    id: &str,
+) -> Result<Option<EventView>, ApiError> {
+    let Ok(id) = EventId::parse(id) else {
+        return Ok(None);
+    };
+    let Some(record) = state.store().get_event(workspace, &id).await? else {
+        return Ok(None);
+    };
+    let deliveries = state.store().event_deliveries(workspace, &id).await?;
+    Ok(Some(EventView::new(record, deliveries)))
+}
+
+/// One event: when courier received it, which webhooks it matched (none
+/// included) and how each delivery went. 404 when courier never received
+/// an event of that id in this workspace (or has not recorded it yet: it
+/// is recorded once the fan-out has matched it).
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/events/{id}", tag = "events",
+    params(("ws" = String, Path, description = "workspace id"),
+        ("id" = String, Path, description = "event id, as published")),
+    responses((status = 200, body = Envelope<EventView>),
+        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn get_event(
+    key: WorkspaceKey,
+    State(state): State<ApiState>,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<Json<Envelope<EventView>>, ApiError> {
+    let ws = key.workspace(&ws)?;
+    find_event(&state, &ws, &id)
+        .await?
+        .map(Envelope::ok)
+        .ok_or(ApiError::NotFound("event"))
+}

@@ -1,0 +1,129 @@
+//! Read-your-writes: once a webhook change has returned, every event
+//! published after it is matched against the changed set, on every
+//! replica. The changes here go straight to the ledger, as the admin CLI
+//! makes them, with no change notice, and the periodic reload is an hour
+//! away: only the fan-out's own check can make these pass.
+
+use std::time::Duration;
+
+use courier_model::{Channel, Event, EventType, WorkspaceId};
+use courier_tests::{Behavior, Db, Receiver, TestEnv, wait_for};
+use serde_json::json;
+
+crate::on_both_databases!(changes_apply_to_the_next_event);
+
+const ROUNDS: usize = 100;
+
+fn order(ws: &WorkspaceId, round: usize) -> Event {
+    Event::new(
+        ws.clone(),
+        EventType::OrderCreated,
+        Some(Channel::parse(&format!("shop-{round}")).unwrap()),
+        json!({ "round": round }),
+    )
+    .unwrap()
+}
+
+async fn changes_apply_to_the_next_event(db: Db) {
+    let env = TestEnv::with(
+        db,
+        &[("COURIER__DELIVERY__SUBSCRIPTION_REFRESH_MS", "3600000")],
+    )
+    .await;
+    let ws = env.workspace("acme").await;
+    let receiver = Receiver::start(Behavior::Ok).await;
+    let replicas = [env.start_worker().await, env.start_worker().await];
+    for replica in &replicas {
+        wait_for("replica ready", Duration::from_secs(30), || async {
+            replica.get("/readyz").await.0 == 200
+        })
+        .await;
+    }
+    let (publisher, _connection) = env.publisher().await;
+    let policy = courier::webhooks::UrlPolicy {
+        require_https: false,
+    };
+
+    // Create, then publish at once: each event matches only the webhook
+    // created just before it (one channel each).
+    let mut webhooks = Vec::new();
+    for round in 0..ROUNDS {
+        let webhook = env
+            .webhook(
+                &ws,
+                &receiver.url(),
+                &["order.created"],
+                &[&format!("shop-{round}")],
+            )
+            .await;
+        webhooks.push(webhook);
+        publisher.publish(&order(&ws, round)).await.unwrap();
+    }
+    wait_for(
+        "every event published after its webhook was created",
+        Duration::from_secs(60),
+        || async { receiver.distinct() == ROUNDS },
+    )
+    .await;
+
+    // Disable, then publish at once: nothing may be delivered.
+    let mut after_disable = Vec::new();
+    for (round, webhook) in webhooks.iter().enumerate() {
+        courier::webhooks::update(
+            &env.store,
+            &ws,
+            webhook.id,
+            courier::webhooks::WebhookPatch {
+                active: Some(false),
+                ..Default::default()
+            },
+            policy,
+        )
+        .await
+        .unwrap();
+        let event = order(&ws, round);
+        publisher.publish(&event).await.unwrap();
+        after_disable.push(event.id);
+    }
+    // Every event is recorded when fanned out, matched or not.
+    for id in &after_disable {
+        wait_for(
+            "the events published after the disables to be fanned out",
+            Duration::from_secs(60),
+            || async { env.store.get_event(&ws, id).await.unwrap().is_some() },
+        )
+        .await;
+        let deliveries = env.store.deliveries_of_event(&ws, id).await.unwrap();
+        assert!(
+            deliveries.is_empty(),
+            "an event published after its webhook was disabled got {deliveries:?}"
+        );
+    }
+
+    // Enable, then publish at once: delivered again.
+    for (round, webhook) in webhooks.iter().enumerate() {
+        courier::webhooks::update(
+            &env.store,
+            &ws,
+            webhook.id,
+            courier::webhooks::WebhookPatch {
+                active: Some(true),
+                ..Default::default()
+            },
+            policy,
+        )
+        .await
+        .unwrap();
+        publisher.publish(&order(&ws, round)).await.unwrap();
+    }
+    wait_for(
+        "every event published after its webhook was enabled again",
+        Duration::from_secs(60),
+        || async { receiver.distinct() == 2 * ROUNDS },
+    )
+    .await;
+    for replica in replicas {
+        replica.stop().await.unwrap();
+    }
+    assert_eq!(receiver.distinct(), 2 * ROUNDS);
+}
