@@ -6,7 +6,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use courier_model::ValidationError;
+use courier_model::{EventError, MAX_EVENT_BYTES, ValidationError};
 use courier_store::StoreError;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -87,6 +87,17 @@ impl ApiError {
 impl From<ValidationError> for ApiError {
     fn from(e: ValidationError) -> Self {
         Self::invalid(e.field, e.message)
+    }
+}
+
+/// An event built from a request that the model refused. The route checked
+/// everything else already, so what is left is about its data.
+impl From<EventError> for ApiError {
+    fn from(e: EventError) -> Self {
+        match e {
+            EventError::TooLarge { .. } => Self::TooLarge(MAX_EVENT_BYTES),
+            other => Self::invalid("data", other.to_string()),
+        }
     }
 }
 

@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 
 use crate::{ApiError, MAX_BODY_BYTES};
 
-/// A JSON body of at most `LIMIT` bytes. An empty body reads as `{}`, so
-/// routes whose fields are all optional accept a bare POST.
+/// A JSON object body of at most `LIMIT` bytes. An empty body reads as
+/// `{}`, so routes whose fields are all optional accept a bare POST.
 #[derive(Debug)]
 pub struct JsonBody<T, const LIMIT: usize = MAX_BODY_BYTES>(pub T);
 
@@ -56,15 +56,54 @@ pub(crate) fn parse_error(path: String, inner: &str) -> ApiError {
     }
 }
 
+/// Reads one JSON object and nothing else. serde's derived structs also
+/// accept an array of their fields in order, and a deserializer stops at
+/// the end of the first value, so both are refused here by name: a client
+/// sending either has a bug that a 2xx would hide.
 pub(crate) fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
         bytes
     };
+    if let Some(kind) = other_json_value(bytes) {
+        return Err(ApiError::BadRequest {
+            field: None,
+            message: format!(
+                "the request body must be a JSON object ({{...}}), not {kind}; \
+                 send the fields as an object's members"
+            ),
+        });
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de)
-        .map_err(|e| parse_error(e.path().to_string(), &e.inner().to_string()))
+    let value = serde_path_to_error::deserialize(&mut *de)
+        .map_err(|e| parse_error(e.path().to_string(), &e.inner().to_string()))?;
+    de.end().map_err(|e| ApiError::BadRequest {
+        field: None,
+        message: format!(
+            "the request body must be one JSON object with nothing after it, but more \
+             follows the object at line {} column {}; remove it",
+            e.line(),
+            e.column()
+        ),
+    })?;
+    Ok(value)
+}
+
+/// What the body holds when it starts like a JSON value other than an
+/// object. Anything else is left to the parser, which says where the JSON
+/// goes wrong.
+fn other_json_value(bytes: &[u8]) -> Option<&'static str> {
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace())?;
+    let text = &bytes[start..];
+    match text[0] {
+        b'[' => Some("an array"),
+        b'"' => Some("a string"),
+        b'-' | b'0'..=b'9' => Some("a number"),
+        _ if text.starts_with(b"true") || text.starts_with(b"false") => Some("a boolean"),
+        _ if text.starts_with(b"null") => Some("null"),
+        _ => None,
+    }
 }
 
 impl<S, T, const LIMIT: usize> FromRequest<S> for JsonBody<T, LIMIT>
@@ -102,4 +141,50 @@ where
 
 fn form_urlencoded_parse(query: &str) -> form_urlencoded::Parse<'_> {
     form_urlencoded::parse(query.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        n: u32,
+    }
+
+    fn message(bytes: &[u8]) -> String {
+        match from_json::<Body>(bytes) {
+            Err(ApiError::BadRequest {
+                field: None,
+                message,
+            }) => message,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_object_and_nothing_else() {
+        assert!(from_json::<Body>(b" {\"name\": \"a\", \"n\": 1}\r\n").is_ok());
+        // serde would read this array as the struct's fields, in order.
+        let err = message(br#"["a", 1]"#);
+        assert!(
+            err.contains("must be a JSON object") && err.contains("not an array"),
+            "{err}"
+        );
+        assert!(message(b"\"x\"").contains("not a string"));
+        assert!(message(b"12").contains("not a number"));
+        assert!(message(b"false").contains("not a boolean"));
+        assert!(message(b" null").contains("not null"));
+        // serde stops after the first value and would ignore the rest.
+        let err = message(br#"{"name": "a", "n": 1}xx"#);
+        assert!(
+            err.contains("nothing after it") && err.contains("column 22"),
+            "{err}"
+        );
+        assert!(message(br#"{"name": "a", "n": 1} {}"#).contains("nothing after it"));
+        // Not JSON at all: the parser's own words, with the place.
+        assert!(message(b"fals").contains("line 1 column"));
+    }
 }

@@ -2,6 +2,7 @@
 //! speak AMQP. The event is validated like one from the broker, published to
 //! the events exchange with confirms, and only then answered with 202: an
 //! accepted event is as durable as one published with courier-producer.
+//! `data` is kept as the text of the request, so receivers get its bytes.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -32,9 +33,9 @@ pub struct NewEvent {
     /// When it happened (RFC 3339); now when absent.
     #[serde(default, rename = "occurredAt")]
     pub occurred_at: Option<DateTime<Utc>>,
-    /// The payload: a JSON object.
+    /// The payload: a JSON object, delivered byte for byte as sent.
     #[schema(value_type = Object)]
-    pub data: serde_json::Value,
+    pub data: EventData,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -65,23 +66,16 @@ pub async fn ingest(
         Some(id) => EventId::parse(id).map_err(|e| ApiError::invalid("id", e.to_string()))?,
         None => EventId::generate(),
     };
-    if !input.data.is_object() {
-        return Err(ApiError::invalid("data", "must be a JSON object"));
-    }
+    input.data.validate()?;
     let event = Event {
         id,
         workspace_id: ws,
         event_type,
         channel,
         occurred_at: input.occurred_at.unwrap_or_else(Utc::now),
-        data: EventData::from_value(&input.data),
+        data: input.data,
     };
-    let body = event.to_vec().map_err(|e| match e {
-        courier_model::EventError::TooLarge { .. } => {
-            ApiError::TooLarge(courier_model::MAX_EVENT_BYTES)
-        }
-        other => ApiError::invalid("data", other.to_string()),
-    })?;
+    let body = event.to_vec()?;
     let broker = state.broker()?;
     broker
         .publisher

@@ -2,12 +2,13 @@
 //! endpoint now and reports what happened. Test sends go through the
 //! delivery client (same timeout, same private-network rule, same headers
 //! and signatures, including both secrets during a rotation) but are not
-//! recorded in the ledger: they are not deliveries of real events.
+//! recorded in the ledger: they are not deliveries of real events. Data the
+//! caller gives is sent as its text, like a real event's.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
-use courier_model::{Event, EventType, sign_headers};
+use courier_model::{Event, EventData, EventType, sign_headers};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -26,6 +27,11 @@ pub struct TestRequest {
     /// event type the webhook subscribes to.
     #[serde(default)]
     pub event: Option<String>,
+    /// The event data to send (a JSON object, sent byte for byte) instead of
+    /// the sample payload of each type.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<EventData>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -73,6 +79,9 @@ pub async fn test_webhook(
         }
         None => Vec::new(),
     };
+    if let Some(data) = &input.data {
+        data.validate()?;
+    }
     let sub = require_webhook(&state, &ws, webhook_id(&id)?).await?;
     let types = if types.is_empty() {
         sub.event_types.clone()
@@ -84,8 +93,12 @@ pub async fn test_webhook(
     // endpoint should not be hit with a burst.
     let mut tests = Vec::with_capacity(types.len());
     for ty in types {
-        let event =
-            Event::new(ws.clone(), ty, None, sample_data(ty)).map_err(ApiError::internal)?;
+        let event = match &input.data {
+            Some(data) => Event::with_data(ws.clone(), ty, None, data.clone())?,
+            None => {
+                Event::new(ws.clone(), ty, None, sample_data(ty)).map_err(ApiError::internal)?
+            }
+        };
         let body = event.webhook_body();
         let now = Utc::now();
         let msg_id = format!("msg_test_{}", uuid::Uuid::now_v7().simple());

@@ -84,8 +84,9 @@ impl EventData {
         self.as_str().trim_start().starts_with('{')
     }
 
-    /// The rules every event's data follows, whichever way it came in.
-    fn validate(&self) -> Result<(), EventError> {
+    /// The rules every event's data follows, whichever way it came in: for
+    /// data read as part of a larger body (deserializing does not check).
+    pub fn validate(&self) -> Result<(), EventError> {
         if !self.is_object() {
             return Err(EventError::DataNotObject);
         }
