@@ -77,13 +77,8 @@ pub async fn create_workspace(
         Some(id) => WorkspaceId::parse(id).map_err(|e| ApiError::invalid("id", e.to_string()))?,
         None => WorkspaceId::generate(),
     };
+    courier_model::validate_name("name", &input.name, MAX_WORKSPACE_NAME_LEN)?;
     let name = input.name.trim();
-    if name.is_empty() || name.chars().count() > MAX_WORKSPACE_NAME_LEN {
-        return Err(ApiError::invalid(
-            "name",
-            format!("must be 1-{MAX_WORKSPACE_NAME_LEN} characters"),
-        ));
-    }
     let workspace = Workspace {
         id,
         name: name.to_owned(),
@@ -137,10 +132,7 @@ pub async fn create_api_key(
     let (key, record) = keys::create_api_key(state.store(), &ws, input.name.as_deref())
         .await
         .map_err(|e| match e {
-            ApiKeyError::InvalidName => ApiError::invalid(
-                "name",
-                format!("must be 1-{} characters", keys::MAX_KEY_NAME_LEN),
-            ),
+            ApiKeyError::InvalidName(invalid) => invalid.into(),
             ApiKeyError::WorkspaceNotFound => ApiError::NotFound("workspace"),
             ApiKeyError::Store(s) => s.into(),
         })?;

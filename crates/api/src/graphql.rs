@@ -556,17 +556,11 @@ async fn handle(schema: CourierSchema, state: ApiState, request: Request) -> Res
         Ok(bytes) => bytes,
         Err(e) => return graphql_error(StatusCode::PAYLOAD_TOO_LARGE, e),
     };
-    let gql_request: async_graphql::Request = match serde_json::from_slice(&bytes) {
+    // One JSON object, as every other body: async-graphql's own reading
+    // would take an array positionally.
+    let gql_request: async_graphql::Request = match crate::extract::from_json(&bytes) {
         Ok(r) => r,
-        Err(e) => {
-            return graphql_error(
-                StatusCode::BAD_REQUEST,
-                ApiError::BadRequest {
-                    field: None,
-                    message: format!("body is not a GraphQL request: {e}"),
-                },
-            );
-        }
+        Err(e) => return graphql_error(StatusCode::BAD_REQUEST, e),
     };
     let response = schema.execute(gql_request.data(key)).await;
     axum::Json(response).into_response()

@@ -19,8 +19,8 @@ pub const MAX_KEY_NAME_LEN: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiKeyError {
-    #[error("name: must be 1-{MAX_KEY_NAME_LEN} characters")]
-    InvalidName,
+    #[error(transparent)]
+    InvalidName(courier_model::ValidationError),
     #[error("workspace not found")]
     WorkspaceNotFound,
     #[error("ledger error")]
@@ -49,9 +49,8 @@ pub async fn create_api_key(
     name: Option<&str>,
 ) -> Result<(String, ApiKeyRecord), ApiKeyError> {
     let name = name.map(str::trim).unwrap_or("default");
-    if name.is_empty() || name.chars().count() > MAX_KEY_NAME_LEN {
-        return Err(ApiKeyError::InvalidName);
-    }
+    courier_model::validate_name("name", name, MAX_KEY_NAME_LEN)
+        .map_err(ApiKeyError::InvalidName)?;
     let key = generate_key();
     let record = ApiKeyRecord {
         id: format!("key_{}", uuid::Uuid::now_v7().simple()),

@@ -39,6 +39,7 @@ use courier_producer::{ConfirmedChannel, Publisher};
 use courier_store::Store;
 use courier_worker::WebhookClient;
 
+pub use admin::MAX_WORKSPACE_NAME_LEN;
 pub use error::ApiError;
 
 /// Request bodies larger than this are refused with 413, except ingest.

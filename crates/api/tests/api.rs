@@ -825,6 +825,13 @@ async fn every_route_hides_other_workspaces(app: Arc<App>) {
         .await;
     let hook = hook_b["id"].as_str().unwrap();
     let delivery = seed(&app.store, &ws_b, hook, EventType::OrderCreated, 1).await[0];
+    let event = app
+        .store
+        .get_delivery(delivery)
+        .await
+        .unwrap()
+        .unwrap()
+        .event_id;
     let routes: Vec<(Method, String, Option<Value>)> = vec![
         (Method::GET, format!("/v1/workspaces/{ws_b}/webhooks"), None),
         (
@@ -891,6 +898,11 @@ async fn every_route_hides_other_workspaces(app: Arc<App>) {
             Method::POST,
             format!("/v1/workspaces/{ws_b}/events"),
             Some(json!({"type": "order.created", "data": {}})),
+        ),
+        (
+            Method::GET,
+            format!("/v1/workspaces/{ws_b}/events/{event}"),
+            None,
         ),
     ];
     assert_eq!(routes.len() + 3, served_routes().len());
@@ -1675,6 +1687,7 @@ fn served_routes() -> Vec<(&'static str, &'static str)> {
         ("get", "/v1/workspaces/{ws}/deliveries/{id}/attempts"),
         ("post", "/v1/workspaces/{ws}/deliveries/{id}/retry"),
         ("post", "/v1/workspaces/{ws}/events"),
+        ("get", "/v1/workspaces/{ws}/events/{id}"),
     ]
 }
 

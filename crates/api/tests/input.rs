@@ -519,6 +519,35 @@ async fn names_refuse_control_characters(app: Arc<App>) {
         .unwrap();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].name, "n");
+
+    // Workspaces and API keys are named under the same rule.
+    let (status, resp) = app
+        .post("/v1/workspaces", ADMIN, r#"{"name": "Ac\u0000me"}"#)
+        .await;
+    let message = assert_error(
+        status,
+        &resp,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("name"),
+    );
+    assert_eq!(
+        message,
+        "must not contain control characters; found U+0000 at character 3"
+    );
+    let (status, resp) = app
+        .post(
+            &format!("/v1/workspaces/{ws}/api-keys"),
+            ADMIN,
+            r#"{"name": "ci\nkey"}"#,
+        )
+        .await;
+    assert_error(
+        status,
+        &resp,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("name"),
+    );
+    assert_eq!(app.store.list_workspaces().await.unwrap().len(), 1);
 }
 
 async fn json_bodies_are_one_object_and_nothing_else(app: Arc<App>) {
@@ -607,6 +636,19 @@ async fn json_bodies_are_one_object_and_nothing_else(app: Arc<App>) {
             .send(method.clone(), path, token, &format!("{object} {object}"))
             .await;
         assert_error(status, &resp, StatusCode::BAD_REQUEST, None);
+    }
+    // GraphQL reads its body the same way.
+    let query = r#"{"query": "{ webhooks { id } }"}"#;
+    let (status, resp) = app.post("/graphql", &key, query).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    for body in [format!("[{query}]"), format!("{query}xx")] {
+        let (status, resp) = app.post("/graphql", &key, &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {resp}");
+        let message = resp["errors"][0]["message"].as_str().unwrap();
+        assert!(
+            message.contains("not an array") || message.contains("nothing after it"),
+            "{message}"
+        );
     }
     // Nothing was created or changed by the refused bodies.
     let (_, resp) = app.send(Method::GET, &one, &key, "").await;

@@ -277,10 +277,10 @@ async fn workspace(cmd: WorkspaceCommand, store: &Store) -> anyhow::Result<()> {
                 Some(id) => WorkspaceId::parse(id).context("--id")?,
                 None => WorkspaceId::generate(),
             };
-            anyhow::ensure!(!name.trim().is_empty(), "--name must not be empty");
+            courier_model::validate_name("--name", &name, courier_api::MAX_WORKSPACE_NAME_LEN)?;
             let ws = Workspace {
                 id,
-                name,
+                name: name.trim().to_owned(),
                 created_at: chrono::Utc::now(),
             };
             store.create_workspace(&ws).await?;
