@@ -1195,13 +1195,15 @@ impl PgStore {
     pub async fn restore_delivery(&self, before: &DeliveryRecord) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE deliveries SET status = $2, next_attempt_at = $3, held_until = $5, \
-             updated_at = now() WHERE id = $1 AND status = 'retrying' AND attempts = $4",
+             updated_at = now() WHERE id = $1 AND workspace_id = $6 AND status = 'retrying' \
+             AND attempts = $4",
         )
         .bind(before.id.0)
         .bind(before.status.as_str())
         .bind(before.next_attempt_at)
         .bind(i32_saturating(before.attempts))
         .bind(before.held_until)
+        .bind(before.workspace_id.as_str())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)

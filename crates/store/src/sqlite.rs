@@ -1242,7 +1242,8 @@ impl SqliteStore {
         self.write(async |conn| {
             let done = sqlx::query(
                 "UPDATE deliveries SET status = ?2, next_attempt_at = ?3, updated_at = ?4, \
-                 held_until = ?6 WHERE id = ?1 AND status = 'retrying' AND attempts = ?5",
+                 held_until = ?6 WHERE id = ?1 AND workspace_id = ?7 AND status = 'retrying' \
+                 AND attempts = ?5",
             )
             .bind(before.id.0.to_string())
             .bind(before.status.as_str())
@@ -1250,6 +1251,7 @@ impl SqliteStore {
             .bind(ts(&Utc::now()))
             .bind(i64::from(before.attempts))
             .bind(before.held_until.as_ref().map(ts))
+            .bind(before.workspace_id.as_str())
             .execute(&mut *conn)
             .await?;
             Ok(done.rows_affected() > 0)
