@@ -277,3 +277,50 @@ async fn poison_reasons(env: &TestEnv, poison_queue: &str) -> Vec<(String, Strin
     }
     reasons
 }
+
+crate::on_both_databases!(deeply_nested_data_is_set_aside);
+
+/// Data nested deeper than courier accepts (here 100,000 levels) goes to
+/// the poison queue with the limit as its reason, and is never delivered.
+async fn deeply_nested_data_is_set_aside(db: Db) {
+    let Setup {
+        env,
+        ws,
+        receiver,
+        worker,
+        publisher,
+        channel,
+        topology,
+        _connection,
+    } = set_up(db).await;
+    let depth = 100_000;
+    let body = format!(
+        r#"{{"id":"deep-1","workspace_id":"acme","type":"order.created","occurred_at":"2026-01-01T00:00:00Z","data":{{"a":{}{}}}}}"#,
+        "[".repeat(depth),
+        "]".repeat(depth)
+    );
+    publish_raw_event(&channel, &topology, body.as_bytes()).await;
+    let good = Event::new(ws.clone(), EventType::OrderCreated, None, json!({"ok": 1})).unwrap();
+    publisher.publish(&good).await.unwrap();
+    wait_for("the good event", Duration::from_secs(30), || async {
+        receiver.count() == 1
+    })
+    .await;
+    let poison_queue = topology.poison_queue();
+    wait_for(
+        "the deep event in the poison queue",
+        Duration::from_secs(30),
+        || async { env.queue_len(&poison_queue).await == 1 },
+    )
+    .await;
+    worker.stop().await.unwrap();
+    let reasons = poison_reasons(&env, &poison_queue).await;
+    assert_eq!(reasons.len(), 1);
+    assert!(reasons[0].0.contains("deep-1"));
+    assert!(
+        reasons[0].1.contains("more than 63 levels deep"),
+        "{}",
+        reasons[0].1
+    );
+    assert_eq!(receiver.count(), 1);
+}
