@@ -22,7 +22,8 @@ CREATE TABLE events_keyed (
     occurred_at   TEXT NOT NULL,
     data          TEXT NOT NULL,
     received_at   TEXT NOT NULL,
-    PRIMARY KEY (workspace_id, id)
+    -- The id first, as on PostgreSQL (see there).
+    PRIMARY KEY (id, workspace_id)
 ) STRICT;
 
 INSERT INTO events_keyed (id, workspace_id, type, channel, occurred_at, data, received_at)
