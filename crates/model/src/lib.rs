@@ -19,7 +19,7 @@ pub mod url;
 pub use event::{Event, EventData, EventError, MAX_DATA_DEPTH, MAX_EVENT_BYTES};
 pub use event_type::{EventType, UnknownEventType};
 pub use ids::{DeliveryId, EventId, IdError, SubscriptionId, WorkspaceId};
-pub use message::{DeliveryMessage, MessageError};
+pub use message::{DeliveryMessage, MessageError, WebhooksChanged};
 pub use outcome::{AttemptResult, Decision, DeliveryStatus, ErrorKind, classify};
 pub use retry::{RetryPolicy, RetryPolicyError};
 pub use signing::{SecretError, WebhookSecret, sign_headers};
@@ -27,3 +27,17 @@ pub use subscription::{
     Channel, Subscription, SubscriptionIndex, SubscriptionStatus, ValidationError, validate_name,
 };
 pub use url::{UrlError, WebhookUrl};
+
+/// Renders an error with its causes on one line (`outer: cause: root`), for
+/// logs and error messages: the useful part ("connection refused") is
+/// often a cause.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

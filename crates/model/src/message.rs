@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DeliveryId, EventId, SubscriptionId};
+use crate::{DeliveryId, EventId, SubscriptionId, WorkspaceId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {
@@ -70,9 +70,54 @@ impl DeliveryMessage {
     }
 }
 
+/// "The webhooks of this workspace changed." Broadcast to every worker on
+/// the control exchange after a change, so that each reloads its matching
+/// index before the next event needs it. Only a hint: a fan-out checks the
+/// ledger's webhooks version itself before matching, so a lost notice
+/// delays nothing but that reload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhooksChanged {
+    pub changed: WebhooksChangedKind,
+    pub workspace_id: WorkspaceId,
+}
+
+/// The only kind of change announced today; a tag, so that other notices
+/// can share the exchange later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhooksChangedKind {
+    Webhooks,
+}
+
+impl WebhooksChanged {
+    pub fn new(workspace_id: WorkspaceId) -> Self {
+        Self {
+            changed: WebhooksChangedKind::Webhooks,
+            workspace_id,
+        }
+    }
+
+    pub fn to_vec(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("change notices always serialize")
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn change_notices_keep_their_wire_shape() {
+        let notice = WebhooksChanged::new(WorkspaceId::parse("acme").unwrap());
+        let bytes = notice.to_vec();
+        // The shape workers of the previous release parse too.
+        assert_eq!(bytes, br#"{"changed":"webhooks","workspace_id":"acme"}"#);
+        assert_eq!(WebhooksChanged::from_slice(&bytes).unwrap(), notice);
+    }
 
     #[test]
     fn round_trip_and_rejections() {

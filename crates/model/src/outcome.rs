@@ -105,6 +105,17 @@ impl AttemptResult {
             Self::Failed { kind } => kind.as_str(),
         }
     }
+
+    /// Whether the endpoint is up, as far as this result tells: it
+    /// answered, with anything but a server error or "try later" (408,
+    /// 429). An address courier may not call says nothing about the
+    /// endpoint, so it counts as up. What an endpoint's circuit counts.
+    pub fn endpoint_healthy(self) -> bool {
+        match self {
+            Self::Response { status } => !(status >= 500 || status == 408 || status == 429),
+            Self::Failed { kind } => kind == ErrorKind::Blocked,
+        }
+    }
 }
 
 /// What happens next.
@@ -152,6 +163,34 @@ pub fn classify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn which_results_say_the_endpoint_is_up() {
+        for status in [200, 204, 301, 400, 404, 410, 499] {
+            assert!(
+                AttemptResult::Response { status }.endpoint_healthy(),
+                "{status}"
+            );
+        }
+        for status in [408, 429, 500, 502, 503] {
+            assert!(
+                !AttemptResult::Response { status }.endpoint_healthy(),
+                "{status}"
+            );
+        }
+        for kind in [ErrorKind::Timeout, ErrorKind::Connect, ErrorKind::Other] {
+            assert!(
+                !AttemptResult::Failed { kind }.endpoint_healthy(),
+                "{kind:?}"
+            );
+        }
+        assert!(
+            AttemptResult::Failed {
+                kind: ErrorKind::Blocked
+            }
+            .endpoint_healthy()
+        );
+    }
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
