@@ -2,9 +2,10 @@
 //! agrees on, and a [`Publisher`] that accepts an event only once the broker
 //! has confirmed it.
 //!
-//! The worker reuses [`Topology`] and [`ConfirmedChannel`] for its own
-//! publishes (delivery, retry, dead and poison messages), so all broker names
-//! and durability settings live here and nowhere else.
+//! The worker and the API send their own messages (delivery, retry, dead,
+//! poison and change notices) as [`Outgoing`]s that [`Topology`] addresses,
+//! on a [`ConfirmedChannel`], so all broker names, properties and
+//! durability settings live here and nowhere else.
 //!
 //! Data that arrives as text (a request body, a file) is best published as
 //! that text: receivers then get it byte for byte, where going through a
@@ -24,9 +25,11 @@
 //! # }
 //! ```
 
+pub mod outgoing;
 mod publisher;
 pub mod topology;
 
+pub use outgoing::{Outgoing, OutgoingKind};
 pub use publisher::{ConfirmedChannel, PublishError, Publisher, redact_url};
 pub use topology::Topology;
 

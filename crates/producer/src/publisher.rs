@@ -5,7 +5,7 @@ use courier_model::{Event, EventError};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
-use crate::Topology;
+use crate::{Outgoing, Topology};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -98,6 +98,18 @@ impl ConfirmedChannel {
         }
         self.publish_once(exchange, routing_key, payload, properties)
             .await
+    }
+
+    /// Sends one of courier's own messages (see [`crate::outgoing`]) as
+    /// [`ConfirmedChannel::publish`] does.
+    pub async fn send(&self, outgoing: &Outgoing<'_>) -> Result<(), PublishError> {
+        self.publish(
+            &outgoing.exchange,
+            &outgoing.routing_key,
+            &outgoing.body,
+            outgoing.properties.clone(),
+        )
+        .await
     }
 
     async fn publish_once(
