@@ -8,16 +8,23 @@
 //! before matching, a fan-out makes sure the index was checked against
 //! that version by a read that started after its event arrived (and so
 //! after the change committed), reloading the index if it was behind.
-//! One such read serves every event that arrived before it started, so
-//! under load it costs one small query per group of events, not one per
-//! event. Change notices and the periodic refresh still reload ahead of
-//! time, so the check rarely finds the index behind.
+//! One such read serves every event that arrived before it started, and
+//! reads start at most every [`CHECK_SPACING`], so under load it costs one
+//! small query per group of events, not one per event. Change notices and
+//! the periodic refresh still reload ahead of time, so the check rarely
+//! finds the index behind.
 
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use courier_model::{Event, Subscription, SubscriptionIndex};
 use courier_store::{Store, StoreError, SubscriptionsFingerprint};
+
+/// The least time between the starts of two checks against the ledger.
+/// Under load, events arrive faster than a check takes; spacing the checks
+/// makes each one serve more events (at most a thousand checks a second),
+/// for at most this long added to an event's wait.
+pub const CHECK_SPACING: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Default)]
 pub struct SubscriptionCache {
@@ -77,6 +84,13 @@ impl SubscriptionCache {
         // The check that held the turn may have started after `arrived`.
         if self.checked_since(arrived) {
             return Ok(None);
+        }
+        // Wait out the spacing since the last check started: the events
+        // that arrive meanwhile queue behind this one, and the check that
+        // starts after it serves them all.
+        let last = *self.checked_from.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(last) = last {
+            tokio::time::sleep_until((last + CHECK_SPACING).into()).await;
         }
         let started = Instant::now();
         let reloaded = if self.is_stale(store).await? {
