@@ -121,6 +121,33 @@ impl Topology {
         ]
     }
 
+    /// A queue of this connection's own, bound to the control exchange,
+    /// that receives every change notice and disappears with the
+    /// connection. Returns its (server-chosen) name.
+    pub async fn declare_change_watch(&self, channel: &Channel) -> lapin::Result<String> {
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                self.control_exchange().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(queue.name().to_string())
+    }
+
     /// What a producer needs so that no published event is unroutable: the
     /// events exchange, the fan-out queue bound to it, and the poison queue
     /// the fan-out queue dead-letters to.
