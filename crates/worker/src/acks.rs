@@ -25,10 +25,10 @@ use crate::metrics::Metrics;
 
 /// How long a finished message may wait behind an unfinished one for a
 /// batch before it is acked alone. Longer than a group commit of the
-/// ledger under load (about 40 ms in courier-bench fanout-10), so that an
-/// event whose ops missed one commit does not turn every event of that
-/// commit into an ack of its own: at 10 ms, fanout-10 sent 2,165 single
-/// acks and 311 runs for 9,800 events; at 50 ms, 398 and 386.
+/// ledger under load, so that an event whose ops missed one commit does
+/// not turn every event of that commit into an ack of its own (the broker
+/// pays per ack frame; docs/benchmarks.md, "Findings behind design
+/// choices", has the counts).
 pub const HOLD: Duration = Duration::from_millis(50);
 
 /// The ack frames a stage sends and the messages they cover: how well

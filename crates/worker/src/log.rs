@@ -1,10 +1,9 @@
 //! What a log line at info or above is about.
 //!
-//! The per-event and per-delivery spans are debug-level: at info, creating
-//! one for every delivery cost courier about a tenth of its CPU
-//! (courier-bench throughput-1), though most deliveries log nothing. So
-//! the lines operators read name their event or delivery themselves,
-//! with the same fields the spans carry.
+//! The per-event and per-delivery spans are debug-level: created at info
+//! for every delivery they cost CPU though most deliveries log nothing
+//! (docs/benchmarks.md). So the lines operators read name their event or
+//! delivery themselves, with the same fields the spans carry.
 
 use courier_model::{DeliveryMessage, Event};
 
