@@ -11,9 +11,9 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use sqlx::error::DatabaseError;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::error::sqlite_busy;
 use crate::{Result, Store, StoreError, WriteOp, WriteResult};
 
 /// Tuning of the group commit.
@@ -239,14 +239,7 @@ async fn commit(store: &Store, batch: Vec<Request>) {
 fn caused_by_an_op(err: &StoreError) -> bool {
     match err {
         StoreError::Corrupt(_) | StoreError::UnknownDelivery(_) => true,
-        StoreError::Database(sqlx::Error::Database(db)) => {
-            let sqlite_code = db
-                .try_downcast_ref::<sqlx::sqlite::SqliteError>()
-                .and_then(|e| e.code())
-                .and_then(|code| code.parse::<i32>().ok());
-            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-            !matches!(sqlite_code.map(|c| c & 0xff), Some(5 | 6))
-        }
+        StoreError::Database(sqlx::Error::Database(db)) => !sqlite_busy(db.as_ref()),
         _ => false,
     }
 }

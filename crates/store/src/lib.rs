@@ -7,6 +7,7 @@
 //! goes through [`Ledger`], which groups concurrent writes into one
 //! transaction (group commit). This crate knows nothing of RabbitMQ or HTTP.
 
+mod error;
 mod ledger;
 mod postgres;
 mod rows;
@@ -19,33 +20,10 @@ use courier_model::{
 };
 use serde::Serialize;
 
+pub use error::{Result, StoreError};
 pub use ledger::{Ledger, LedgerOptions};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database.url {0:?} is not supported; use sqlite://PATH or postgres://...")]
-    UnsupportedUrl(String),
-    #[error("{what} already exists")]
-    Conflict { what: &'static str },
-    #[error("{what} not found")]
-    NotFound { what: &'static str },
-    #[error("attempt of delivery {0}, which is not in the ledger")]
-    UnknownDelivery(courier_model::DeliveryId),
-    #[error("ledger row is corrupt: {0}")]
-    Corrupt(String),
-    #[error("database error")]
-    Database(#[from] sqlx::Error),
-    #[error("database migration failed")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("ledger writer has stopped")]
-    LedgerClosed,
-    #[error("batched ledger write failed: {0}")]
-    Batch(std::sync::Arc<StoreError>),
-}
-
-pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
