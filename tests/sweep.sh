@@ -3,6 +3,7 @@
 # not finish (killed, timed out). Tests use these name prefixes only:
 #   queues     ctest-<hex>.*  (e2e)   ptest_<hex>.*  (producer CLI)   atest-<hex>.*  (API)
 #   databases  courier_e2e_*  courier_store_*  courier_api_*  courier_bench_*
+#   (each a courier_store::scratch::ScratchDb, named courier_<who>_<token>)
 #   (bench-<hex>.* queues come from make bench)
 # Run before a test run, never during one.
 set -uo pipefail

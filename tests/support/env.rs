@@ -1,6 +1,7 @@
 //! One isolated courier environment per test: a RabbitMQ prefix nobody else
-//! uses and a database of its own, both removed when the test ends (also
-//! when it panics).
+//! uses (`ctest-<hex>`) and a database of its own (a `ScratchDb` named
+//! `courier_e2e_<hex>`), both removed when the test ends (also when it
+//! panics).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -10,12 +11,12 @@ use std::time::{Duration, Instant};
 use courier::Settings;
 use courier_model::{Subscription, WorkspaceId};
 use courier_producer::{Publisher, Topology};
-use courier_store::{Store, Workspace};
+use courier_store::scratch::ScratchDb;
+use courier_store::{Backend, Store, Workspace};
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use rand::RngExt;
-use sqlx::Connection as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -31,8 +32,7 @@ pub fn amqp_url() -> String {
 }
 
 fn pg_admin_url() -> String {
-    std::env::var("COURIER_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    courier_store::scratch::pg_admin_url("COURIER_TEST_PG_URL")
 }
 
 pub struct TestEnv {
@@ -43,9 +43,8 @@ pub struct TestEnv {
     pub settings: Settings,
     pub store: Store,
     vars: Vec<(String, String)>,
-    /// (admin URL, database name) of the database to drop at the end.
-    pg_database: Option<(String, String)>,
-    sqlite_path: Option<PathBuf>,
+    /// The database, removed at the end (`None` once it is).
+    scratch: Option<ScratchDb>,
 }
 
 /// Settings every e2e test wants: receivers live on 127.0.0.1 over plain
@@ -90,32 +89,14 @@ impl TestEnv {
     async fn build(db: Db, overrides: &[(&str, &str)], pg_admin: String, amqp: String) -> Self {
         let token: String = format!("{:016x}", rand::rng().random::<u64>());
         let prefix = format!("ctest-{token}");
-        let (database_url, pg_database, sqlite_path) = match db {
-            Db::Sqlite => {
-                let path = std::env::temp_dir().join(format!("courier-e2e-{token}.db"));
-                (format!("sqlite://{}", path.display()), None, Some(path))
-            }
-            Db::Postgres => {
-                let name = format!("courier_e2e_{token}");
-                let mut admin = sqlx::PgConnection::connect(&pg_admin)
-                    .await
-                    .expect("connect to PostgreSQL (is it running on 127.0.0.1:5432?)");
-                // The name is ours: a fixed prefix and hex digits.
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut admin)
-                    .await
-                    .expect("create test database");
-                let base = pg_admin
-                    .rsplit_once('/')
-                    .map(|(b, _)| b)
-                    .unwrap_or(&pg_admin);
-                (
-                    format!("{base}/{name}"),
-                    Some((pg_admin.clone(), name)),
-                    None,
-                )
-            }
+        let backend = match db {
+            Db::Sqlite => Backend::Sqlite,
+            Db::Postgres => Backend::Postgres,
         };
+        let scratch = ScratchDb::create(backend, &format!("courier_e2e_{token}"), &pg_admin)
+            .await
+            .expect("create test database (is PostgreSQL running on 127.0.0.1:5432?)");
+        let database_url = scratch.url().to_owned();
         let mut vars: Vec<(String, String)> = BASE
             .iter()
             .chain(overrides)
@@ -135,8 +116,7 @@ impl TestEnv {
             settings,
             store,
             vars,
-            pg_database,
-            sqlite_path,
+            scratch: Some(scratch),
         }
     }
 
@@ -271,13 +251,7 @@ impl TestEnv {
         messages
     }
 
-    async fn cleanup(
-        amqp: String,
-        topology: Topology,
-        store: Store,
-        pg_database: Option<(String, String)>,
-        sqlite_path: Option<PathBuf>,
-    ) {
+    async fn cleanup(amqp: String, topology: Topology, store: Store, scratch: Option<ScratchDb>) {
         store.close().await;
         if let Ok(connection) = Connection::connect(&amqp, ConnectionProperties::default()).await
             && let Ok(channel) = connection.create_channel().await
@@ -285,20 +259,8 @@ impl TestEnv {
             topology.delete_all(&channel).await;
             connection.close(200, "".into()).await.ok();
         }
-        if let Some((admin_url, name)) = pg_database
-            && let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await
-        {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&mut admin)
-            .await
-            .ok();
-        }
-        if let Some(path) = sqlite_path {
-            for suffix in ["", "-wal", "-shm"] {
-                std::fs::remove_file(format!("{}{suffix}", path.display())).ok();
-            }
+        if let Some(scratch) = scratch {
+            scratch.remove().await.ok();
         }
     }
 }
@@ -310,14 +272,13 @@ impl Drop for TestEnv {
         let topology = self.topology();
         let amqp = self.amqp_url.clone();
         let store = self.store.clone();
-        let pg = self.pg_database.take();
-        let sqlite = self.sqlite_path.take();
+        let scratch = self.scratch.take();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("cleanup runtime");
-            runtime.block_on(Self::cleanup(amqp, topology, store, pg, sqlite));
+            runtime.block_on(Self::cleanup(amqp, topology, store, scratch));
         })
         .join()
         .ok();

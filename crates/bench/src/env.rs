@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use courier::Settings;
 use courier_producer::{Publisher, Topology};
-use courier_store::{Store, StoreOptions};
+use courier_store::scratch::ScratchDb;
+use courier_store::{Backend, Store, StoreOptions};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -58,10 +59,8 @@ pub struct BenchEnv {
     pub settings: Settings,
     services: Services,
     vars: Vec<(String, String)>,
-    /// The database to drop at the end (PostgreSQL).
-    pg_database: Option<String>,
-    /// The file to remove at the end (SQLite), with its -wal and -shm.
-    sqlite_path: Option<PathBuf>,
+    /// The database or SQLite file, removed at the end (`None` once it is).
+    scratch: Option<ScratchDb>,
     cleaned: bool,
 }
 
@@ -71,35 +70,23 @@ impl BenchEnv {
     pub async fn create(db: Db, services: &Services) -> anyhow::Result<Self> {
         let token = token();
         let prefix = format!("bench-{token}");
-        let (database_url, pg_database, sqlite_path) = match db {
-            Db::Sqlite => {
-                let path = std::env::temp_dir().join(format!("courier-bench-{token}.db"));
-                (format!("sqlite://{}", path.display()), None, Some(path))
-            }
-            Db::Postgres => {
-                let name = format!("courier_bench_{token}");
-                let mut admin = sqlx::PgConnection::connect(&services.pg_admin_url)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "could not connect to PostgreSQL at {} (is it running? --pg-admin-url)",
-                            services.pg_admin_url
-                        )
-                    })?;
-                // The name is ours: a fixed prefix and hex digits.
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut admin)
-                    .await
-                    .with_context(|| format!("could not create database {name}"))?;
-                admin.close().await.ok();
-                let base = services
-                    .pg_admin_url
-                    .rsplit_once('/')
-                    .map(|(b, _)| b)
-                    .unwrap_or(&services.pg_admin_url);
-                (format!("{base}/{name}"), Some(name), None)
-            }
+        let backend = match db {
+            Db::Sqlite => Backend::Sqlite,
+            Db::Postgres => Backend::Postgres,
         };
+        let scratch = ScratchDb::create(
+            backend,
+            &format!("courier_bench_{token}"),
+            &services.pg_admin_url,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "could not create the bench database on PostgreSQL at {} (is it running? --pg-admin-url)",
+                services.pg_admin_url
+            )
+        })?;
+        let database_url = scratch.url().to_owned();
         let mut vars: Vec<(String, String)> = [
             ("COURIER__DATABASE__URL", database_url.as_str()),
             ("COURIER__AMQP__URL", services.amqp_url.as_str()),
@@ -123,8 +110,7 @@ impl BenchEnv {
                 .context("the bench's courier settings are invalid (check --set)")?,
             services: services.clone(),
             vars,
-            pg_database,
-            sqlite_path,
+            scratch: Some(scratch),
             cleaned: false,
         };
         if let Err(error) = env.migrate().await {
@@ -357,13 +343,7 @@ impl BenchEnv {
             return;
         }
         self.cleaned = true;
-        cleanup(
-            self.services.clone(),
-            self.topology(),
-            self.pg_database.take(),
-            self.sqlite_path.take(),
-        )
-        .await;
+        cleanup(self.services.clone(), self.topology(), self.scratch.take()).await;
     }
 }
 
@@ -376,14 +356,13 @@ impl Drop for BenchEnv {
         }
         let services = self.services.clone();
         let topology = self.topology();
-        let pg = self.pg_database.take();
-        let sqlite = self.sqlite_path.take();
+        let scratch = self.scratch.take();
         std::thread::spawn(move || {
             if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {
-                runtime.block_on(cleanup(services, topology, pg, sqlite));
+                runtime.block_on(cleanup(services, topology, scratch));
             }
         })
         .join()
@@ -391,12 +370,7 @@ impl Drop for BenchEnv {
     }
 }
 
-async fn cleanup(
-    services: Services,
-    topology: Topology,
-    pg_database: Option<String>,
-    sqlite_path: Option<PathBuf>,
-) {
+async fn cleanup(services: Services, topology: Topology, scratch: Option<ScratchDb>) {
     if let Ok(connection) =
         Connection::connect(&services.amqp_url, ConnectionProperties::default()).await
         && let Ok(channel) = connection.create_channel().await
@@ -404,22 +378,10 @@ async fn cleanup(
         topology.delete_all(&channel).await;
         connection.close(200, "".into()).await.ok();
     }
-    if let Some(name) = pg_database
-        && let Ok(mut admin) = sqlx::PgConnection::connect(&services.pg_admin_url).await
-    {
-        if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await
-        {
-            eprintln!("warning: could not drop database {name}: {error}");
-        }
-        admin.close().await.ok();
-    }
-    if let Some(path) = sqlite_path {
-        for suffix in ["", "-wal", "-shm"] {
-            std::fs::remove_file(format!("{}{suffix}", path.display())).ok();
+    if let Some(scratch) = scratch {
+        let name = scratch.name().to_owned();
+        if let Err(error) = scratch.remove().await {
+            eprintln!("warning: could not remove database {name}: {error}");
         }
     }
 }

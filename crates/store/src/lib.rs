@@ -11,6 +11,7 @@ mod error;
 mod ledger;
 mod postgres;
 mod rows;
+pub mod scratch;
 mod sqlite;
 
 use chrono::{DateTime, Utc};

@@ -1,228 +1,58 @@
-//! What the management API accepts, over real HTTP on 127.0.0.1, against
-//! SQLite and PostgreSQL (every scenario runs on both) and, for ingest, the
-//! real RabbitMQ: event data kept byte for byte, data nested too deep
-//! refused, names without control characters, and JSON bodies that are one
-//! object and nothing else.
+//! What the management API accepts: event data kept byte for byte, data
+//! nested too deep refused, names without control characters, and JSON
+//! bodies that are one object and nothing else.
 //!
 //! Bodies are sent as text, not built with `serde_json`: a `Value` would
-//! normalise exactly what these tests look at. Each test gets its own
-//! database and broker prefix, removed afterwards even on panic.
+//! normalise exactly what these tests look at. So this module's [`App`]
+//! wraps the shared one with helpers that send text.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::ops::Deref;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use courier_api::{ApiOptions, ApiState, Broker, NoChanges, SubscriptionChanges};
 use courier_model::{Event, MAX_DATA_DEPTH};
-use courier_producer::{ConfirmedChannel, Publisher, Topology};
-use courier_store::{Store, StoreOptions};
-use courier_worker::{HttpOptions, WebhookClient};
+use courier_store::Backend;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-use rand::RngExt;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use sqlx::Connection as _;
 
-const ADMIN: &str = "test-admin-token";
+use crate::common::{self, ADMIN, Setup, amqp_url};
+use crate::on_both_backends;
 
 /// Data a `serde_json::Value` would change: digits beyond f64 and u64, keys
 /// out of order, escapes (`\u00e9`, `\n`, `\"`) a writer re-encodes,
 /// characters beyond ASCII, spacing of its own.
 const EXACT_DATA: &str = r#"{"order_id": "o-1", "total": 12.50000000000000000001, "big": 123456789012345678901234567890, "note":"caf\u00e9 ✓\n \"quoted\"",  "a": {"z": 1, "b": []}}"#;
 
-// --- harness ------------------------------------------------------------------
+on_both_backends!(
+    ingest_keeps_data_byte_for_byte => Setup { broker: true, ..DEFAULT },
+    ingest_refuses_data_nested_too_deep => Setup { broker: true, ..DEFAULT },
+    test_send_sends_caller_data_as_given => DEFAULT,
+    names_refuse_control_characters => DEFAULT,
+    json_bodies_are_one_object_and_nothing_else => DEFAULT,
+);
 
-fn pg_admin_url() -> String {
-    std::env::var("COURIER_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
+/// The shared app, with this module's text-sending helpers in front of its
+/// own.
+struct App(Arc<common::App>);
 
-fn amqp_url() -> String {
-    std::env::var("COURIER_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+impl Deref for App {
+    type Target = common::App;
 
-#[derive(Clone, Copy, Debug)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
-
-enum Cleanup {
-    File(PathBuf),
-    Database(String),
-}
-
-struct App {
-    base: String,
-    http: reqwest::Client,
-    store: Store,
-    topology: Option<Topology>,
-    _amqp: Option<Connection>,
-}
-
-async fn open_db(db: Db) -> (Store, Cleanup) {
-    let token = format!("{:016x}", rand::rng().random::<u64>());
-    let (url, cleanup) = match db {
-        Db::Sqlite => {
-            let path = std::env::temp_dir().join(format!("courier-input-{token}.db"));
-            (format!("sqlite://{}", path.display()), Cleanup::File(path))
-        }
-        Db::Postgres => {
-            let name = format!("courier_input_{token}");
-            let mut admin = sqlx::PgConnection::connect(&pg_admin_url())
-                .await
-                .expect("PostgreSQL on 127.0.0.1:5432");
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut admin)
-                .await
-                .unwrap();
-            let admin_url = pg_admin_url();
-            let (base, _) = admin_url.rsplit_once('/').unwrap();
-            (format!("{base}/{name}"), Cleanup::Database(name))
-        }
-    };
-    let options = StoreOptions {
-        max_connections: 4,
-        ..StoreOptions::default()
-    };
-    let store = Store::connect(&url, &options).await.unwrap();
-    store.migrate().await.unwrap();
-    (store, cleanup)
-}
-
-async fn remove(store: Store, cleanup: Cleanup, topology: Option<Topology>) {
-    store.close().await;
-    match cleanup {
-        Cleanup::File(path) => {
-            for suffix in ["", "-wal", "-shm"] {
-                let mut file = path.clone().into_os_string();
-                file.push(suffix);
-                let _ = std::fs::remove_file(file);
-            }
-        }
-        Cleanup::Database(name) => {
-            let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        }
-    }
-    if let Some(topology) = topology
-        && let Ok(connection) =
-            Connection::connect(&amqp_url(), ConnectionProperties::default()).await
-        && let Ok(channel) = connection.create_channel().await
-    {
-        topology.delete_all(&channel).await;
-        connection.close(200, "".into()).await.ok();
+    fn deref(&self) -> &common::App {
+        &self.0
     }
 }
 
-async fn start(store: Store, broker: bool) -> App {
-    let (broker, topology, amqp) = if broker {
-        let prefix = format!("itest-{:016x}", rand::rng().random::<u64>());
-        let topology = Topology::new(prefix, vec![Duration::from_secs(60)]);
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .expect("RabbitMQ on 127.0.0.1:5672");
-        let channel = connection.create_channel().await.unwrap();
-        topology.declare_all(&channel).await.unwrap();
-        let publisher = Publisher::on_connection(&connection, topology.clone())
-            .await
-            .unwrap();
-        let deliveries = ConfirmedChannel::open(&connection).await.unwrap();
-        let broker = Broker {
-            publisher,
-            deliveries,
-        };
-        (Some(broker), Some(topology), Some(connection))
-    } else {
-        (None, None, None)
-    };
-    let client = WebhookClient::new(&HttpOptions {
-        timeout: Duration::from_secs(5),
-        allow_private_networks: true,
-        max_in_flight: 8,
-    })
-    .unwrap();
-    let state = ApiState::new(
-        store.clone(),
-        broker,
-        client,
-        ApiOptions {
-            require_https: false,
-            admin_token: Some(ADMIN.to_owned()),
-            rotation_grace: chrono::Duration::hours(1),
-        },
-        Arc::new(NoChanges) as Arc<dyn SubscriptionChanges>,
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(listener, courier_api::router(state))
-            .await
-            .unwrap()
-    });
-    App {
-        base,
-        http: reqwest::Client::new(),
-        store,
-        topology,
-        _amqp: amqp,
-    }
-}
-
-/// Runs `test` on its own task so the database and broker prefix are
-/// removed even when the test panics; the panic is then passed on.
-async fn run<F, Fut>(db: Db, broker: bool, test: F)
+async fn run<F, Fut>(backend: Backend, setup: Setup, test: F)
 where
     F: FnOnce(Arc<App>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let (store, cleanup) = open_db(db).await;
-    let app = Arc::new(start(store.clone(), broker).await);
-    let topology = app.topology.clone();
-    let outcome = tokio::spawn(test(app)).await;
-    remove(store, cleanup, topology).await;
-    if let Err(err) = outcome {
-        std::panic::resume_unwind(err.into_panic());
-    }
+    common::run(backend, setup, |app| test(Arc::new(App(app)))).await;
 }
-
-macro_rules! on_both_backends {
-    ($($name:ident => $broker:expr),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::run(super::Db::Sqlite, $broker, super::$name).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    super::run(super::Db::Postgres, $broker, super::$name).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
-    ingest_keeps_data_byte_for_byte => true,
-    ingest_refuses_data_nested_too_deep => true,
-    test_send_sends_caller_data_as_given => false,
-    names_refuse_control_characters => false,
-    json_bodies_are_one_object_and_nothing_else => false,
-);
 
 // --- client helpers ---------------------------------------------------------------
 
