@@ -18,10 +18,12 @@ use lapin::options::BasicPublishOptions;
 use serde_json::json;
 use serde_norway::Value;
 
-/// The metrics courier exports: the operators' contract (deploy/README.md).
+/// The metrics courier exports: the operators' contract (docs/operations.md,
+/// "Metrics").
 /// Histograms by their base name.
 const EXPORTED_METRICS: &[&str] = &[
     "courier_events_consumed_total",
+    "courier_events_unmatched_total",
     "courier_deliveries_created_total",
     "courier_attempts_total",
     "courier_attempt_duration_seconds",
@@ -41,10 +43,11 @@ const EXPORTED_METRICS: &[&str] = &[
     "courier_build_info",
 ];
 
-/// The configuration keys courier documents (README, "Configuration").
+/// The configuration keys courier documents (docs/configuration.md).
 const CONFIG_KEYS: &[&str] = &[
     "database.url",
     "database.max_connections",
+    "database.sqlite_synchronous",
     "amqp.url",
     "amqp.prefix",
     "amqp.prefetch",

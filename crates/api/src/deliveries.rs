@@ -12,9 +12,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use courier_model::{DeliveryId, DeliveryMessage, DeliveryStatus, EventType};
-use courier_producer::topology::DELIVERY_ROUTING_KEY;
 use courier_store::{DeliveryFilter, DeliveryRecord};
-use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -230,20 +228,12 @@ pub(crate) async fn redeliver(broker: &Broker, before: &DeliveryRecord) -> Resul
         before.subscription_id,
         before.attempts + 1,
     );
-    let properties = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_message_id(before.event_id.as_str().into());
     broker
         .deliveries
-        .publish(
-            &broker.publisher.topology().deliveries_exchange(),
-            DELIVERY_ROUTING_KEY,
-            &msg.to_vec(),
-            properties,
-        )
+        .send(&broker.publisher.topology().delivery(&msg))
         .await
         .map_err(|e| {
-            tracing::error!(delivery_id = %before.id, error = %crate::error::error_chain(&e), "redelivery publish failed");
+            tracing::error!(delivery_id = %before.id, error = %courier_model::error_chain(&e), "redelivery publish failed");
             ApiError::Unavailable("the broker did not accept the redelivery; try again".into())
         })
 }

@@ -6,7 +6,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use courier_model::{EventError, MAX_EVENT_BYTES, ValidationError};
+use courier_model::{EventError, MAX_EVENT_BYTES, ValidationError, error_chain};
 use courier_store::StoreError;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -161,18 +161,6 @@ impl IntoResponse for ApiError {
         };
         (status, Json(body)).into_response()
     }
-}
-
-/// An error and its causes on one line, for the log.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The body of every error response, for the OpenAPI document.

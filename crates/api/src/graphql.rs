@@ -104,7 +104,7 @@ impl WebhookStatus {
 /// `extensions.field` for validation errors).
 fn gql_error(error: ApiError) -> async_graphql::Error {
     if let ApiError::Internal(source) = &error {
-        tracing::error!(error = %crate::error::error_chain(source.as_ref()), "GraphQL request failed");
+        tracing::error!(error = %courier_model::error_chain(source.as_ref()), "GraphQL request failed");
     }
     let body = error.body();
     async_graphql::Error::new(body.message.clone()).extend_with(|_, e| {

@@ -82,7 +82,7 @@ pub async fn ingest(
         .publish_encoded(&event, &body)
         .await
         .map_err(|e| {
-            tracing::error!(event_id = %event.id, error = %crate::error::error_chain(&e), "ingest publish failed");
+            tracing::error!(event_id = %event.id, error = %courier_model::error_chain(&e), "ingest publish failed");
             ApiError::Unavailable("the broker did not accept the event; try again".into())
         })?;
     Ok((

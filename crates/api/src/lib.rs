@@ -37,7 +37,7 @@ use axum::Router;
 use courier_model::WorkspaceId;
 use courier_producer::{ConfirmedChannel, Publisher};
 use courier_store::Store;
-use courier_worker::WebhookClient;
+use courier_webhook::WebhookClient;
 
 pub use admin::MAX_WORKSPACE_NAME_LEN;
 pub use error::ApiError;

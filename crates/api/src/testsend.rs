@@ -8,8 +8,8 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
-use courier_model::{Event, EventData, EventType, sign_headers};
-use reqwest::header::{HeaderMap, HeaderValue};
+use courier_model::{Event, EventData, EventType};
+use courier_webhook::SignedWebhook;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -99,24 +99,11 @@ pub async fn test_webhook(
                 Event::new(ws.clone(), ty, None, sample_data(ty)).map_err(ApiError::internal)?
             }
         };
-        let body = event.webhook_body();
-        let now = Utc::now();
+        // A webhook-id of its own, so a receiver never takes a test for a
+        // delivery it has seen.
         let msg_id = format!("msg_test_{}", uuid::Uuid::now_v7().simple());
-        let timestamp = now.timestamp();
-        let mut headers = HeaderMap::new();
-        let header = |v: String| HeaderValue::from_str(&v).map_err(ApiError::internal);
-        headers.insert("webhook-id", header(msg_id.clone())?);
-        headers.insert("webhook-timestamp", header(timestamp.to_string())?);
-        headers.insert(
-            "webhook-signature",
-            header(sign_headers(
-                sub.signing_secrets(now),
-                &msg_id,
-                timestamp,
-                &body,
-            ))?,
-        );
-        let outcome = state.client().post(&sub.url, headers, body).await;
+        let webhook = SignedWebhook::new(&sub, &msg_id, Utc::now(), event.webhook_body());
+        let outcome = state.client().send(&sub.url, webhook).await;
         let (response_status, succeeded) = match outcome.result {
             courier_model::AttemptResult::Response { status } => {
                 (Some(status), (200..300).contains(&status))

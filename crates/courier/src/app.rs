@@ -220,10 +220,10 @@ impl App {
         .await?;
         let changes = Arc::new(BrokerChanges {
             channel: std::sync::RwLock::new(None),
-            exchange: topology.control_exchange(),
+            topology: topology.clone(),
         });
         let broker = api_broker(&connection, &topology, &changes).await?;
-        let client = courier_worker::WebhookClient::new(&worker.http)
+        let client = courier_webhook::WebhookClient::new(&worker.http)
             .context("could not build the HTTP client for test sends")?;
         let state = courier_api::ApiState::new(
             self.store.clone(),
@@ -272,7 +272,7 @@ async fn api_broker(
         .await
         .context("could not prepare publishing for the API")?;
     let deliveries = ConfirmedChannel::open(connection).await?;
-    changes.set_channel(Some(connection.create_channel().await?));
+    changes.set_channel(Some(ConfirmedChannel::open(connection).await?));
     Ok(courier_api::Broker {
         publisher,
         deliveries,
@@ -394,7 +394,7 @@ async fn run_worker(
             Ok(()) => {}
             Err(error) => {
                 tracing::warn!(
-                    error = %courier_worker::error_chain(&error),
+                    error = %courier_model::error_chain(&error),
                     "worker lost its broker connection; reconnecting"
                 );
             }
@@ -408,16 +408,17 @@ async fn run_worker(
 }
 
 /// Tells every worker replica that webhooks changed, through the control
-/// exchange. Best effort: a lost notice is made up for by the periodic
-/// refresh (`delivery.subscription_refresh_ms`).
+/// exchange, so each reloads its matching index ahead of the next event.
+/// Best effort: a fan-out checks the ledger's webhooks version itself
+/// before matching, so a lost notice delays nothing but that reload.
 struct BrokerChanges {
     /// `None` while the API is reconnecting.
-    channel: std::sync::RwLock<Option<lapin::Channel>>,
-    exchange: String,
+    channel: std::sync::RwLock<Option<ConfirmedChannel>>,
+    topology: courier_producer::Topology,
 }
 
 impl BrokerChanges {
-    fn set_channel(&self, channel: Option<lapin::Channel>) {
+    fn set_channel(&self, channel: Option<ConfirmedChannel>) {
         *self.channel.write().unwrap_or_else(|e| e.into_inner()) = channel;
     }
 }
@@ -430,26 +431,22 @@ impl courier_api::SubscriptionChanges for BrokerChanges {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
         else {
-            tracing::warn!(
-                "no broker connection: workers pick up this webhook change at their next periodic reload"
-            );
+            tracing::debug!("no broker connection: workers reload at their next check");
             return;
         };
-        let exchange = self.exchange.clone();
-        let body =
-            serde_json::json!({"changed": "webhooks", "workspace_id": workspace}).to_string();
+        let notice = self
+            .topology
+            .webhooks_changed(&courier_model::WebhooksChanged::new(workspace.clone()));
         tokio::spawn(async move {
-            let sent = channel
-                .basic_publish(
-                    exchange.as_str().into(),
-                    "".into(),
-                    lapin::options::BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    lapin::BasicProperties::default(),
-                )
-                .await;
-            if let Err(error) = sent {
-                tracing::warn!(error = %error, "could not announce a webhook change");
+            match channel.send(&notice).await {
+                Ok(()) => {}
+                // No worker is bound to the control exchange right now.
+                Err(courier_producer::PublishError::Unroutable { .. }) => {
+                    tracing::debug!("no worker listens for webhook changes");
+                }
+                Err(error) => {
+                    tracing::warn!(error = %courier_model::error_chain(&error), "could not announce a webhook change");
+                }
             }
         });
     }

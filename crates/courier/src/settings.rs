@@ -246,7 +246,7 @@ impl Settings {
             max_in_flight: d.max_in_flight,
             per_endpoint_in_flight: d.per_endpoint_in_flight,
             inline_first_attempt: d.inline_first_attempt,
-            http: courier_worker::HttpOptions {
+            http: courier_webhook::HttpOptions {
                 timeout: Duration::from_millis(d.timeout_ms),
                 allow_private_networks: d.allow_private_networks,
                 max_in_flight: d.max_in_flight,

@@ -15,7 +15,6 @@ mod acks;
 mod consumer;
 pub mod health;
 mod held;
-pub mod http;
 mod limits;
 mod log;
 pub mod metrics;
@@ -26,8 +25,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use courier_model::RetryPolicy;
+use courier_model::error_chain;
 use courier_producer::{ConfirmedChannel, PublishError, Topology};
 use courier_store::{Ledger, Store, StoreError};
+use courier_webhook::{ClientError, HttpOptions, WebhookClient};
 use lapin::Connection;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +37,6 @@ use crate::acks::AckCounts;
 
 pub use consumer::Handled;
 pub use health::Health;
-pub use http::{HttpOptions, WebhookClient};
 pub use metrics::Metrics;
 pub use pipeline::Pipeline;
 
@@ -48,8 +48,8 @@ pub enum WorkerError {
     Publish(#[from] PublishError),
     #[error("ledger error")]
     Store(#[from] StoreError),
-    #[error("could not build the HTTP client")]
-    Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Http(#[from] ClientError),
     #[error("consumer of {queue} stopped: {reason}")]
     ConsumerStopped { queue: String, reason: String },
 }
@@ -264,34 +264,15 @@ async fn watch_changes(
     stop: CancellationToken,
 ) {
     use futures_util::StreamExt;
-    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::options::BasicConsumeOptions;
     use lapin::types::FieldTable;
 
     let setup = async {
         let channel = connection.create_channel().await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                topology.control_exchange().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let queue = topology.declare_change_watch(&channel).await?;
         let consumer = channel
             .basic_consume(
-                queue.name().clone(),
+                queue.into(),
                 "".into(),
                 BasicConsumeOptions {
                     no_ack: true,
@@ -313,7 +294,12 @@ async fn watch_changes(
         tokio::select! {
             _ = stop.cancelled() => break,
             notice = consumer.next() => match notice {
-                Some(Ok(_)) => {
+                Some(Ok(delivery)) => {
+                    match courier_model::WebhooksChanged::from_slice(&delivery.data) {
+                        Ok(notice) => tracing::debug!(workspace_id = %notice.workspace_id, "webhooks changed"),
+                        // Reload all the same: a notice is only a hint.
+                        Err(error) => tracing::warn!(error = %error, "unreadable change notice"),
+                    }
                     if let Err(error) = pipeline.reload_subscriptions("notice").await {
                         tracing::warn!(error = %error_chain(&error), "reloading subscriptions after a change failed");
                     }
@@ -401,16 +387,4 @@ async fn queue_depths(
         }
     }
     courier_producer::bounded("channel.close", channel.close(200, "".into())).await;
-}
-
-/// Renders an error with its causes on one line, for logs.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -14,7 +14,7 @@ use courier_model::{DeliveryId, DeliveryStatus, Event, EventType, SubscriptionId
 use courier_producer::{ConfirmedChannel, Publisher, Topology};
 use courier_store::scratch::{ScratchDb, pg_admin_url, unique_name};
 use courier_store::{AttemptWrite, Backend, Store, WriteOp};
-use courier_worker::{HttpOptions, WebhookClient};
+use courier_webhook::{HttpOptions, WebhookClient};
 use lapin::{Connection, ConnectionProperties};
 use rand::RngExt;
 use reqwest::{Method, StatusCode};

@@ -1,5 +1,5 @@
-//! The webhook HTTP client: one POST per attempt, signed, bounded in time and
-//! in how much of the response it reads, and unable to reach addresses that
+//! The webhook HTTP client: one POST per attempt, bounded in time and in how
+//! much of the response it reads, and unable to reach addresses that
 //! customers must not point courier at (loopback, private networks, cloud
 //! metadata) unless the deployment allows it.
 
@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use courier_model::{AttemptResult, ErrorKind, WebhookUrl};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+
+use crate::SignedWebhook;
 
 /// How much of a response body is kept in the ledger.
 pub const RESPONSE_EXCERPT_BYTES: usize = 4 * 1024;
@@ -38,6 +40,11 @@ pub struct WebhookClient {
     client: reqwest::Client,
     allow_private_networks: bool,
 }
+
+/// The HTTP client could not be built (its TLS backend failed to start).
+#[derive(Debug, thiserror::Error)]
+#[error("could not build the webhook HTTP client")]
+pub struct ClientError(#[source] reqwest::Error);
 
 #[derive(Debug, thiserror::Error)]
 #[error("{host} resolves only to addresses courier may not call (private networks are disabled)")]
@@ -68,7 +75,7 @@ impl Resolve for PublicOnlyResolver {
 }
 
 impl WebhookClient {
-    pub fn new(options: &HttpOptions) -> reqwest::Result<Self> {
+    pub fn new(options: &HttpOptions) -> Result<Self, ClientError> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("courier/", env!("CARGO_PKG_VERSION")))
             .timeout(options.timeout)
@@ -83,21 +90,24 @@ impl WebhookClient {
             // Enough to keep every connection that can be busy at once: many
             // webhooks often share one receiving host, and a pool smaller
             // than the requests in flight to it closes connections after
-            // each response and opens new ones (courier-bench's
-            // many-subscriptions shows the cost).
+            // each response and opens new ones.
             .pool_max_idle_per_host(options.max_in_flight.max(1));
         if !options.allow_private_networks {
             builder = builder.dns_resolver(Arc::new(PublicOnlyResolver));
         }
         Ok(Self {
-            client: builder.build()?,
+            client: builder.build().map_err(ClientError)?,
             allow_private_networks: options.allow_private_networks,
         })
     }
 
-    /// POSTs `body` with `headers` and reports what happened. Never fails:
-    /// every failure is an outcome to record.
-    pub async fn post(&self, url: &WebhookUrl, headers: HeaderMap, body: Vec<u8>) -> HttpOutcome {
+    /// POSTs a signed webhook to `url` and reports what happened. Never
+    /// fails: every failure is an outcome to record.
+    pub async fn send(&self, url: &WebhookUrl, webhook: SignedWebhook) -> HttpOutcome {
+        self.post(url, webhook.headers, webhook.body).await
+    }
+
+    async fn post(&self, url: &WebhookUrl, headers: HeaderMap, body: Vec<u8>) -> HttpOutcome {
         let started = Instant::now();
         let failed = |kind: ErrorKind, error: String| HttpOutcome {
             result: AttemptResult::Failed { kind },
