@@ -21,9 +21,9 @@ use crate::{Result, Store, StoreError, WriteOp, WriteResult};
 pub struct LedgerOptions {
     /// Most ops committed in one transaction. A single `write_many` call
     /// larger than this still commits as one transaction of its own. The
-    /// default, 1024, is four times what it was: under load, 40% of the
-    /// batches were full at 256, and fanout-10 went from 21.1-21.8k to
-    /// 23.5-23.7k deliveries/s with 1024 (`make bench`, PostgreSQL).
+    /// default, 1024, leaves busy ledgers room: at 256, 40% of the batches
+    /// under load were full, and fanout-10 delivered about 10% more per
+    /// second with 1024 (`make bench`, PostgreSQL).
     pub max_batch: usize,
     /// Told the number of ops of every committed batch (for metrics; this
     /// crate knows nothing of Prometheus).
