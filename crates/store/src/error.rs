@@ -89,6 +89,23 @@ fn transient(error: &sqlx::Error) -> bool {
     }
 }
 
+/// A write refused by a constraint as the caller's error: a missing
+/// workspace (the only foreign key a caller's write can miss) or `what`
+/// already existing.
+pub(crate) fn refused(error: sqlx::Error, what: &'static str) -> StoreError {
+    match error.as_database_error() {
+        Some(db) if db.is_foreign_key_violation() => StoreError::NotFound { what: "workspace" },
+        Some(db) if db.is_unique_violation() => StoreError::Conflict { what },
+        _ => error.into(),
+    }
+}
+
+pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|db| db.is_unique_violation())
+}
+
 /// Whether SQLite refused for now because another connection holds the
 /// file: `SQLITE_BUSY` (5) and `SQLITE_LOCKED` (6), with their extended
 /// codes (busy recovery, busy snapshot, locked shared cache, ...).

@@ -2,14 +2,21 @@
 //! delivery attempt, on SQLite (the embedded default) or PostgreSQL with the
 //! same behaviour.
 //!
-//! [`Store`] is the one entry point; each backend's SQL lives side by side in
-//! `sqlite.rs` and `postgres.rs`. The hot path (fan-out and attempt records)
-//! goes through [`Ledger`], which groups concurrent writes into one
-//! transaction (group commit). This crate knows nothing of RabbitMQ or HTTP.
+//! [`Store`] is the one entry point. What the two backends do alike is
+//! written once: the batch plan (`batch.rs`), the other queries
+//! (`queries.rs`) and the row mapping (`rows.rs`); each backend's connections,
+//! encodings and SQL live side by side in `sqlite.rs` and `postgres.rs`,
+//! behind one private trait (`dialect.rs`). The hot path (fan-out and
+//! attempt records) goes through [`Ledger`], which groups concurrent writes
+//! into one transaction (group commit). This crate knows nothing of RabbitMQ
+//! or HTTP.
 
+mod batch;
+mod dialect;
 mod error;
 mod ledger;
 mod postgres;
+mod queries;
 mod rows;
 pub mod scratch;
 mod sqlite;
@@ -20,6 +27,8 @@ use courier_model::{
     WorkspaceId,
 };
 use serde::Serialize;
+
+use queries::Queries;
 
 pub use error::{Result, StoreError};
 pub use ledger::{Ledger, LedgerOptions};
@@ -86,104 +95,6 @@ impl WriteOp {
             WriteOp::Cancel { .. } => 3,
         }
     }
-}
-
-/// The first attempt (attempt 1) of each delivery among `ops`, the first
-/// such op winning. A delivery a batch creates with its first attempt in the
-/// same batch is inserted in the state that attempt leads to, instead of
-/// inserted pending and then updated (a second row version and, when the
-/// page is full, an entry in every index); the attempt then only adds its
-/// row.
-pub(crate) fn first_attempts<'a>(
-    ops: impl Iterator<Item = &'a WriteOp>,
-) -> std::collections::HashMap<uuid::Uuid, &'a AttemptWrite> {
-    let mut first = std::collections::HashMap::new();
-    for op in ops {
-        if let WriteOp::Attempt(a) = op
-            && a.attempt == 1
-        {
-            first.entry(a.delivery_id.0).or_insert(a);
-        }
-    }
-    first
-}
-
-/// The holds of attempt 1 among `ops` of deliveries that `first_attempts`
-/// does not attempt, the first such op winning: a delivery a batch creates
-/// held is inserted held, like one created with its first attempt.
-pub(crate) fn first_holds<'a>(
-    ops: impl Iterator<Item = &'a WriteOp>,
-    first_attempts: &std::collections::HashMap<uuid::Uuid, &AttemptWrite>,
-) -> std::collections::HashMap<uuid::Uuid, DateTime<Utc>> {
-    let mut first = std::collections::HashMap::new();
-    for op in ops {
-        if let WriteOp::Hold {
-            delivery_id,
-            attempt: 1,
-            until,
-        } = op
-            && !first_attempts.contains_key(&delivery_id.0)
-        {
-            first.entry(delivery_id.0).or_insert(*until);
-        }
-    }
-    first
-}
-
-/// The order a batch is applied in: indices of `ops`, by kind, stable within
-/// a kind.
-pub(crate) fn kind_order(ops: &[WriteOp]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..ops.len()).collect();
-    order.sort_by_key(|&i| ops[i].kind_rank());
-    order
-}
-
-/// Splits ops sorted by kind into runs that one statement each can apply:
-/// ops of one kind, and for attempts, of distinct deliveries (two attempts
-/// of one delivery must update it one after the other).
-pub(crate) fn runs<'s, 'o>(
-    mut sorted: &'s [&'o WriteOp],
-) -> impl Iterator<Item = &'s [&'o WriteOp]> {
-    std::iter::from_fn(move || {
-        let first = sorted.first()?;
-        let len = match first {
-            WriteOp::Attempt(_) => {
-                let mut seen = std::collections::HashSet::new();
-                sorted
-                    .iter()
-                    .take_while(
-                        |op| matches!(op, WriteOp::Attempt(a) if seen.insert(a.delivery_id)),
-                    )
-                    .count()
-            }
-            _ => sorted
-                .iter()
-                .take_while(|op| op.kind_rank() == first.kind_rank())
-                .count(),
-        };
-        let (run, rest) = sorted.split_at(len);
-        sorted = rest;
-        Some(run)
-    })
-}
-
-/// Puts the results of ops applied in `order` back in the callers' order.
-pub(crate) fn in_callers_order(
-    order: &[usize],
-    applied: Vec<WriteResult>,
-) -> Result<Vec<WriteResult>> {
-    if applied.len() != order.len() {
-        return Err(StoreError::Corrupt(format!(
-            "ledger batch of {} ops returned {} results",
-            order.len(),
-            applied.len()
-        )));
-    }
-    let mut results: Vec<Option<WriteResult>> = vec![None; order.len()];
-    for (&i, result) in order.iter().zip(applied) {
-        results[i] = Some(result);
-    }
-    Ok(results.into_iter().flatten().collect())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -621,7 +532,7 @@ impl Store {
     /// Applies `ops` in one transaction, results in the same order. Prefer
     /// [`Ledger`], which batches concurrent callers into these.
     pub async fn apply(&self, ops: &[WriteOp]) -> Result<Vec<WriteResult>> {
-        dispatch!(self, s => s.apply(ops).await)
+        dispatch!(self, s => batch::apply(s, ops).await)
     }
 
     pub async fn delivery_context(&self, id: DeliveryId) -> Result<Option<DeliveryContext>> {

@@ -1,21 +1,26 @@
-//! Stored values back into domain types, shared by both backends.
+//! Rows back into domain types, shared by both backends.
 //!
-//! Each backend reads its columns into the plain `*Parts` structs below (it
-//! alone knows how its database encodes timestamps, UUIDs and lists); the
-//! validation that turns them into model types, and the `Corrupt` errors
-//! naming the offending column, live here once. The column lists that both
-//! backends select are here too, as macros so queries stay `&'static str`.
+//! Each backend says how its database decodes a column (it alone knows how
+//! timestamps, UUIDs and lists are stored: see the decodings of
+//! [`Dialect`]); which columns make a workspace, a subscription, a delivery
+//! or an attempt, the validation that turns them into model types, and the
+//! `Corrupt` errors naming the offending column live here once. The column
+//! lists that both backends select are here too, as macros so queries stay
+//! `&'static str`.
 
 use std::fmt::Display;
 
-use chrono::{DateTime, Utc};
 use courier_model::{
-    Channel, DeliveryId, DeliveryStatus, ErrorKind, Event, EventData, EventId, EventType,
-    Subscription, SubscriptionId, SubscriptionStatus, WebhookSecret, WebhookUrl, WorkspaceId,
+    Channel, DeliveryId, DeliveryStatus, ErrorKind, Event, EventId, EventType, Subscription,
+    SubscriptionId, SubscriptionStatus, WebhookSecret, WebhookUrl, WorkspaceId,
 };
 use uuid::Uuid;
 
-use crate::{AttemptRecord, DeliveryRecord, HeldDelivery, Result, StoreError, Workspace};
+use crate::dialect::{Columns, Dialect, Row};
+use crate::{
+    ApiKeyRecord, AttemptRecord, DeliveryLogEntry, DeliveryRecord, HeldDelivery, Result,
+    StoreError, Workspace,
+};
 
 /// Subscription columns, aliased `s_*` so they can share a row with a
 /// delivery's (see `delivery_context`). Expects `subscriptions` as `s`.
@@ -54,7 +59,25 @@ macro_rules! attempt_columns {
     };
 }
 
-pub(crate) use {attempt_columns, delivery_columns, event_columns, subscription_columns};
+/// The delivery log's columns: the delivery, plus the URL of its latest
+/// attempt or else its subscription's current one. A statement goes on with
+/// its WHERE clause.
+macro_rules! delivery_log_select {
+    () => {
+        concat!(
+            "SELECT ",
+            $crate::rows::delivery_columns!(),
+            ", COALESCE((SELECT a.url FROM attempts a WHERE a.delivery_id = d.id \
+             ORDER BY a.attempt DESC LIMIT 1), s.url) AS url \
+             FROM deliveries d LEFT JOIN subscriptions s ON s.id = d.subscription_id \
+             AND s.workspace_id = d.workspace_id "
+        )
+    };
+}
+
+pub(crate) use {
+    attempt_columns, delivery_columns, delivery_log_select, event_columns, subscription_columns,
+};
 
 /// A stored value that the domain refuses. `column` is `table.column`.
 pub(crate) fn corrupt(column: &str, problem: impl Display) -> StoreError {
@@ -87,76 +110,46 @@ pub(crate) fn i32_saturating(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
 }
 
-pub(crate) struct WorkspaceParts {
-    pub id: String,
-    pub name: String,
-    pub created_at: DateTime<Utc>,
+/// Reads a row of `SELECT id, name, created_at FROM workspaces`.
+pub(crate) fn workspace<D: Dialect>(row: &Row<D>) -> Result<Workspace> {
+    Ok(Workspace {
+        id: workspace_id("workspaces.id", row.text("id")?)?,
+        name: row.text("name")?,
+        created_at: D::ts_of(row, "created_at")?,
+    })
 }
 
-impl WorkspaceParts {
-    pub fn into_model(self) -> Result<Workspace> {
-        Ok(Workspace {
-            id: workspace_id("workspaces.id", self.id)?,
-            name: self.name,
-            created_at: self.created_at,
-        })
-    }
-}
-
-pub(crate) struct SubscriptionParts {
-    pub id: Uuid,
-    pub workspace_id: String,
-    pub name: String,
-    pub url: String,
-    pub event_types: Vec<String>,
-    pub channels: Vec<String>,
-    pub secret: String,
-    pub previous_secret: Option<String>,
-    pub previous_secret_expires_at: Option<DateTime<Utc>>,
-    pub status: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl SubscriptionParts {
-    pub fn into_model(self) -> Result<Subscription> {
-        let event_types = self
-            .event_types
-            .iter()
-            .map(|t| event_type("subscriptions.event_types", t))
-            .collect::<Result<Vec<_>>>()?;
-        let channels = self
-            .channels
-            .iter()
-            .map(|c| Channel::parse(c).map_err(|e| corrupt("subscriptions.channels", e)))
-            .collect::<Result<Vec<_>>>()?;
-        let previous_secret = self
-            .previous_secret
-            .map(|s| {
-                WebhookSecret::parse(&s).map_err(|e| corrupt("subscriptions.previous_secret", e))
-            })
-            .transpose()?;
-        Ok(Subscription {
-            id: SubscriptionId(self.id),
-            workspace_id: workspace_id("subscriptions.workspace_id", self.workspace_id)?,
-            name: self.name,
-            url: WebhookUrl::parse(&self.url).map_err(|e| corrupt("subscriptions.url", e))?,
-            event_types,
-            channels,
-            secret: WebhookSecret::parse(&self.secret)
-                .map_err(|e| corrupt("subscriptions.secret", e))?,
-            previous_secret,
-            previous_secret_expires_at: self.previous_secret_expires_at,
-            status: SubscriptionStatus::parse(&self.status).ok_or_else(|| {
-                corrupt(
-                    "subscriptions.status",
-                    format!("unknown status {:?}", self.status),
-                )
-            })?,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        })
-    }
+/// Reads the `s_*` columns of [`subscription_columns`].
+pub(crate) fn subscription<D: Dialect>(row: &Row<D>) -> Result<Subscription> {
+    let event_types = D::list_of(row, "s_event_types")?
+        .iter()
+        .map(|t| event_type("subscriptions.event_types", t))
+        .collect::<Result<Vec<_>>>()?;
+    let channels = D::list_of(row, "s_channels")?
+        .iter()
+        .map(|c| Channel::parse(c).map_err(|e| corrupt("subscriptions.channels", e)))
+        .collect::<Result<Vec<_>>>()?;
+    let previous_secret = row
+        .opt_text("s_previous_secret")?
+        .map(|s| WebhookSecret::parse(&s).map_err(|e| corrupt("subscriptions.previous_secret", e)))
+        .transpose()?;
+    let status = row.text("s_status")?;
+    Ok(Subscription {
+        id: SubscriptionId(D::uuid_of(row, "s_id")?),
+        workspace_id: workspace_id("subscriptions.workspace_id", row.text("s_workspace_id")?)?,
+        name: row.text("s_name")?,
+        url: WebhookUrl::parse(&row.text("s_url")?).map_err(|e| corrupt("subscriptions.url", e))?,
+        event_types,
+        channels,
+        secret: WebhookSecret::parse(&row.text("s_secret")?)
+            .map_err(|e| corrupt("subscriptions.secret", e))?,
+        previous_secret,
+        previous_secret_expires_at: D::opt_ts_of(row, "s_previous_secret_expires_at")?,
+        status: SubscriptionStatus::parse(&status)
+            .ok_or_else(|| corrupt("subscriptions.status", format!("unknown status {status:?}")))?,
+        created_at: D::ts_of(row, "s_created_at")?,
+        updated_at: D::ts_of(row, "s_updated_at")?,
+    })
 }
 
 pub(crate) fn delivery_status(column: &str, value: &str) -> Result<DeliveryStatus> {
@@ -164,125 +157,101 @@ pub(crate) fn delivery_status(column: &str, value: &str) -> Result<DeliveryStatu
         .ok_or_else(|| corrupt(column, format!("unknown delivery status {value:?}")))
 }
 
-pub(crate) struct DeliveryParts {
-    pub id: Uuid,
-    pub event_id: String,
-    pub subscription_id: Uuid,
-    pub workspace_id: String,
-    pub event_type: String,
-    pub status: String,
-    pub attempts: i64,
-    pub last_response_status: Option<i64>,
-    pub last_attempt_at: Option<DateTime<Utc>>,
-    pub next_attempt_at: Option<DateTime<Utc>>,
-    pub held_until: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+fn event_id(column: &str, value: String) -> Result<EventId> {
+    EventId::parse(value).map_err(|e| corrupt(column, e))
 }
 
-impl DeliveryParts {
-    pub fn into_model(self) -> Result<DeliveryRecord> {
-        Ok(DeliveryRecord {
-            id: DeliveryId(self.id),
-            event_id: EventId::parse(self.event_id)
-                .map_err(|e| corrupt("deliveries.event_id", e))?,
-            subscription_id: SubscriptionId(self.subscription_id),
-            workspace_id: workspace_id("deliveries.workspace_id", self.workspace_id)?,
-            event_type: event_type("deliveries.event_type", &self.event_type)?,
-            status: delivery_status("deliveries.status", &self.status)?,
-            attempts: u32_from("deliveries.attempts", self.attempts)?,
-            last_response_status: u16_from(
-                "deliveries.last_response_status",
-                self.last_response_status,
-            )?,
-            last_attempt_at: self.last_attempt_at,
-            next_attempt_at: self.next_attempt_at,
-            held_until: self.held_until,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        })
-    }
+/// Reads the columns of [`delivery_columns`].
+pub(crate) fn delivery<D: Dialect>(row: &Row<D>) -> Result<DeliveryRecord> {
+    Ok(DeliveryRecord {
+        id: DeliveryId(D::uuid_of(row, "id")?),
+        event_id: event_id("deliveries.event_id", row.text("event_id")?)?,
+        subscription_id: SubscriptionId(D::uuid_of(row, "subscription_id")?),
+        workspace_id: workspace_id("deliveries.workspace_id", row.text("workspace_id")?)?,
+        event_type: event_type("deliveries.event_type", &row.text("event_type")?)?,
+        status: delivery_status("deliveries.status", &row.text("status")?)?,
+        attempts: u32_from("deliveries.attempts", D::int(row, "attempts")?)?,
+        last_response_status: u16_from(
+            "deliveries.last_response_status",
+            D::opt_int(row, "last_response_status")?,
+        )?,
+        last_attempt_at: D::opt_ts_of(row, "last_attempt_at")?,
+        next_attempt_at: D::opt_ts_of(row, "next_attempt_at")?,
+        held_until: D::opt_ts_of(row, "held_until")?,
+        created_at: D::ts_of(row, "created_at")?,
+        updated_at: D::ts_of(row, "updated_at")?,
+    })
 }
 
-pub(crate) struct HeldParts {
-    pub id: Uuid,
-    pub event_id: String,
-    pub subscription_id: Uuid,
-    pub event_type: String,
-    pub attempts: i64,
+/// Reads a delivery log row: [`delivery_log_select`].
+pub(crate) fn log_entry<D: Dialect>(row: &Row<D>) -> Result<DeliveryLogEntry> {
+    Ok(DeliveryLogEntry {
+        delivery: delivery::<D>(row)?,
+        url: row.opt_text("url")?,
+    })
 }
 
-impl HeldParts {
-    pub fn into_model(self) -> Result<HeldDelivery> {
-        Ok(HeldDelivery {
-            id: DeliveryId(self.id),
-            event_id: EventId::parse(self.event_id)
-                .map_err(|e| corrupt("deliveries.event_id", e))?,
-            subscription_id: SubscriptionId(self.subscription_id),
-            event_type: event_type("deliveries.event_type", &self.event_type)?,
-            attempts: u32_from("deliveries.attempts", self.attempts)?,
-        })
-    }
+/// Reads `id, event_id, subscription_id, event_type, attempts` of a
+/// delivery.
+pub(crate) fn held<D: Dialect>(row: &Row<D>) -> Result<HeldDelivery> {
+    Ok(HeldDelivery {
+        id: DeliveryId(D::uuid_of(row, "id")?),
+        event_id: event_id("deliveries.event_id", row.text("event_id")?)?,
+        subscription_id: SubscriptionId(D::uuid_of(row, "subscription_id")?),
+        event_type: event_type("deliveries.event_type", &row.text("event_type")?)?,
+        attempts: u32_from("deliveries.attempts", D::int(row, "attempts")?)?,
+    })
 }
 
-pub(crate) struct EventParts {
-    pub id: String,
-    pub workspace_id: String,
-    pub event_type: String,
-    pub channel: Option<String>,
-    pub occurred_at: DateTime<Utc>,
-    pub data: EventData,
+/// Reads the `e_*` columns of [`event_columns`].
+pub(crate) fn event<D: Dialect>(row: &Row<D>) -> Result<Event> {
+    Ok(Event {
+        id: event_id("events.id", row.text("e_id")?)?,
+        workspace_id: workspace_id("events.workspace_id", row.text("e_workspace_id")?)?,
+        event_type: event_type("events.type", &row.text("e_type")?)?,
+        channel: row
+            .opt_text("e_channel")?
+            .map(|c| Channel::parse(&c).map_err(|e| corrupt("events.channel", e)))
+            .transpose()?,
+        occurred_at: D::ts_of(row, "e_occurred_at")?,
+        data: D::data_of(row, "e_data")?,
+    })
 }
 
-impl EventParts {
-    pub fn into_model(self) -> Result<Event> {
-        Ok(Event {
-            id: EventId::parse(self.id).map_err(|e| corrupt("events.id", e))?,
-            workspace_id: workspace_id("events.workspace_id", self.workspace_id)?,
-            event_type: event_type("events.type", &self.event_type)?,
-            channel: self
-                .channel
-                .map(|c| Channel::parse(&c).map_err(|e| corrupt("events.channel", e)))
-                .transpose()?,
-            occurred_at: self.occurred_at,
-            data: self.data,
-        })
-    }
-}
-
-pub(crate) struct AttemptParts {
-    pub delivery_id: Uuid,
-    pub attempt: i64,
-    pub url: String,
-    pub started_at: DateTime<Utc>,
-    pub duration_ms: i64,
-    pub response_status: Option<i64>,
-    pub error_kind: Option<String>,
-    pub error: Option<String>,
-    pub response_excerpt: Option<String>,
-}
-
-impl AttemptParts {
-    pub fn into_model(self) -> Result<AttemptRecord> {
-        Ok(AttemptRecord {
-            delivery_id: DeliveryId(self.delivery_id),
-            attempt: u32_from("attempts.attempt", self.attempt)?,
-            url: self.url,
-            started_at: self.started_at,
-            duration_ms: u32_from("attempts.duration_ms", self.duration_ms)?,
-            response_status: u16_from("attempts.response_status", self.response_status)?,
-            error_kind: self
-                .error_kind
-                .map(|k| {
-                    ErrorKind::parse(&k).ok_or_else(|| {
-                        corrupt("attempts.error_kind", format!("unknown error kind {k:?}"))
-                    })
+/// Reads the columns of [`attempt_columns`].
+pub(crate) fn attempt<D: Dialect>(row: &Row<D>) -> Result<AttemptRecord> {
+    Ok(AttemptRecord {
+        delivery_id: DeliveryId(D::uuid_of(row, "delivery_id")?),
+        attempt: u32_from("attempts.attempt", D::int(row, "attempt")?)?,
+        url: row.text("url")?,
+        started_at: D::ts_of(row, "started_at")?,
+        duration_ms: u32_from("attempts.duration_ms", D::int(row, "duration_ms")?)?,
+        response_status: u16_from(
+            "attempts.response_status",
+            D::opt_int(row, "response_status")?,
+        )?,
+        error_kind: row
+            .opt_text("error_kind")?
+            .map(|k| {
+                ErrorKind::parse(&k).ok_or_else(|| {
+                    corrupt("attempts.error_kind", format!("unknown error kind {k:?}"))
                 })
-                .transpose()?,
-            error: self.error,
-            response_excerpt: self.response_excerpt,
-        })
-    }
+            })
+            .transpose()?,
+        error: row.opt_text("error")?,
+        response_excerpt: row.opt_text("response_excerpt")?,
+    })
+}
+
+/// Reads `id, workspace_id, name, key_prefix, created_at` of an API key.
+pub(crate) fn api_key<D: Dialect>(row: &Row<D>) -> Result<ApiKeyRecord> {
+    Ok(ApiKeyRecord {
+        id: row.text("id")?,
+        workspace_id: workspace_id("api_keys.workspace_id", row.text("workspace_id")?)?,
+        name: row.text("name")?,
+        key_prefix: row.text("key_prefix")?,
+        created_at: D::ts_of(row, "created_at")?,
+    })
 }
 
 /// Lists are stored as their wire names (PostgreSQL `TEXT[]`, SQLite a JSON
