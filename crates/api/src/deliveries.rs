@@ -11,20 +11,17 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use courier_model::{DeliveryId, DeliveryMessage, DeliveryStatus, EventType};
-use courier_store::{DeliveryFilter, DeliveryRecord};
+use courier_model::{DeliveryId, EventType};
+use courier_store::DeliveryFilter;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::WorkspaceKey;
 use crate::error::{Envelope, ErrorEnvelope};
 use crate::extract::QueryParams;
-use crate::views::{
-    AttemptView, DeliveryDetail, DeliveryView, Page, decode_delivery_cursor,
-    encode_delivery_cursor, page_size,
-};
-use crate::webhooks_rest::require_webhook;
-use crate::{ApiError, ApiState, Broker};
+use crate::service::{PageRequest, Service, status_filter, webhook_filter};
+use crate::views::{AttemptView, DeliveryDetail, DeliveryView, Page};
+use crate::{ApiError, ApiState};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -55,22 +52,12 @@ impl DeliveryQuery {
             status: self
                 .status
                 .as_deref()
-                .map(|s| {
-                    DeliveryStatus::parse(s).ok_or_else(|| {
-                        ApiError::invalid(
-                            "status",
-                            "must be pending, retrying, succeeded, dead or canceled",
-                        )
-                    })
-                })
+                .map(|s| status_filter("status", s))
                 .transpose()?,
             subscription: self
                 .webhook
                 .as_deref()
-                .map(|w| {
-                    courier_model::SubscriptionId::parse(w)
-                        .map_err(|_| ApiError::invalid("webhook", "is not a webhook id"))
-                })
+                .map(|w| webhook_filter("webhook", w))
                 .transpose()?,
         })
     }
@@ -91,23 +78,12 @@ pub async fn list_deliveries(
     QueryParams(query): QueryParams<DeliveryQuery>,
 ) -> Result<Json<Envelope<Page<DeliveryView>>>, ApiError> {
     let ws = key.workspace(&ws)?;
-    let limit = page_size(query.first)?;
+    let page = PageRequest::parse(query.first, query.after.as_deref())?;
     let filter = query.filter()?;
-    let after = query
-        .after
-        .as_deref()
-        .map(decode_delivery_cursor)
-        .transpose()?;
-    let rows = state
-        .store()
-        .list_deliveries(&ws, &filter, limit + 1, after)
+    let log = Service::new(&state, &ws)
+        .delivery_log(&filter, page)
         .await?;
-    Ok(Envelope::ok(Page::from_rows(
-        rows,
-        limit,
-        |r| encode_delivery_cursor(r.cursor()),
-        DeliveryView::from,
-    )))
+    Ok(Envelope::ok(Page::from_log(log, DeliveryView::from)))
 }
 
 fn delivery_id(id: &str) -> Result<DeliveryId, ApiError> {
@@ -189,27 +165,7 @@ pub async fn retry_delivery(
 ) -> Result<(StatusCode, Json<Envelope<Redelivery>>), ApiError> {
     let ws = key.workspace(&ws)?;
     let id = delivery_id(&id)?;
-    let entry = state
-        .store()
-        .get_delivery_entry(&ws, id)
-        .await?
-        .ok_or(ApiError::NotFound("delivery"))?;
-    // A delivery of a deleted webhook would only be canceled again.
-    require_webhook(&state, &ws, entry.delivery.subscription_id)
-        .await
-        .map_err(|_| ApiError::Conflict("the webhook of this delivery was deleted".into()))?;
-    let broker = state.broker()?;
-    let before = state
-        .store()
-        .reopen_delivery(&ws, id)
-        .await?
-        .ok_or(ApiError::NotFound("delivery"))?;
-    if let Err(e) = redeliver(&broker, &before).await {
-        if let Err(restore) = state.store().restore_delivery(&before).await {
-            tracing::error!(delivery_id = %id, error = %restore, "could not restore a delivery after a failed redelivery");
-        }
-        return Err(e);
-    }
+    let before = Service::new(&state, &ws).retry_delivery(id).await?;
     Ok((
         StatusCode::ACCEPTED,
         Envelope::ok(Redelivery {
@@ -217,23 +173,4 @@ pub async fn retry_delivery(
             attempt: before.attempts + 1,
         }),
     ))
-}
-
-/// Publishes the message for the attempt after `before.attempts` and waits
-/// for the broker's confirm.
-pub(crate) async fn redeliver(broker: &Broker, before: &DeliveryRecord) -> Result<(), ApiError> {
-    let msg = DeliveryMessage::new(
-        before.id,
-        before.event_id.clone(),
-        before.subscription_id,
-        before.attempts + 1,
-    );
-    broker
-        .deliveries
-        .send(&broker.publisher.topology().delivery(&msg))
-        .await
-        .map_err(|e| {
-            tracing::error!(delivery_id = %before.id, error = %courier_model::error_chain(&e), "redelivery publish failed");
-            ApiError::Unavailable("the broker did not accept the redelivery; try again".into())
-        })
 }

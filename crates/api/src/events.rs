@@ -9,7 +9,6 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
-use courier_model::{EventId, WorkspaceId};
 use courier_store::{DeliveryLogEntry, EventRecord};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -17,6 +16,7 @@ use utoipa::ToSchema;
 
 use crate::auth::WorkspaceKey;
 use crate::error::{Envelope, ErrorEnvelope};
+use crate::service::Service;
 use crate::views::DeliveryView;
 use crate::{ApiError, ApiState};
 
@@ -62,23 +62,6 @@ impl EventView {
     }
 }
 
-/// Reads one event of the workspace and its deliveries; `None` when the
-/// workspace has no event of that id.
-pub(crate) async fn find_event(
-    state: &ApiState,
-    workspace: &WorkspaceId,
-    id: &str,
-) -> Result<Option<EventView>, ApiError> {
-    let Ok(id) = EventId::parse(id) else {
-        return Ok(None);
-    };
-    let Some(record) = state.store().get_event(workspace, &id).await? else {
-        return Ok(None);
-    };
-    let deliveries = state.store().event_deliveries(workspace, &id).await?;
-    Ok(Some(EventView::new(record, deliveries)))
-}
-
 /// One event: when courier received it, which webhooks it matched (none
 /// included) and how each delivery went. 404 when courier never received
 /// an event of that id in this workspace (or has not recorded it yet: it
@@ -95,8 +78,9 @@ pub async fn get_event(
     Path((ws, id)): Path<(String, String)>,
 ) -> Result<Json<Envelope<EventView>>, ApiError> {
     let ws = key.workspace(&ws)?;
-    find_event(&state, &ws, &id)
+    let (record, deliveries) = Service::new(&state, &ws)
+        .event(&id)
         .await?
-        .map(Envelope::ok)
-        .ok_or(ApiError::NotFound("event"))
+        .ok_or(ApiError::NotFound("event"))?;
+    Ok(Envelope::ok(EventView::new(record, deliveries)))
 }

@@ -12,8 +12,8 @@
 //! Authentication and tenancy are the REST API's: the bearer key is checked
 //! before the query runs (401 without a valid key), and every resolver works
 //! in that key's workspace only, so another workspace's ids are simply not
-//! found. Mutations go through the same validation (`crate::webhooks`) and
-//! change notification as REST.
+//! found. Reads and changes go through the REST API's [`Service`]: the same
+//! validation, the same change notice, the same delivery-log query.
 
 use async_graphql::{
     Context, EmptySubscription, Enum, ErrorExtensions, ID, InputObject, Object, Schema,
@@ -24,14 +24,15 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use courier_model::{EventId, EventType, Subscription, SubscriptionId, SubscriptionStatus};
+use courier_model::{EventType, Subscription, SubscriptionId, SubscriptionStatus};
 use courier_store::{DeliveryFilter, DeliveryLogEntry, EventRecord};
 use serde_json::json;
 
 use crate::auth::{WorkspaceKey, bearer};
 use crate::extract::read_body;
-use crate::views::{decode_delivery_cursor, encode_delivery_cursor, page_size};
-use crate::webhooks::{self, NewWebhook, WebhookPatch};
+use crate::service::{PageRequest, Service, status_filter, webhook_filter};
+use crate::views::encode_delivery_cursor;
+use crate::webhooks::{NewWebhook, WebhookPatch};
 use crate::{ApiError, ApiState, MAX_BODY_BYTES};
 
 /// Event types as GraphQL enum values (`ORDER_CREATED`); kept in step with
@@ -117,11 +118,11 @@ fn gql_error(error: ApiError) -> async_graphql::Error {
 
 type GqlResult<T> = async_graphql::Result<T>;
 
-fn caller<'a>(ctx: &'a Context<'_>) -> (&'a ApiState, &'a WorkspaceKey) {
-    (
-        ctx.data_unchecked::<ApiState>(),
-        ctx.data_unchecked::<WorkspaceKey>(),
-    )
+/// What the caller's key may see and change: its workspace, through the
+/// service the REST handlers use too.
+fn service<'a>(ctx: &'a Context<'_>) -> Service<'a> {
+    let key = ctx.data_unchecked::<WorkspaceKey>();
+    Service::new(ctx.data_unchecked::<ApiState>(), &key.workspace)
 }
 
 fn webhook_id(id: &ID) -> GqlResult<SubscriptionId> {
@@ -283,16 +284,12 @@ pub struct Query;
 impl Query {
     /// Every webhook of the workspace, oldest first.
     async fn webhooks(&self, ctx: &Context<'_>) -> GqlResult<Vec<Webhook>> {
-        let (state, key) = caller(ctx);
+        let service = service(ctx);
         let mut all = Vec::new();
         let mut after = None;
         let mut more = true;
         while more {
-            let page = state
-                .store()
-                .list_subscriptions(&key.workspace, 500, after)
-                .await
-                .map_err(|e| gql_error(e.into()))?;
+            let page = service.webhooks(500, after).await.map_err(gql_error)?;
             more = page.len() == 500;
             after = page.last().map(|s| s.id);
             all.extend(page.into_iter().map(Webhook));
@@ -301,15 +298,13 @@ impl Query {
     }
 
     async fn webhook(&self, ctx: &Context<'_>, id: ID) -> GqlResult<Option<Webhook>> {
-        let (state, key) = caller(ctx);
         let Ok(id) = SubscriptionId::parse(id.as_str()) else {
             return Ok(None);
         };
-        Ok(state
-            .store()
-            .get_subscription(&key.workspace, id)
+        Ok(service(ctx)
+            .find_webhook(id)
             .await
-            .map_err(|e| gql_error(e.into()))?
+            .map_err(gql_error)?
             .map(Webhook))
     }
 
@@ -317,23 +312,11 @@ impl Query {
     /// webhooks it matched (none included). Null when courier has no record
     /// of it.
     async fn event(&self, ctx: &Context<'_>, id: ID) -> GqlResult<Option<GqlEvent>> {
-        let (state, key) = caller(ctx);
-        let Ok(id) = EventId::parse(id.as_str()) else {
-            return Ok(None);
-        };
-        let store = state.store();
-        let Some(record) = store
-            .get_event(&key.workspace, &id)
+        Ok(service(ctx)
+            .event(id.as_str())
             .await
-            .map_err(|e| gql_error(e.into()))?
-        else {
-            return Ok(None);
-        };
-        let deliveries = store
-            .event_deliveries(&key.workspace, &id)
-            .await
-            .map_err(|e| gql_error(e.into()))?;
-        Ok(Some(GqlEvent { record, deliveries }))
+            .map_err(gql_error)?
+            .map(|(record, deliveries)| GqlEvent { record, deliveries }))
     }
 
     /// The delivery log, newest first.
@@ -344,46 +327,29 @@ impl Query {
         after: Option<String>,
         filter: Option<WebhookLogFilter>,
     ) -> GqlResult<WebhookLogConnection> {
-        let (state, key) = caller(ctx);
         let first = first.map(|f| u32::try_from(f).unwrap_or(0));
-        let limit = page_size(first).map_err(gql_error)?;
-        let after = after
-            .as_deref()
-            .map(decode_delivery_cursor)
-            .transpose()
-            .map_err(gql_error)?;
+        let page = PageRequest::parse(first, after.as_deref()).map_err(gql_error)?;
         let mut store_filter = DeliveryFilter::default();
         if let Some(filter) = filter {
             store_filter.event_type = filter.event_type.map(Into::into);
             store_filter.status = filter
                 .status
                 .as_deref()
-                .map(|s| {
-                    courier_model::DeliveryStatus::parse(s).ok_or_else(|| {
-                        gql_error(ApiError::invalid(
-                            "filter.status",
-                            "must be pending, retrying, succeeded, dead or canceled",
-                        ))
-                    })
-                })
-                .transpose()?;
+                .map(|s| status_filter("filter.status", s))
+                .transpose()
+                .map_err(gql_error)?;
             store_filter.subscription = filter
                 .webhook_id
-                .map(|id| {
-                    SubscriptionId::parse(id.as_str()).map_err(|_| {
-                        gql_error(ApiError::invalid("filter.webhookId", "is not a webhook id"))
-                    })
-                })
-                .transpose()?;
+                .map(|id| webhook_filter("filter.webhookId", id.as_str()))
+                .transpose()
+                .map_err(gql_error)?;
         }
-        let mut rows = state
-            .store()
-            .list_deliveries(&key.workspace, &store_filter, limit + 1, after)
+        let log = service(ctx)
+            .delivery_log(&store_filter, page)
             .await
-            .map_err(|e| gql_error(e.into()))?;
-        let has_next_page = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        let edges: Vec<WebhookLogEdge> = rows
+            .map_err(gql_error)?;
+        let edges: Vec<WebhookLogEdge> = log
+            .rows
             .into_iter()
             .map(|r| WebhookLogEdge {
                 cursor: encode_delivery_cursor(r.cursor()),
@@ -392,8 +358,8 @@ impl Query {
             .collect();
         Ok(WebhookLogConnection {
             page_info: PageInfo {
-                has_next_page,
-                has_previous_page: after.is_some(),
+                has_next_page: log.has_next_page,
+                has_previous_page: page.after.is_some(),
                 start_cursor: edges.first().map(|e| e.cursor.clone()),
                 end_cursor: edges.last().map(|e| e.cursor.clone()),
             },
@@ -442,7 +408,6 @@ impl Mutation {
         ctx: &Context<'_>,
         input: WebhookCreateInput,
     ) -> GqlResult<Webhook> {
-        let (state, key) = caller(ctx);
         let ty = EventType::from(input.event_type);
         let new = NewWebhook {
             name: input
@@ -454,10 +419,7 @@ impl Mutation {
             secret: input.secret,
             active: input.status.is_none_or(WebhookStatus::active),
         };
-        let sub = webhooks::create(state.store(), &key.workspace, new, state.url_policy())
-            .await
-            .map_err(|e| gql_error(e.into()))?;
-        state.changed(&key.workspace);
+        let sub = service(ctx).create_webhook(new).await.map_err(gql_error)?;
         Ok(Webhook(sub))
     }
 
@@ -466,7 +428,6 @@ impl Mutation {
         ctx: &Context<'_>,
         input: WebhookUpdateInput,
     ) -> GqlResult<Webhook> {
-        let (state, key) = caller(ctx);
         let id = webhook_id(&input.id)?;
         let patch = WebhookPatch {
             name: input.name,
@@ -478,10 +439,10 @@ impl Mutation {
             secret: None,
             active: input.status.map(WebhookStatus::active),
         };
-        let sub = webhooks::update(state.store(), &key.workspace, id, patch, state.url_policy())
+        let sub = service(ctx)
+            .update_webhook(id, patch)
             .await
-            .map_err(|e| gql_error(e.into()))?;
-        state.changed(&key.workspace);
+            .map_err(gql_error)?;
         Ok(Webhook(sub))
     }
 
@@ -493,7 +454,6 @@ impl Mutation {
         id: Option<ID>,
         input: Option<WebhookDeleteInput>,
     ) -> GqlResult<Webhook> {
-        let (state, key) = caller(ctx);
         let id = id.or(input.map(|i| i.id)).ok_or_else(|| {
             gql_error(ApiError::invalid(
                 "id",
@@ -501,16 +461,9 @@ impl Mutation {
             ))
         })?;
         let id = webhook_id(&id)?;
-        let sub = state
-            .store()
-            .get_subscription(&key.workspace, id)
-            .await
-            .map_err(|e| gql_error(e.into()))?
-            .ok_or_else(|| gql_error(ApiError::NotFound("webhook")))?;
-        webhooks::delete(state.store(), &key.workspace, id)
-            .await
-            .map_err(|e| gql_error(e.into()))?;
-        state.changed(&key.workspace);
+        let service = service(ctx);
+        let sub = service.webhook(id).await.map_err(gql_error)?;
+        service.delete_webhook(id).await.map_err(gql_error)?;
         Ok(Webhook(sub))
     }
 }

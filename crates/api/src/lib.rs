@@ -26,6 +26,7 @@ mod ingest;
 pub mod keys;
 mod openapi;
 mod samples;
+mod service;
 mod testsend;
 mod views;
 pub mod webhooks;

@@ -17,7 +17,8 @@ use crate::auth::WorkspaceKey;
 use crate::error::{Envelope, ErrorEnvelope};
 use crate::extract::JsonBody;
 use crate::samples::sample_data;
-use crate::webhooks_rest::{require_webhook, webhook_id};
+use crate::service::Service;
+use crate::webhooks_rest::webhook_id;
 use crate::{ApiError, ApiState};
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -82,7 +83,7 @@ pub async fn test_webhook(
     if let Some(data) = &input.data {
         data.validate()?;
     }
-    let sub = require_webhook(&state, &ws, webhook_id(&id)?).await?;
+    let sub = Service::new(&state, &ws).webhook(webhook_id(&id)?).await?;
     let types = if types.is_empty() {
         sub.event_types.clone()
     } else {

@@ -10,6 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::ApiError;
+use crate::service::LogPage;
 
 /// Most rows one page returns; `first` defaults to 20.
 pub const MAX_PAGE: u32 = 100;
@@ -56,6 +57,18 @@ impl<T> Page<T> {
             items: rows.into_iter().map(view).collect(),
             page_info: PageInfo {
                 has_next_page,
+                end_cursor,
+            },
+        }
+    }
+
+    /// A page of the delivery log, each row shown as `view`.
+    pub(crate) fn from_log(log: LogPage, view: impl Fn(DeliveryLogEntry) -> T) -> Self {
+        let end_cursor = log.rows.last().map(|r| encode_delivery_cursor(r.cursor()));
+        Self {
+            items: log.rows.into_iter().map(view).collect(),
+            page_info: PageInfo {
+                has_next_page: log.has_next_page,
                 end_cursor,
             },
         }

@@ -1,8 +1,8 @@
 //! Creating and changing webhooks (subscriptions): validation of what an
 //! operator or customer sends, shared by the admin CLI (`courier webhook
-//! ...`, which re-exports this module) and the API, so both refuse the same
-//! things with the same field names. Nothing is written until everything
-//! validated.
+//! ...`) and the API, so both refuse the same things with the same field
+//! names. Nothing is written until everything validated. The API's handlers
+//! come here through `crate::service`, which also tells the workers.
 
 use chrono::{DateTime, Duration, Utc};
 use courier_model::{

@@ -2,9 +2,9 @@
 //! rotate the secret, replay failed deliveries, and the per-webhook event
 //! view.
 //!
-//! Every successful change is reported to [`crate::SubscriptionChanges`],
-//! which makes the workers reload their matching index: the change applies
-//! to the next event. Deleting a webhook keeps its delivery history (the
+//! The handlers read requests and shape answers; the reads and changes
+//! themselves are the [`Service`]'s, shared with GraphQL (every change
+//! reaches the workers from there, and applies to the next event). Deleting a webhook keeps its delivery history (the
 //! workspace's delivery log still lists it); deliveries still waiting for an
 //! attempt are marked `canceled` by the worker when that attempt comes up.
 
@@ -12,24 +12,18 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use courier_model::{SubscriptionId, WorkspaceId};
+use courier_model::SubscriptionId;
 use courier_store::DeliveryFilter;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::WorkspaceKey;
-use crate::deliveries::redeliver;
 use crate::error::{Envelope, ErrorEnvelope};
 use crate::extract::{JsonBody, QueryParams};
-use crate::views::{
-    Page, WebhookEventView, WebhookView, decode_delivery_cursor, decode_webhook_cursor,
-    encode_delivery_cursor, page_size,
-};
-use crate::webhooks::{self, NewWebhook, WebhookPatch};
+use crate::service::{MAX_RECOVER, PageRequest, Service};
+use crate::views::{Page, WebhookEventView, WebhookView, decode_webhook_cursor, page_size};
+use crate::webhooks::{NewWebhook, WebhookPatch};
 use crate::{ApiError, ApiState};
-
-/// Most deliveries one recover call replays; call again for more.
-pub const MAX_RECOVER: u32 = 1000;
 
 pub(crate) fn webhook_id(id: &str) -> Result<SubscriptionId, ApiError> {
     SubscriptionId::parse(id).map_err(|_| ApiError::NotFound("webhook"))
@@ -60,8 +54,7 @@ pub async fn create_webhook(
     JsonBody(input): JsonBody<NewWebhook>,
 ) -> Result<(StatusCode, Json<Envelope<WebhookView>>), ApiError> {
     let ws = key.workspace(&ws)?;
-    let sub = webhooks::create(state.store(), &ws, input, state.url_policy()).await?;
-    state.changed(&ws);
+    let sub = Service::new(&state, &ws).create_webhook(input).await?;
     Ok((
         StatusCode::CREATED,
         Envelope::ok(WebhookView::new(&sub, true)),
@@ -87,10 +80,7 @@ pub async fn list_webhooks(
         .as_deref()
         .map(decode_webhook_cursor)
         .transpose()?;
-    let rows = state
-        .store()
-        .list_subscriptions(&ws, limit + 1, after)
-        .await?;
+    let rows = Service::new(&state, &ws).webhooks(limit + 1, after).await?;
     Ok(Envelope::ok(Page::from_rows(
         rows,
         limit,
@@ -112,11 +102,7 @@ pub async fn get_webhook(
     Path((ws, id)): Path<(String, String)>,
 ) -> Result<Json<Envelope<WebhookView>>, ApiError> {
     let ws = key.workspace(&ws)?;
-    let sub = state
-        .store()
-        .get_subscription(&ws, webhook_id(&id)?)
-        .await?
-        .ok_or(ApiError::NotFound("webhook"))?;
+    let sub = Service::new(&state, &ws).webhook(webhook_id(&id)?).await?;
     Ok(Envelope::ok(WebhookView::new(&sub, true)))
 }
 
@@ -136,15 +122,9 @@ pub async fn update_webhook(
     JsonBody(patch): JsonBody<WebhookPatch>,
 ) -> Result<Json<Envelope<WebhookView>>, ApiError> {
     let ws = key.workspace(&ws)?;
-    let sub = webhooks::update(
-        state.store(),
-        &ws,
-        webhook_id(&id)?,
-        patch,
-        state.url_policy(),
-    )
-    .await?;
-    state.changed(&ws);
+    let sub = Service::new(&state, &ws)
+        .update_webhook(webhook_id(&id)?, patch)
+        .await?;
     Ok(Envelope::ok(WebhookView::new(&sub, true)))
 }
 
@@ -161,8 +141,9 @@ pub async fn delete_webhook(
     Path((ws, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let ws = key.workspace(&ws)?;
-    webhooks::delete(state.store(), &ws, webhook_id(&id)?).await?;
-    state.changed(&ws);
+    Service::new(&state, &ws)
+        .delete_webhook(webhook_id(&id)?)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -199,15 +180,9 @@ pub async fn rotate_secret(
     JsonBody(input): JsonBody<RotateSecret>,
 ) -> Result<Json<Envelope<RotatedSecret>>, ApiError> {
     let ws = key.workspace(&ws)?;
-    let sub = webhooks::rotate_secret(
-        state.store(),
-        &ws,
-        webhook_id(&id)?,
-        input.secret.as_deref(),
-        state.options().rotation_grace,
-    )
-    .await?;
-    state.changed(&ws);
+    let sub = Service::new(&state, &ws)
+        .rotate_secret(webhook_id(&id)?, input.secret.as_deref())
+        .await?;
     Ok(Envelope::ok(RotatedSecret {
         secret: sub.secret.expose().to_owned(),
         previous_secret_expires_at: sub
@@ -249,28 +224,11 @@ pub async fn recover(
     JsonBody(input): JsonBody<Recover>,
 ) -> Result<(StatusCode, Json<Envelope<Recovered>>), ApiError> {
     let ws = key.workspace(&ws)?;
-    let id = webhook_id(&id)?;
-    require_webhook(&state, &ws, id).await?;
-    let broker = state.broker()?;
-    let reopened = state
-        .store()
-        .reopen_failed_deliveries(&ws, id, input.since, MAX_RECOVER)
+    let reopened = Service::new(&state, &ws)
+        .recover(webhook_id(&id)?, input.since)
         .await?;
     let has_more = reopened.len() as u32 == MAX_RECOVER;
-    let mut delivery_ids = Vec::with_capacity(reopened.len());
-    for (i, before) in reopened.iter().enumerate() {
-        if let Err(e) = redeliver(&broker, before).await {
-            // Put back what was not published, so nothing is left reopened
-            // without a message that would ever attempt it.
-            for rest in &reopened[i..] {
-                if let Err(restore) = state.store().restore_delivery(rest).await {
-                    tracing::error!(delivery_id = %rest.id, error = %restore, "could not restore a delivery after a failed replay");
-                }
-            }
-            return Err(e);
-        }
-        delivery_ids.push(before.id.to_string());
-    }
+    let delivery_ids = reopened.iter().map(|d| d.id.to_string()).collect();
     Ok((
         StatusCode::ACCEPTED,
         Envelope::ok(Recovered {
@@ -278,18 +236,6 @@ pub async fn recover(
             has_more,
         }),
     ))
-}
-
-pub(crate) async fn require_webhook(
-    state: &ApiState,
-    ws: &WorkspaceId,
-    id: SubscriptionId,
-) -> Result<courier_model::Subscription, ApiError> {
-    state
-        .store()
-        .get_subscription(ws, id)
-        .await?
-        .ok_or(ApiError::NotFound("webhook"))
 }
 
 /// The events delivered to one webhook, newest first: status, response
@@ -307,26 +253,14 @@ pub async fn webhook_events(
     QueryParams(query): QueryParams<PageQuery>,
 ) -> Result<Json<Envelope<Page<WebhookEventView>>>, ApiError> {
     let ws = key.workspace(&ws)?;
+    let service = Service::new(&state, &ws);
     let id = webhook_id(&id)?;
-    require_webhook(&state, &ws, id).await?;
-    let limit = page_size(query.first)?;
-    let after = query
-        .after
-        .as_deref()
-        .map(decode_delivery_cursor)
-        .transpose()?;
+    service.webhook(id).await?;
+    let page = PageRequest::parse(query.first, query.after.as_deref())?;
     let filter = DeliveryFilter {
         subscription: Some(id),
         ..DeliveryFilter::default()
     };
-    let rows = state
-        .store()
-        .list_deliveries(&ws, &filter, limit + 1, after)
-        .await?;
-    Ok(Envelope::ok(Page::from_rows(
-        rows,
-        limit,
-        |r| encode_delivery_cursor(r.cursor()),
-        WebhookEventView::from,
-    )))
+    let log = service.delivery_log(&filter, page).await?;
+    Ok(Envelope::ok(Page::from_log(log, WebhookEventView::from)))
 }

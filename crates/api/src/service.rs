@@ -1,0 +1,290 @@
+//! What the REST and the GraphQL handlers both do, written once: changing a
+//! workspace's webhooks, reading its delivery log a page at a time, and
+//! redelivering. Handlers read their own inputs and shape their own
+//! answers; for these, they go through a [`Service`] and nowhere else.
+//!
+//! Every webhook change tells the worker replicas (through
+//! [`crate::SubscriptionChanges`]) once, after the ledger has it, so the
+//! change applies to the next event.
+
+use chrono::{DateTime, Utc};
+use courier_model::{
+    DeliveryId, DeliveryMessage, DeliveryStatus, EventId, Subscription, SubscriptionId, WorkspaceId,
+};
+use courier_store::{
+    DeliveryCursor, DeliveryFilter, DeliveryLogEntry, DeliveryRecord, EventRecord,
+};
+
+use crate::views::{decode_delivery_cursor, page_size};
+use crate::webhooks::{self, NewWebhook, WebhookPatch};
+use crate::{ApiError, ApiState, Broker};
+
+/// Most deliveries one recover call replays; call again for more.
+pub const MAX_RECOVER: u32 = 1000;
+
+/// One workspace's webhooks and deliveries, as the caller's key sees them.
+pub(crate) struct Service<'a> {
+    state: &'a ApiState,
+    workspace: &'a WorkspaceId,
+}
+
+/// Where a page of the delivery log starts and how long it is, validated.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PageRequest {
+    pub limit: u32,
+    pub after: Option<DeliveryCursor>,
+}
+
+impl PageRequest {
+    /// `first` (1-100, default 20) and `after` (a cursor this API handed
+    /// out), refused under those names.
+    pub(crate) fn parse(first: Option<u32>, after: Option<&str>) -> Result<Self, ApiError> {
+        let limit = page_size(first)?;
+        let after = after.map(decode_delivery_cursor).transpose()?;
+        Ok(Self { limit, after })
+    }
+}
+
+/// A page of the delivery log, newest first.
+#[derive(Debug)]
+pub(crate) struct LogPage {
+    pub rows: Vec<DeliveryLogEntry>,
+    pub has_next_page: bool,
+}
+
+/// A delivery status filter, refused under `field`.
+pub(crate) fn status_filter(field: &str, text: &str) -> Result<DeliveryStatus, ApiError> {
+    DeliveryStatus::parse(text).ok_or_else(|| {
+        ApiError::invalid(
+            field,
+            "must be pending, retrying, succeeded, dead or canceled",
+        )
+    })
+}
+
+/// A webhook filter (the webhook may be deleted since), refused under
+/// `field`.
+pub(crate) fn webhook_filter(field: &str, text: &str) -> Result<SubscriptionId, ApiError> {
+    SubscriptionId::parse(text).map_err(|_| ApiError::invalid(field, "is not a webhook id"))
+}
+
+impl<'a> Service<'a> {
+    pub(crate) fn new(state: &'a ApiState, workspace: &'a WorkspaceId) -> Self {
+        Self { state, workspace }
+    }
+
+    // --- webhooks ------------------------------------------------------------
+
+    /// At most `limit` webhooks, oldest first, after `after`.
+    pub(crate) async fn webhooks(
+        &self,
+        limit: u32,
+        after: Option<SubscriptionId>,
+    ) -> Result<Vec<Subscription>, ApiError> {
+        Ok(self
+            .state
+            .store()
+            .list_subscriptions(self.workspace, limit, after)
+            .await?)
+    }
+
+    pub(crate) async fn find_webhook(
+        &self,
+        id: SubscriptionId,
+    ) -> Result<Option<Subscription>, ApiError> {
+        Ok(self
+            .state
+            .store()
+            .get_subscription(self.workspace, id)
+            .await?)
+    }
+
+    /// The webhook, or `NotFound("webhook")`.
+    pub(crate) async fn webhook(&self, id: SubscriptionId) -> Result<Subscription, ApiError> {
+        self.find_webhook(id)
+            .await?
+            .ok_or(ApiError::NotFound("webhook"))
+    }
+
+    pub(crate) async fn create_webhook(&self, input: NewWebhook) -> Result<Subscription, ApiError> {
+        let sub = webhooks::create(
+            self.state.store(),
+            self.workspace,
+            input,
+            self.state.url_policy(),
+        )
+        .await?;
+        self.changed();
+        Ok(sub)
+    }
+
+    pub(crate) async fn update_webhook(
+        &self,
+        id: SubscriptionId,
+        patch: WebhookPatch,
+    ) -> Result<Subscription, ApiError> {
+        let sub = webhooks::update(
+            self.state.store(),
+            self.workspace,
+            id,
+            patch,
+            self.state.url_policy(),
+        )
+        .await?;
+        self.changed();
+        Ok(sub)
+    }
+
+    /// Its delivery history stays readable.
+    pub(crate) async fn delete_webhook(&self, id: SubscriptionId) -> Result<(), ApiError> {
+        webhooks::delete(self.state.store(), self.workspace, id).await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// The old secret keeps signing for `api.rotation_grace`.
+    pub(crate) async fn rotate_secret(
+        &self,
+        id: SubscriptionId,
+        new_secret: Option<&str>,
+    ) -> Result<Subscription, ApiError> {
+        let sub = webhooks::rotate_secret(
+            self.state.store(),
+            self.workspace,
+            id,
+            new_secret,
+            self.state.options().rotation_grace,
+        )
+        .await?;
+        self.changed();
+        Ok(sub)
+    }
+
+    fn changed(&self) {
+        self.state.changed(self.workspace);
+    }
+
+    // --- delivery log ----------------------------------------------------------
+
+    pub(crate) async fn delivery_log(
+        &self,
+        filter: &DeliveryFilter,
+        page: PageRequest,
+    ) -> Result<LogPage, ApiError> {
+        // One row more than the page holds tells whether there is a next.
+        let mut rows = self
+            .state
+            .store()
+            .list_deliveries(self.workspace, filter, page.limit + 1, page.after)
+            .await?;
+        let has_next_page = rows.len() > page.limit as usize;
+        rows.truncate(page.limit as usize);
+        Ok(LogPage {
+            rows,
+            has_next_page,
+        })
+    }
+
+    /// One event of the workspace as recorded, with its deliveries (oldest
+    /// first); `None` when the workspace has no event of that id.
+    pub(crate) async fn event(
+        &self,
+        id: &str,
+    ) -> Result<Option<(EventRecord, Vec<DeliveryLogEntry>)>, ApiError> {
+        let Ok(id) = EventId::parse(id) else {
+            return Ok(None);
+        };
+        let store = self.state.store();
+        let Some(record) = store.get_event(self.workspace, &id).await? else {
+            return Ok(None);
+        };
+        let deliveries = store.event_deliveries(self.workspace, &id).await?;
+        Ok(Some((record, deliveries)))
+    }
+
+    // --- redelivery -------------------------------------------------------------
+
+    /// Queues one more attempt of a delivery, whatever its status; returns
+    /// the delivery as it was.
+    pub(crate) async fn retry_delivery(&self, id: DeliveryId) -> Result<DeliveryRecord, ApiError> {
+        let entry = self
+            .state
+            .store()
+            .get_delivery_entry(self.workspace, id)
+            .await?
+            .ok_or(ApiError::NotFound("delivery"))?;
+        // A delivery of a deleted webhook would only be canceled again.
+        self.webhook(entry.delivery.subscription_id)
+            .await
+            .map_err(|_| ApiError::Conflict("the webhook of this delivery was deleted".into()))?;
+        let broker = self.state.broker()?;
+        let before = self
+            .state
+            .store()
+            .reopen_delivery(self.workspace, id)
+            .await?
+            .ok_or(ApiError::NotFound("delivery"))?;
+        self.publish_or_restore(&broker, std::slice::from_ref(&before))
+            .await?;
+        Ok(before)
+    }
+
+    /// Queues the `dead` and `canceled` deliveries of a webhook created at
+    /// or after `since` again, oldest first, at most [`MAX_RECOVER`];
+    /// returns them as they were.
+    pub(crate) async fn recover(
+        &self,
+        webhook: SubscriptionId,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<DeliveryRecord>, ApiError> {
+        self.webhook(webhook).await?;
+        let broker = self.state.broker()?;
+        let reopened = self
+            .state
+            .store()
+            .reopen_failed_deliveries(self.workspace, webhook, since, MAX_RECOVER)
+            .await?;
+        self.publish_or_restore(&broker, &reopened).await?;
+        Ok(reopened)
+    }
+
+    /// Publishes the next attempt of each reopened delivery; at the first
+    /// that fails, puts that one and the rest back as they were, so nothing
+    /// is left reopened without a message that would ever attempt it.
+    async fn publish_or_restore(
+        &self,
+        broker: &Broker,
+        reopened: &[DeliveryRecord],
+    ) -> Result<(), ApiError> {
+        for (i, before) in reopened.iter().enumerate() {
+            if let Err(e) = redeliver(broker, before).await {
+                for rest in &reopened[i..] {
+                    if let Err(restore) = self.state.store().restore_delivery(rest).await {
+                        tracing::error!(delivery_id = %rest.id, error = %restore, "could not restore a delivery after a failed redelivery");
+                    }
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Publishes the message for the attempt after `before.attempts` and waits
+/// for the broker's confirm.
+async fn redeliver(broker: &Broker, before: &DeliveryRecord) -> Result<(), ApiError> {
+    let msg = DeliveryMessage::new(
+        before.id,
+        before.event_id.clone(),
+        before.subscription_id,
+        before.attempts + 1,
+    );
+    broker
+        .deliveries
+        .send(&broker.publisher.topology().delivery(&msg))
+        .await
+        .map_err(|e| {
+            tracing::error!(delivery_id = %before.id, error = %courier_model::error_chain(&e), "redelivery publish failed");
+            ApiError::Unavailable("the broker did not accept the redelivery; try again".into())
+        })
+}
