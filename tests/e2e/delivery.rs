@@ -52,15 +52,15 @@ async fn matching_reaches_exactly_the_right_receivers(db: Db) {
         let sub = env.webhook(ws, &receiver.url(), events, channels).await;
         secrets.insert(receiver.url(), sub.secret.expose().to_owned());
         if std::ptr::eq(receiver, &disabled) {
-            courier::webhooks::update(
+            courier_api::webhooks::update(
                 &env.store,
                 ws,
                 sub.id,
-                courier::webhooks::WebhookPatch {
+                courier_api::webhooks::WebhookPatch {
                     active: Some(false),
                     ..Default::default()
                 },
-                courier::webhooks::UrlPolicy {
+                courier_api::webhooks::UrlPolicy {
                     require_https: false,
                 },
             )

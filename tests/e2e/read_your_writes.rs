@@ -40,7 +40,7 @@ async fn changes_apply_to_the_next_event(db: Db) {
         .await;
     }
     let (publisher, _connection) = env.publisher().await;
-    let policy = courier::webhooks::UrlPolicy {
+    let policy = courier_api::webhooks::UrlPolicy {
         require_https: false,
     };
 
@@ -69,11 +69,11 @@ async fn changes_apply_to_the_next_event(db: Db) {
     // Disable, then publish at once: nothing may be delivered.
     let mut after_disable = Vec::new();
     for (round, webhook) in webhooks.iter().enumerate() {
-        courier::webhooks::update(
+        courier_api::webhooks::update(
             &env.store,
             &ws,
             webhook.id,
-            courier::webhooks::WebhookPatch {
+            courier_api::webhooks::WebhookPatch {
                 active: Some(false),
                 ..Default::default()
             },
@@ -102,11 +102,11 @@ async fn changes_apply_to_the_next_event(db: Db) {
 
     // Enable, then publish at once: delivered again.
     for (round, webhook) in webhooks.iter().enumerate() {
-        courier::webhooks::update(
+        courier_api::webhooks::update(
             &env.store,
             &ws,
             webhook.id,
-            courier::webhooks::WebhookPatch {
+            courier_api::webhooks::WebhookPatch {
                 active: Some(true),
                 ..Default::default()
             },

@@ -23,7 +23,7 @@ async fn webhook_changes_reach_every_replica(db: Db) {
     let webhook = env
         .webhook(&ws, &receiver.url(), &["order.created"], &[])
         .await;
-    let (key, _) = courier::api_keys::create_api_key(&env.store, &ws, Some("e2e"))
+    let (key, _) = courier_api::keys::create_api_key(&env.store, &ws, Some("e2e"))
         .await
         .unwrap();
 

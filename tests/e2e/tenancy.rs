@@ -61,10 +61,10 @@ async fn same_event_id_in_two_workspaces(db: Db, inline: bool) {
     let b_hook = env
         .webhook(&b, &b_receiver.url(), &["order.created"], &[])
         .await;
-    let (a_key, _) = courier::api_keys::create_api_key(&env.store, &a, Some("e2e"))
+    let (a_key, _) = courier_api::keys::create_api_key(&env.store, &a, Some("e2e"))
         .await
         .unwrap();
-    let (b_key, _) = courier::api_keys::create_api_key(&env.store, &b, Some("e2e"))
+    let (b_key, _) = courier_api::keys::create_api_key(&env.store, &b, Some("e2e"))
         .await
         .unwrap();
     let worker = env.start_worker().await;

@@ -17,7 +17,7 @@ async fn every_event_can_be_traced(db: Db) {
     let webhook = env
         .webhook(&ws, &receiver.url(), &["order.created"], &["amazon"])
         .await;
-    let (key, _) = courier::api_keys::create_api_key(&env.store, &ws, Some("e2e"))
+    let (key, _) = courier_api::keys::create_api_key(&env.store, &ws, Some("e2e"))
         .await
         .unwrap();
     let worker = env.start_worker().await;

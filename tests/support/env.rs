@@ -159,10 +159,10 @@ impl TestEnv {
         events: &[&str],
         channels: &[&str],
     ) -> Subscription {
-        courier::webhooks::create(
+        courier_api::webhooks::create(
             &self.store,
             workspace,
-            courier::webhooks::NewWebhook {
+            courier_api::webhooks::NewWebhook {
                 name: "e2e".into(),
                 url: url.into(),
                 events: events.iter().map(|s| s.to_string()).collect(),
@@ -170,7 +170,7 @@ impl TestEnv {
                 secret: None,
                 active: true,
             },
-            courier::webhooks::UrlPolicy {
+            courier_api::webhooks::UrlPolicy {
                 require_https: false,
             },
         )

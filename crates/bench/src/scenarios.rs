@@ -645,10 +645,10 @@ async fn webhook(
     url: &str,
     channels: Vec<String>,
 ) -> anyhow::Result<()> {
-    courier::webhooks::create(
+    courier_api::webhooks::create(
         store,
         workspace,
-        courier::webhooks::NewWebhook {
+        courier_api::webhooks::NewWebhook {
             name: "bench".into(),
             url: url.into(),
             events: vec!["order.created".into()],
@@ -656,7 +656,7 @@ async fn webhook(
             secret: None,
             active: true,
         },
-        courier::webhooks::UrlPolicy {
+        courier_api::webhooks::UrlPolicy {
             require_https: false,
         },
     )

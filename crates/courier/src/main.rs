@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use courier::settings::{LogFormat, Settings};
-use courier::webhooks::{self, NewWebhook, UrlPolicy, WebhookPatch};
 use courier::{App, Roles, open_store};
+use courier_api::webhooks::{self, NewWebhook, UrlPolicy, WebhookPatch};
 use courier_model::{SubscriptionId, WorkspaceId};
 use courier_store::{Store, Workspace};
 use tokio_util::sync::CancellationToken;
@@ -212,7 +212,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::ApiKey(ApiKeyCommand::Create { ws, name }) => {
             let store = open_store(&settings).await?;
             let (key, record) =
-                courier::api_keys::create_api_key(&store, &workspace_id(&ws)?, name.as_deref())
+                courier_api::keys::create_api_key(&store, &workspace_id(&ws)?, name.as_deref())
                     .await?;
             print_json(&serde_json::json!({"key": key, "api_key": record}))
         }
