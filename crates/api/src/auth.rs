@@ -15,11 +15,13 @@ pub(crate) fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .headers
         .get(AUTHORIZATION)
         .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer <api key>".into()))?;
+    // The scheme is case-insensitive (RFC 9110): `bearer` is `Bearer`.
     value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .filter(|v| !v.is_empty())
         .ok_or_else(|| ApiError::Unauthorized("Authorization must be Bearer <api key>".into()))
 }
@@ -95,4 +97,28 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(authorization: Option<&str>) -> Parts {
+        let mut request = axum::http::Request::builder();
+        if let Some(value) = authorization {
+            request = request.header(AUTHORIZATION, value);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in ["Bearer ck_1", "bearer ck_1", "BEARER  ck_1 "] {
+            assert_eq!(bearer(&parts(Some(header))).unwrap(), "ck_1", "{header}");
+        }
+        for header in ["Basic ck_1", "Bearer", "Bearer ", "ck_1", "Bearerck_1"] {
+            assert!(bearer(&parts(Some(header))).is_err(), "{header}");
+        }
+        assert!(bearer(&parts(None)).is_err());
+    }
 }
