@@ -47,7 +47,10 @@ pub struct WebhookClient {
 pub struct ClientError(#[source] reqwest::Error);
 
 #[derive(Debug, thiserror::Error)]
-#[error("{host} resolves only to addresses courier may not call (private networks are disabled)")]
+#[error(
+    "{host} resolves only to private or local addresses, which courier does not call while \
+     delivery.allow_private_networks is false"
+)]
 struct BlockedAddress {
     host: String,
 }
@@ -123,7 +126,10 @@ impl WebhookClient {
         {
             return failed(
                 ErrorKind::Blocked,
-                format!("{ip} is a private or local address and private networks are disabled"),
+                format!(
+                    "{ip} is a private or local address, which courier does not call while \
+                     delivery.allow_private_networks is false"
+                ),
             );
         }
 
@@ -315,6 +321,12 @@ mod tests {
                 },
                 "{url}: {:?}",
                 outcome.error
+            );
+            // The message names the setting that would allow it.
+            let error = outcome.error.unwrap();
+            assert!(
+                error.contains("delivery.allow_private_networks"),
+                "{url}: {error}"
             );
         }
     }
