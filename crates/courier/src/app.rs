@@ -171,7 +171,15 @@ impl App {
                     .await
             })
         };
-        tracing::info!(listen = %http_addr, "serving /metrics, /healthz, /readyz");
+        if self.roles.api {
+            tracing::info!(
+                listen = %http_addr,
+                "serving the management API at http://{http_addr}/v1 (GraphQL at /graphql, \
+                 its OpenAPI document at /openapi.json), and /metrics, /healthz, /readyz"
+            );
+        } else {
+            tracing::info!(listen = %http_addr, "serving /metrics, /healthz, /readyz");
+        }
 
         let result = if self.roles.worker {
             run_worker(

@@ -165,6 +165,14 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&settings);
+    for name in Settings::unused_variables(std::env::vars()) {
+        tracing::warn!(
+            variable = %name,
+            "{name} configures nothing: courier reads COURIER__SECTION__KEY, with two \
+             underscores after COURIER (COURIER__{})",
+            name.trim_start_matches("COURIER_")
+        );
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(error) => {

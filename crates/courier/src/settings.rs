@@ -232,10 +232,38 @@ impl Settings {
             key: "retry",
             message: e.to_string(),
         })?;
-        if self.log.level.trim().is_empty() {
-            return Err(invalid("log.level", "must not be empty"));
+        if !valid_log_filter(&self.log.level) {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "{:?} is not a log level: use one of {} (or directives such as \
+                     \"info,courier_worker=debug\")",
+                    self.log.level,
+                    LOG_LEVELS.join(", ")
+                ),
+            ));
         }
         Ok(())
+    }
+
+    /// Variables that look meant for courier but configure nothing:
+    /// `COURIER_` with one underscore (settings are `COURIER__SECTION__KEY`),
+    /// other than the few single-underscore variables courier and its tests
+    /// read. To be warned about once logging is up.
+    pub fn unused_variables(env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+        let mut unused: Vec<String> = env
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| {
+                k.starts_with("COURIER_")
+                    && !k.starts_with("COURIER__")
+                    && k != "COURIER_CONFIG"
+                    && !k.starts_with("COURIER_TEST_")
+                    && !k.starts_with("COURIER_BENCH_")
+            })
+            .collect();
+        unused.sort();
+        unused
     }
 
     pub fn worker_config(&self) -> courier_worker::WorkerConfig {
@@ -259,9 +287,59 @@ impl Settings {
     }
 }
 
+/// The levels `log.level` takes, alone or per target.
+const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// A level, or comma-separated directives each a level or `target=level`.
+/// A bare word that is no level (`verbose`) would be read as a target name
+/// and silence every log line, so it is refused.
+fn valid_log_filter(text: &str) -> bool {
+    let is_level = |level: &str| LOG_LEVELS.contains(&level.trim().to_ascii_lowercase().as_str());
+    !text.trim().is_empty()
+        && text
+            .split(',')
+            .all(|directive| match directive.rsplit_once('=') {
+                Some((target, level)) => !target.trim().is_empty() && is_level(level),
+                None => is_level(directive),
+            })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_levels_are_checked() {
+        for good in [
+            "info",
+            "WARN",
+            "info,courier_worker=debug",
+            "courier=trace",
+            "off",
+        ] {
+            let s = Settings::load_from(None, env(&[("COURIER__LOG__LEVEL", good)]));
+            assert!(s.is_ok(), "{good}: {s:?}");
+        }
+        for bad in ["verbose", "", "info,loud", "courier=chatty", "=debug"] {
+            let error = Settings::load_from(None, env(&[("COURIER__LOG__LEVEL", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("log.level"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn variables_with_one_underscore_are_named_as_unused() {
+        let unused = Settings::unused_variables(env(&[
+            ("COURIER_DELIVERY__TIMEOUT_MS", "5"),
+            ("COURIER__DELIVERY__TIMEOUT_MS", "5"),
+            ("COURIER_CONFIG", "courier.toml"),
+            ("COURIER_TEST_PG_URL", "postgres://x"),
+            ("COURIERS", "a b"),
+            ("PATH", "/bin"),
+        ]));
+        assert_eq!(unused, ["COURIER_DELIVERY__TIMEOUT_MS"]);
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
