@@ -196,8 +196,10 @@ fn main() -> ExitCode {
 fn init_logging(settings: &Settings) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log.level));
+    // Colour only for a person at a terminal: a file or a pipe gets text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match settings.log.format {
         LogFormat::Json => builder.json().with_current_span(true).init(),
