@@ -473,8 +473,11 @@ pub type CourierSchema = Schema<Query, Mutation, EmptySubscription>;
 pub fn schema(state: ApiState) -> CourierSchema {
     Schema::build(Query, Mutation, EmptySubscription)
         .data(state)
-        // Bounds what one request can make the server do.
-        .limit_depth(12)
+        // Bounds what one request can make the server do. The depth leaves
+        // room for the introspection query GraphQL tools send (14 levels:
+        // type references unwrapped eight deep), twice what any use of the
+        // schema itself needs.
+        .limit_depth(16)
         .limit_complexity(2_000)
         .finish()
 }

@@ -11,7 +11,49 @@ use crate::on_both_backends;
 
 on_both_backends!(
     graphql_operations_as_clients_send_them => DEFAULT,
+    graphql_tools_can_introspect_the_schema => DEFAULT,
 );
+
+/// The introspection query GraphQL tools send to learn a schema (the shape
+/// of graphql-js's `getIntrospectionQuery`: type references unwrapped eight
+/// levels deep), and a query deeper than any use of courier's schema.
+async fn graphql_tools_can_introspect_the_schema(app: Arc<App>) {
+    let (_, key) = app.tenant().await;
+    let type_ref = "kind name ofType { kind name ofType { kind name ofType { kind name \
+        ofType { kind name ofType { kind name ofType { kind name ofType { kind name \
+        ofType { kind name } } } } } } } }";
+    let query = format!(
+        "query IntrospectionQuery {{ __schema {{ queryType {{ name }} mutationType {{ name }} \
+         subscriptionType {{ name }} types {{ kind name description \
+         fields(includeDeprecated: true) {{ name description args {{ name description \
+         type {{ {type_ref} }} defaultValue }} type {{ {type_ref} }} isDeprecated \
+         deprecationReason }} inputFields {{ name description type {{ {type_ref} }} \
+         defaultValue }} interfaces {{ {type_ref} }} enumValues(includeDeprecated: true) \
+         {{ name description isDeprecated deprecationReason }} possibleTypes {{ {type_ref} }} }} \
+         directives {{ name description locations args {{ name description \
+         type {{ {type_ref} }} defaultValue }} }} }} }}"
+    );
+    let (status, body) = app.gql(Some(&key), &query).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["errors"].is_null(), "{body}");
+    let types = body["data"]["__schema"]["types"].as_array().unwrap();
+    assert!(types.iter().any(|t| t["name"] == "Webhook"), "{body}");
+
+    // Depth stays bounded for everything else.
+    let nested = (0..30).fold("name".to_owned(), |inner, _| {
+        format!("ofType {{ {inner} }}")
+    });
+    let (_, body) = app
+        .gql(
+            Some(&key),
+            &format!("{{ __type(name: \"Webhook\") {{ {nested} }} }}"),
+        )
+        .await;
+    assert!(
+        !body["errors"].is_null(),
+        "a query 30 levels deep was answered: {body}"
+    );
+}
 
 async fn graphql_operations_as_clients_send_them(app: Arc<App>) {
     let (ws, key) = app.tenant().await;
