@@ -41,6 +41,7 @@ use courier_store::Store;
 use courier_webhook::WebhookClient;
 
 pub use admin::MAX_WORKSPACE_NAME_LEN;
+pub use views::WebhookView;
 pub use error::ApiError;
 
 /// Request bodies larger than this are refused with 413, except ingest.

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use courier::settings::{LogFormat, Settings};
 use courier::{App, Roles, open_store};
+use courier_api::WebhookView;
 use courier_api::webhooks::{self, NewWebhook, UrlPolicy, WebhookPatch};
 use courier_model::{SubscriptionId, WorkspaceId};
 use courier_store::{Store, Workspace};
@@ -328,22 +329,23 @@ async fn webhook(cmd: WebhookCommand, store: &Store, policy: UrlPolicy) -> anyho
                 active: !disabled,
             };
             let sub = webhooks::create(store, &workspace_id(&ws)?, input, policy).await?;
-            print_json(&sub)
+            print_json(&WebhookView::new(&sub, true))
         }
         WebhookCommand::List { ws, limit, after } => {
             let after = after.as_deref().map(webhook_id).transpose()?;
-            print_json(
-                &store
-                    .list_subscriptions(&workspace_id(&ws)?, limit, after)
-                    .await?,
-            )
+            let page = store
+                .list_subscriptions(&workspace_id(&ws)?, limit, after)
+                .await?;
+            // As the REST list: no secrets.
+            let views: Vec<WebhookView> = page.iter().map(|s| WebhookView::new(s, false)).collect();
+            print_json(&views)
         }
         WebhookCommand::Get { ws, id } => {
             let sub = store
                 .get_subscription(&workspace_id(&ws)?, webhook_id(&id)?)
                 .await?
                 .context("webhook not found")?;
-            print_json(&sub)
+            print_json(&WebhookView::new(&sub, true))
         }
         WebhookCommand::Update {
             ws,
@@ -364,7 +366,7 @@ async fn webhook(cmd: WebhookCommand, store: &Store, policy: UrlPolicy) -> anyho
             };
             let sub = webhooks::update(store, &workspace_id(&ws)?, webhook_id(&id)?, patch, policy)
                 .await?;
-            print_json(&sub)
+            print_json(&WebhookView::new(&sub, true))
         }
         WebhookCommand::Delete { ws, id } => {
             webhooks::delete(store, &workspace_id(&ws)?, webhook_id(&id)?).await?;

@@ -1,33 +1,57 @@
 //! The `courier` binary as an operator runs it: what it says about its
-//! configuration, and how its log reads outside a terminal.
+//! configuration, how its log reads outside a terminal, and what its admin
+//! commands print.
 
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// Runs `courier migrate` on a SQLite file of its own with `vars` set (and
-/// no other COURIER variables), its output piped.
-fn migrate(vars: &[(&str, &str)]) -> Output {
-    let dir = std::env::temp_dir().join(format!("courier-cli-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
-    command.arg("migrate").current_dir(&dir);
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("COURIER")) {
-        command.env_remove(key);
+/// `courier` on a SQLite ledger of its own, with no COURIER variables but
+/// the ones a test sets; output piped. The ledger goes with it.
+struct Courier {
+    dir: PathBuf,
+}
+
+impl Courier {
+    fn new() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("courier-cli-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { dir }
     }
-    command
-        .env(
-            "COURIER__DATABASE__URL",
-            format!("sqlite://{}", dir.join("c.db").display()),
-        )
-        .env_remove("RUST_LOG")
-        .envs(vars.iter().copied());
-    let output = command.output().expect("run courier");
-    std::fs::remove_dir_all(&dir).ok();
-    output
+
+    fn run(&self, args: &[&str], vars: &[(&str, &str)]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_courier"));
+        command.args(args).current_dir(&self.dir);
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("COURIER")) {
+            command.env_remove(key);
+        }
+        command
+            .env(
+                "COURIER__DATABASE__URL",
+                format!("sqlite://{}", self.dir.join("c.db").display()),
+            )
+            .env_remove("RUST_LOG")
+            .envs(vars.iter().copied());
+        command.output().expect("run courier")
+    }
+
+    /// Runs a command that must succeed and prints JSON.
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let output = self.run(args, &[]);
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+}
+
+impl Drop for Courier {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
 }
 
 #[test]
 fn a_variable_with_one_underscore_is_named_and_piped_logs_have_no_colour() {
-    let output = migrate(&[("COURIER_DELIVERY__TIMEOUT_MS", "5")]);
+    let output = Courier::new().run(&["migrate"], &[("COURIER_DELIVERY__TIMEOUT_MS", "5")]);
     assert!(output.status.success(), "{output:?}");
     let log = String::from_utf8(output.stderr).unwrap();
     assert!(
@@ -43,11 +67,47 @@ fn a_variable_with_one_underscore_is_named_and_piped_logs_have_no_colour() {
 
 #[test]
 fn an_unknown_log_level_stops_courier_naming_the_key() {
-    let output = migrate(&[("COURIER__LOG__LEVEL", "verbose")]);
+    let output = Courier::new().run(&["migrate"], &[("COURIER__LOG__LEVEL", "verbose")]);
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     let error = String::from_utf8(output.stderr).unwrap();
     assert!(
         error.contains("log.level") && error.contains("\"verbose\" is not a log level"),
         "{error}"
     );
+}
+
+/// The CLI prints a webhook as the REST API does: camelCase, `events` and
+/// `active`, the secret on create and get but not in lists.
+#[test]
+fn webhook_commands_print_the_rest_representation() {
+    let courier = Courier::new();
+    courier.json(&["migrate"]);
+    courier.json(&["workspace", "create", "--id", "acme", "--name", "Acme"]);
+    let created = courier.json(&[
+        "webhook",
+        "create",
+        "--workspace",
+        "acme",
+        "--name",
+        "erp",
+        "--url",
+        "https://erp.example.com/hooks",
+        "--events",
+        "order.created,order.canceled",
+    ]);
+    assert_eq!(
+        created["events"],
+        serde_json::json!(["order.created", "order.canceled"])
+    );
+    assert_eq!(created["active"], true);
+    assert!(created["secret"].as_str().unwrap().starts_with("whsec_"));
+    assert!(created["createdAt"].is_string());
+    assert!(created.get("event_types").is_none(), "{created}");
+
+    let id = created["id"].as_str().unwrap();
+    let got = courier.json(&["webhook", "get", "--workspace", "acme", id]);
+    assert_eq!(got["secret"], created["secret"]);
+    let listed = courier.json(&["webhook", "list", "--workspace", "acme"]);
+    assert_eq!(listed[0]["id"], id);
+    assert!(listed[0].get("secret").is_none(), "{listed}");
 }
