@@ -18,7 +18,7 @@ run: release
 	$(COURIER) serve
 
 ## Watch order and shipment events reach a local receiver, signed.
-demo: build
+demo: release
 	deploy/demo.sh
 
 ## Benchmark courier against the bare limit of RabbitMQ + HTTP on this
