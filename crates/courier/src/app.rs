@@ -52,7 +52,17 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
         },
     )
     .await
-    .with_context(|| format!("could not open the ledger at database.url={}", redact(url)))?;
+    .map_err(|error| {
+        let hint = error
+            .connect_hint()
+            .map(|hint| format!("; {hint}"))
+            .unwrap_or_default();
+        anyhow::anyhow!(
+            "could not open the ledger at database.url={}: {}{hint}",
+            redact(url),
+            courier_model::error_chain(&error)
+        )
+    })?;
     store
         .migrate()
         .await

@@ -30,14 +30,47 @@ pub use url::{UrlError, WebhookUrl};
 
 /// Renders an error with its causes on one line (`outer: cause: root`), for
 /// logs and error messages: the useful part ("connection refused") is
-/// often a cause.
+/// often a cause. A cause whose text the line already holds (many errors
+/// print their source themselves) is not repeated.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: &'static str,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    fn layer(text: &'static str, source: Option<Layer>) -> Layer {
+        Layer {
+            text,
+            source: source.map(Box::new),
+        }
+    }
+
+    #[test]
+    fn error_chains_name_every_cause_once() {
+        let root = layer("connection refused", None);
+        let middle = layer("could not connect: connection refused", Some(root));
+        let top = layer("ledger unavailable", Some(middle));
+        assert_eq!(
+            super::error_chain(&top),
+            "ledger unavailable: could not connect: connection refused"
+        );
+    }
 }

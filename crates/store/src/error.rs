@@ -65,6 +65,35 @@ impl StoreError {
             _ => false,
         }
     }
+
+    /// What an operator can do about a failure to reach the database, when
+    /// the error says: nothing listens at the address, the address has no
+    /// host, the password is wrong, the database does not exist.
+    pub fn connect_hint(&self) -> Option<&'static str> {
+        let StoreError::Database(error) = self else {
+            return None;
+        };
+        match error {
+            sqlx::Error::Io(io) => match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => Some(
+                    "nothing accepts connections at that host and port: is PostgreSQL \
+                     running there, and is the port in database.url right?",
+                ),
+                std::io::ErrorKind::TimedOut => {
+                    Some("the host did not answer: check the host in database.url and the network")
+                }
+                _ => None,
+            },
+            sqlx::Error::Database(db) => match db.code()?.as_ref() {
+                // invalid_password, invalid_authorization_specification
+                "28P01" | "28000" => Some("check the user and password in database.url"),
+                // invalid_catalog_name
+                "3D000" => Some("create that database first, or name another in database.url"),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 fn transient(error: &sqlx::Error) -> bool {
@@ -279,5 +308,42 @@ mod tests {
         );
         assert!(!undefined.is_refused_value(), "{undefined:?}");
         assert!(!undefined.is_transient(), "{undefined:?}");
+    }
+
+    #[tokio::test]
+    async fn failing_to_connect_says_what_to_do() {
+        let options = crate::StoreOptions::default();
+        // Bind then drop: a port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let started = std::time::Instant::now();
+        let refused = crate::Store::connect(&format!("postgres://u@127.0.0.1:{port}/x"), &options)
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(
+            refused
+                .connect_hint()
+                .unwrap()
+                .contains("is PostgreSQL running"),
+            "{refused:?}"
+        );
+
+        let admin = crate::scratch::pg_admin_url("COURIER_TEST_POSTGRES_URL");
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        let missing = crate::Store::connect(&format!("{base}/courier_no_such_db"), &options)
+            .await
+            .unwrap_err();
+        assert!(
+            missing
+                .connect_hint()
+                .unwrap()
+                .contains("create that database"),
+            "{missing:?}"
+        );
+        assert_eq!(database("23505").connect_hint(), None);
     }
 }

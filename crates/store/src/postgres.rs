@@ -23,6 +23,9 @@ use crate::{AttemptWrite, Result, StoreError, StoreOptions};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
 
+/// How long opening the first connection may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
@@ -30,6 +33,17 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
+        // One connection first, bounded in time: a wrong port, host,
+        // password or database name fails now with its cause, where the
+        // pool would retry it in silence until its own wait ran out.
+        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect(url)).await {
+            Ok(connection) => connection?.close().await?,
+            Err(_) => {
+                let waited = format!("no answer within {} s", CONNECT_TIMEOUT.as_secs());
+                let timed_out = std::io::Error::new(std::io::ErrorKind::TimedOut, waited);
+                return Err(sqlx::Error::Io(timed_out).into());
+            }
+        }
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .connect(url)
