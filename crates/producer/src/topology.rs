@@ -169,24 +169,27 @@ impl Topology {
             .await
     }
 
+    /// Everything the API publishes to: events (ingress), redeliveries (the
+    /// deliveries exchange and the queue it feeds, so a redelivery is kept
+    /// before any worker ran) and change notices (the control exchange).
+    /// Without these a publish to a missing exchange closes the channel.
+    pub async fn declare_api(&self, channel: &Channel) -> lapin::Result<()> {
+        self.declare_ingress(channel).await?;
+        self.declare_deliveries(channel).await?;
+        self.declare_control(channel).await
+    }
+
+    /// The control exchange change notices go through.
+    pub async fn declare_control(&self, channel: &Channel) -> lapin::Result<()> {
+        self.declare_exchange(channel, &self.control_exchange(), ExchangeKind::Fanout)
+            .await
+    }
+
     /// Everything, as the worker needs it. Idempotent: declaring again with
     /// the same arguments is a no-op on the broker.
     pub async fn declare_all(&self, channel: &Channel) -> lapin::Result<()> {
         self.declare_ingress(channel).await?;
-
-        self.declare_exchange(channel, &self.deliveries_exchange(), ExchangeKind::Direct)
-            .await?;
-        self.declare_queue(channel, &self.deliveries_queue(), self.work_queue_args())
-            .await?;
-        channel
-            .queue_bind(
-                self.deliveries_queue().into(),
-                self.deliveries_exchange().into(),
-                DELIVERY_ROUTING_KEY.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        self.declare_deliveries(channel).await?;
 
         for &delay in &self.retry_tiers {
             let mut args = quorum();
@@ -216,6 +219,23 @@ impl Topology {
                 self.dead_queue().into(),
                 self.dead_exchange().into(),
                 "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    /// The deliveries exchange and queue, bound with the delivery key.
+    async fn declare_deliveries(&self, channel: &Channel) -> lapin::Result<()> {
+        self.declare_exchange(channel, &self.deliveries_exchange(), ExchangeKind::Direct)
+            .await?;
+        self.declare_queue(channel, &self.deliveries_queue(), self.work_queue_args())
+            .await?;
+        channel
+            .queue_bind(
+                self.deliveries_queue().into(),
+                self.deliveries_exchange().into(),
+                DELIVERY_ROUTING_KEY.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
