@@ -70,36 +70,175 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// Connects to RabbitMQ, retrying with backoff for up to `patience` (the
-/// broker may still be starting next to us; `None` waits for ever), then
-/// fails with a message that says how to start one locally.
+/// How long one connection attempt (TCP and the AMQP handshake) may take.
+/// lapin waits for a handshake without limit, so something that accepts the
+/// connection but does not speak AMQP would otherwise hold us for ever.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why an attempt to reach RabbitMQ failed, in the terms an operator acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConnectFailure {
+    Refused,
+    Authentication,
+    TimedOut,
+    NotAmqp,
+    Other,
+}
+
+impl ConnectFailure {
+    fn of(error: &lapin::Error) -> Self {
+        use lapin::ErrorKind;
+        match error.kind() {
+            ErrorKind::IOError(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                Self::Refused
+            }
+            // 403 ACCESS_REFUSED: the broker refused the user or password.
+            ErrorKind::ProtocolError(amqp) if amqp.get_id() == 403 => Self::Authentication,
+            ErrorKind::AuthProviderError(_) => Self::Authentication,
+            ErrorKind::ParsingError(_) | ErrorKind::InvalidProtocolVersion(_) => Self::NotAmqp,
+            _ => Self::Other,
+        }
+    }
+
+    fn cause(self) -> &'static str {
+        match self {
+            Self::Refused => "connection refused",
+            Self::Authentication => "authentication failed",
+            Self::TimedOut => "timed out",
+            Self::NotAmqp => "not an AMQP server",
+            Self::Other => "connection failed",
+        }
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            Self::Refused => {
+                "nothing listens there: start RabbitMQ (locally `rabbitmq-server -detached`) or fix the host and port"
+            }
+            Self::Authentication => {
+                "check the user and password in amqp.url (and that the user may use its vhost)"
+            }
+            Self::TimedOut => {
+                "check that the host is reachable and no firewall drops the connection"
+            }
+            Self::NotAmqp => {
+                "something else listens on that port: point amqp.url at RabbitMQ's AMQP port (5672 by default)"
+            }
+            Self::Other => "see the error for details",
+        }
+    }
+}
+
+/// The cause last reported, shared by the roles of a process (the worker
+/// and the API connect separately) so one cause is logged once, not per role.
+static REPORTED: std::sync::Mutex<Option<ConnectFailure>> = std::sync::Mutex::new(None);
+
+/// Logs a failed attempt: at warn level the first time its cause is seen
+/// (naming `amqp.url`, the cause and what to do), at debug level after.
+fn report(name: &str, url: &str, failure: ConnectFailure, error: &str) {
+    let new = REPORTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(failure)
+        != Some(failure);
+    if new {
+        tracing::warn!(
+            role = name,
+            amqp.url = %redact(url),
+            cause = failure.cause(),
+            error = %error,
+            "cannot reach RabbitMQ at amqp.url: {}; {}; retrying",
+            failure.cause(),
+            failure.hint(),
+        );
+    } else {
+        tracing::debug!(role = name, error = %error, "RabbitMQ still not reachable");
+    }
+}
+
+/// One bounded attempt to connect.
+async fn connect_once(url: &str, name: &str) -> Result<Connection, (ConnectFailure, String)> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(error)) => Err((ConnectFailure::of(&error), error.to_string())),
+        Err(_) => {
+            // Did the TCP connection open? Then whatever answered there is
+            // not RabbitMQ (or is stuck): say so rather than "timed out".
+            let listening = match url::Url::parse(url) {
+                Ok(parsed) => {
+                    let host = parsed.host_str().unwrap_or("127.0.0.1").to_owned();
+                    let port = parsed.port().unwrap_or(5672);
+                    matches!(
+                        tokio::time::timeout(
+                            CONNECT_TIMEOUT,
+                            tokio::net::TcpStream::connect((host.as_str(), port))
+                        )
+                        .await,
+                        Ok(Ok(_))
+                    )
+                }
+                Err(_) => false,
+            };
+            let failure = if listening {
+                ConnectFailure::NotAmqp
+            } else {
+                ConnectFailure::TimedOut
+            };
+            let what = if listening {
+                "no AMQP handshake"
+            } else {
+                "no TCP connection"
+            };
+            Err((
+                failure,
+                format!("{what} within {}s", CONNECT_TIMEOUT.as_secs()),
+            ))
+        }
+    }
+}
+
+/// Connects to RabbitMQ, retrying with backoff (each attempt bounded by
+/// [`CONNECT_TIMEOUT`]) until it succeeds; `None` once `shutdown` is
+/// cancelled, which it notices at any point. A failure is logged once per
+/// cause, naming `amqp.url`, the cause and what to do; repeats of the same
+/// cause are logged at debug level.
 pub async fn connect_amqp(
     url: &str,
     name: &str,
-    patience: Option<Duration>,
-) -> anyhow::Result<Connection> {
-    let policy = ExponentialBackoff {
+    shutdown: &CancellationToken,
+) -> Option<Connection> {
+    let mut policy = ExponentialBackoff {
         initial_interval: Duration::from_millis(200),
         max_interval: Duration::from_secs(5),
-        max_elapsed_time: patience,
+        max_elapsed_time: None,
         ..ExponentialBackoff::default()
     };
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    backoff::future::retry(policy, || async {
-        Connection::connect(url, properties.clone())
-            .await
-            .map_err(|e| {
-                tracing::debug!(error = %e, "RabbitMQ not reachable yet");
-                backoff::Error::transient(e)
-            })
-    })
-    .await
-    .with_context(|| {
-        format!(
-            "could not reach RabbitMQ at amqp.url={} (start it locally with `rabbitmq-server -detached`)",
-            redact(url)
-        )
-    })
+    let mut failed = false;
+    loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            attempt = connect_once(url, name) => attempt,
+        };
+        let (failure, error) = match attempt {
+            Ok(connection) => {
+                if failed {
+                    *REPORTED.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    tracing::info!(role = name, "connected to RabbitMQ");
+                }
+                return Some(connection);
+            }
+            Err(failure) => failure,
+        };
+        failed = true;
+        report(name, url, failure, &error);
+        let pause =
+            backoff::backoff::Backoff::next_backoff(&mut policy).unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
 }
 
 /// Runs every role until `shutdown` is cancelled.
@@ -230,29 +369,47 @@ impl App {
         let settings = &self.settings;
         let worker = settings.worker_config();
         let topology = worker.topology();
-        let connection = connect_amqp(
-            &settings.amqp.url,
-            "courier api",
-            Some(Duration::from_secs(10)),
-        )
-        .await?;
-        let changes = Arc::new(BrokerChanges {
-            channel: std::sync::RwLock::new(None),
-            topology: topology.clone(),
-        });
-        let broker = api_broker(&connection, &topology, &changes).await?;
+        // One bounded attempt here, so a healthy broker is in place before
+        // the API answers; otherwise the API starts without it (ingest and
+        // redelivery answer 503) and the supervisor keeps trying.
+        let changes = BrokerChanges::new(topology.clone());
+        let mut broker = None;
+        let mut connection = None;
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            attempt = connect_once(&settings.amqp.url, "courier api") => Some(attempt),
+        };
+        match first {
+            Some(Ok(c)) => {
+                let c = Arc::new(c);
+                match api_broker(&c, &topology, &changes).await {
+                    Ok(b) => {
+                        broker = Some(b);
+                        connection = Some(c);
+                    }
+                    Err(error) => tracing::warn!(
+                        error = format!("{error:#}"),
+                        "preparing the API's channels; retrying"
+                    ),
+                }
+            }
+            Some(Err((failure, error))) => {
+                report("courier api", &settings.amqp.url, failure, &error)
+            }
+            None => {}
+        }
         let client = courier_webhook::WebhookClient::new(&worker.http)
             .context("could not build the HTTP client for test sends")?;
         let state = courier_api::ApiState::new(
             self.store.clone(),
-            Some(broker),
+            broker,
             client,
             courier_api::ApiOptions {
                 require_https: settings.delivery.require_https,
                 admin_token: settings.api.admin_token.clone(),
                 ..courier_api::ApiOptions::default()
             },
-            Arc::clone(&changes) as Arc<dyn courier_api::SubscriptionChanges>,
+            Arc::new(changes.clone()) as Arc<dyn courier_api::SubscriptionChanges>,
         );
         let supervisor = tokio::spawn(supervise_api_broker(
             connection,
@@ -280,79 +437,84 @@ impl App {
     }
 }
 
-/// The API's publishing side on `connection`.
+/// The API's publishing side on `connection`, after declaring everything
+/// the API publishes to (a publish to a missing exchange would close the
+/// channel).
 async fn api_broker(
-    connection: &Connection,
+    connection: &Arc<Connection>,
     topology: &courier_producer::Topology,
     changes: &BrokerChanges,
 ) -> anyhow::Result<courier_api::Broker> {
+    let deliveries = ConfirmedChannel::open(connection).await?;
+    topology
+        .declare_api(deliveries.channel())
+        .await
+        .context("could not declare the exchanges the API publishes to")?;
     let publisher = Publisher::on_connection(connection, topology.clone())
         .await
         .context("could not prepare publishing for the API")?;
-    let deliveries = ConfirmedChannel::open(connection).await?;
-    changes.set_channel(Some(ConfirmedChannel::open(connection).await?));
+    changes.set_connection(Some(Arc::clone(connection)));
     Ok(courier_api::Broker {
         publisher,
         deliveries,
     })
 }
 
-/// Watches the API's broker connection and, when it breaks, reconnects
-/// with backoff and swaps the new channels in. Meanwhile ingest and
-/// redelivery answer 503; the rest of the API keeps working.
+/// Keeps the API's broker connection up: when there is none or it breaks,
+/// reconnects with backoff and swaps the new channels in. Meanwhile ingest
+/// and redelivery answer 503; the rest of the API keeps working.
 async fn supervise_api_broker(
-    mut connection: Connection,
+    mut connection: Option<Arc<Connection>>,
     state: courier_api::ApiState,
-    changes: Arc<BrokerChanges>,
+    changes: BrokerChanges,
     url: String,
     topology: courier_producer::Topology,
     shutdown: CancellationToken,
 ) {
     loop {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => {
-                    let close = connection.close(200, "courier stopping".into());
-                    courier_producer::bounded("connection.close", close).await;
-                    return;
-                }
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
-            if !connection.status().connected() {
-                break;
-            }
-        }
-        tracing::warn!("the API lost its RabbitMQ connection; reconnecting");
-        state.set_broker(None);
-        changes.set_channel(None);
-        loop {
-            let attempt = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                c = connect_amqp(&url, "courier api", None) => c,
-            };
-            let broker = match attempt {
-                Ok(c) => match api_broker(&c, &topology, &changes).await {
-                    Ok(broker) => Some((c, broker)),
-                    Err(error) => {
-                        tracing::warn!(
-                            error = format!("{error:#}"),
-                            "preparing the API's channels"
-                        );
-                        None
+        if let Some(current) = &connection {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        let close = current.close(200, "courier stopping".into());
+                        courier_producer::bounded("connection.close", close).await;
+                        return;
                     }
-                },
-                Err(error) => {
-                    tracing::warn!(error = format!("{error:#}"), "reconnecting the API");
-                    None
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
-            };
-            if let Some((c, broker)) = broker {
-                connection = c;
-                state.set_broker(Some(broker));
-                tracing::info!("the API is connected to RabbitMQ again");
-                break;
+                if !current.status().connected() {
+                    break;
+                }
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tracing::warn!("the API lost its RabbitMQ connection; reconnecting");
+            state.set_broker(None);
+            changes.set_connection(None);
+        }
+        loop {
+            let Some(c) = connect_amqp(&url, "courier api", &shutdown).await else {
+                return;
+            };
+            let c = Arc::new(c);
+            match api_broker(&c, &topology, &changes).await {
+                Ok(broker) => {
+                    state.set_broker(Some(broker));
+                    connection = Some(c);
+                    tracing::info!("the API is connected to RabbitMQ");
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "preparing the API's channels; retrying"
+                    );
+                    let close = c.close(200, "retrying".into());
+                    courier_producer::bounded("connection.close", close).await;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
         }
     }
 }
@@ -367,24 +529,13 @@ async fn run_worker(
     health: &Arc<Health>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    // The first connection fails fast with a helpful message (an operator
-    // is watching); later ones wait as long as it takes.
-    let mut patience = Some(Duration::from_secs(10));
     let mut pause = Duration::from_millis(250);
     loop {
-        let connection = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            c = connect_amqp(&settings.amqp.url, "courier worker", patience) => c,
+        let Some(connection) = connect_amqp(&settings.amqp.url, "courier worker", shutdown).await
+        else {
+            return Ok(());
         };
-        let connection = match connection {
-            Ok(c) => Arc::new(c),
-            Err(error) if patience.is_some() => return Err(error),
-            Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), "reconnecting to RabbitMQ");
-                continue;
-            }
-        };
-        patience = None;
+        let connection = Arc::new(connection);
         let worker = Worker::build(
             settings.worker_config(),
             Arc::clone(&connection),
@@ -429,44 +580,92 @@ async fn run_worker(
 /// exchange, so each reloads its matching index ahead of the next event.
 /// Best effort: a fan-out checks the ledger's webhooks version itself
 /// before matching, so a lost notice delays nothing but that reload.
+#[derive(Clone)]
 struct BrokerChanges {
-    /// `None` while the API is reconnecting.
-    channel: std::sync::RwLock<Option<ConfirmedChannel>>,
+    /// The API's current connection; `None` while it reconnects.
+    connection: Arc<std::sync::RwLock<Option<Arc<Connection>>>>,
+    /// Opened on first use and again whenever the broker closed it (a
+    /// channel error closes a channel for good).
+    channel: Arc<tokio::sync::Mutex<Option<ConfirmedChannel>>>,
     topology: courier_producer::Topology,
 }
 
 impl BrokerChanges {
-    fn set_channel(&self, channel: Option<ConfirmedChannel>) {
-        *self.channel.write().unwrap_or_else(|e| e.into_inner()) = channel;
+    fn new(topology: courier_producer::Topology) -> Self {
+        Self {
+            connection: Arc::default(),
+            channel: Arc::default(),
+            topology,
+        }
     }
-}
 
-impl courier_api::SubscriptionChanges for BrokerChanges {
-    fn changed(&self, workspace: &courier_model::WorkspaceId) {
-        let Some(channel) = self
-            .channel
+    fn set_connection(&self, connection: Option<Arc<Connection>>) {
+        *self.connection.write().unwrap_or_else(|e| e.into_inner()) = connection;
+    }
+
+    /// An open channel on the current connection, reopened when needed.
+    async fn channel(&self) -> Option<ConfirmedChannel> {
+        let mut slot = self.channel.lock().await;
+        if let Some(channel) = slot.as_ref()
+            && channel.channel().status().connected()
+        {
+            return Some(channel.clone());
+        }
+        *slot = None;
+        let connection = self
+            .connection
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
+            .clone()?;
+        // Declared again with each channel: it may have been deleted since,
+        // and a publish to a missing exchange would close this one too.
+        let opened = match ConfirmedChannel::open(&connection).await {
+            Ok(channel) => self
+                .topology
+                .declare_control(channel.channel())
+                .await
+                .map(|()| channel)
+                .map_err(courier_producer::PublishError::from),
+            Err(error) => Err(error),
+        };
+        match opened {
+            Ok(channel) => {
+                *slot = Some(channel.clone());
+                Some(channel)
+            }
+            Err(error) => {
+                tracing::debug!(error = %courier_model::error_chain(&error), "could not open a channel for change notices");
+                None
+            }
+        }
+    }
+
+    async fn announce(&self, workspace: courier_model::WorkspaceId) {
+        let Some(channel) = self.channel().await else {
             tracing::debug!("no broker connection: workers reload at their next check");
             return;
         };
         let notice = self
             .topology
-            .webhooks_changed(&courier_model::WebhooksChanged::new(workspace.clone()));
-        tokio::spawn(async move {
-            match channel.send(&notice).await {
-                Ok(()) => {}
-                // No worker is bound to the control exchange right now.
-                Err(courier_producer::PublishError::Unroutable { .. }) => {
-                    tracing::debug!("no worker listens for webhook changes");
-                }
-                Err(error) => {
-                    tracing::warn!(error = %courier_model::error_chain(&error), "could not announce a webhook change");
-                }
+            .webhooks_changed(&courier_model::WebhooksChanged::new(workspace));
+        match channel.send(&notice).await {
+            Ok(()) => {}
+            // No worker is bound to the control exchange right now.
+            Err(courier_producer::PublishError::Unroutable { .. }) => {
+                tracing::debug!("no worker listens for webhook changes");
             }
-        });
+            Err(error) => {
+                tracing::warn!(error = %courier_model::error_chain(&error), "could not announce a webhook change");
+            }
+        }
+    }
+}
+
+impl courier_api::SubscriptionChanges for BrokerChanges {
+    fn changed(&self, workspace: &courier_model::WorkspaceId) {
+        let this = self.clone();
+        let workspace = workspace.clone();
+        tokio::spawn(async move { this.announce(workspace).await });
     }
 }
 
