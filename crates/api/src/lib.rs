@@ -41,8 +41,8 @@ use courier_store::Store;
 use courier_webhook::WebhookClient;
 
 pub use admin::MAX_WORKSPACE_NAME_LEN;
-pub use views::WebhookView;
 pub use error::ApiError;
+pub use views::WebhookView;
 
 /// Request bodies larger than this are refused with 413, except ingest.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
