@@ -195,8 +195,17 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(settings: &Settings) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log.level));
+    // lapin logs at error level what courier reports itself with its
+    // context (a lost or refused connection) and what is no error at all (a
+    // channel closing on a clean stop), so it is quiet unless the level names
+    // it.
+    let level = &settings.log.level;
+    let directives = if level.contains("lapin") {
+        level.clone()
+    } else {
+        format!("{level},lapin=off")
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directives));
     // Colour only for a person at a terminal: a file or a pipe gets text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
