@@ -226,17 +226,26 @@ async fn fan_out_run<D: Dialect>(
         }
     }
 
-    let is_new = |i: usize, event: &Event| {
-        rows::contains_event(&new_events, event)
-            && first_op_of_event.get(&rows::event_key(event)) == Some(&i)
-    };
+    // Whether each fan-out's event is new: inserted now, by this op.
+    let inserted: HashSet<(&str, &str)> = new_events
+        .iter()
+        .map(|(ws, id)| (ws.as_str(), id.as_str()))
+        .collect();
+    let is_new: Vec<bool> = fan_outs
+        .iter()
+        .enumerate()
+        .map(|(i, (event, _))| {
+            let key = rows::event_key(event);
+            inserted.contains(&key) && first_op_of_event.get(&key) == Some(&i)
+        })
+        .collect();
     // Events seen before publish only what is still pending: one lookup for
     // all of them.
     let recheck: Vec<Uuid> = fan_outs
         .iter()
-        .enumerate()
-        .filter(|(i, (event, _))| !is_new(*i, event))
-        .flat_map(|(_, (_, deliveries))| deliveries.iter().map(|(d, _)| d.0))
+        .zip(&is_new)
+        .filter(|(_, new)| !**new)
+        .flat_map(|((_, deliveries), _)| deliveries.iter().map(|(d, _)| d.0))
         .collect();
     let mut pending = if recheck.is_empty() {
         HashSet::new()
@@ -249,9 +258,9 @@ async fn fan_out_run<D: Dialect>(
     pending.extend(births.born_held.iter().copied());
     Ok(fan_outs
         .iter()
-        .enumerate()
-        .map(|(i, (event, deliveries))| WriteResult::FanOut {
-            to_publish: rows::to_publish(deliveries, is_new(i, event), &pending),
+        .zip(is_new)
+        .map(|((_, deliveries), new)| WriteResult::FanOut {
+            to_publish: rows::to_publish(deliveries, new, &pending),
         })
         .collect())
 }

@@ -286,15 +286,3 @@ pub(crate) fn to_publish(
 pub(crate) fn event_key(event: &Event) -> (&str, &str) {
     (event.workspace_id.as_str(), event.id.as_str())
 }
-
-/// Whether `keys`, (workspace, id) pairs as an insert returned them, hold
-/// `event`.
-pub(crate) fn contains_event(
-    keys: &std::collections::HashSet<(String, String)>,
-    event: &Event,
-) -> bool {
-    keys.contains(&(
-        event.workspace_id.as_str().to_owned(),
-        event.id.as_str().to_owned(),
-    ))
-}
