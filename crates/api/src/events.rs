@@ -9,9 +9,9 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
+use courier_model::EventData;
 use courier_store::{DeliveryLogEntry, EventRecord};
 use serde::Serialize;
-use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use crate::auth::WorkspaceKey;
@@ -35,7 +35,7 @@ pub struct EventView {
     pub received_at: DateTime<Utc>,
     /// The event's data, as published.
     #[schema(value_type = Object)]
-    pub data: Box<RawValue>,
+    pub data: EventData,
     /// How many webhooks it matched when it was received: one delivery
     /// each. Zero means no enabled webhook of the workspace listed its type
     /// (and its channel, when the webhook lists channels).
@@ -54,8 +54,7 @@ impl EventView {
             channel: event.channel.map(|c| c.as_str().to_owned()),
             occurred_at: event.occurred_at,
             received_at,
-            data: RawValue::from_string(event.data.as_str().to_owned())
-                .expect("event data is JSON"),
+            data: event.data,
             matched: deliveries.len(),
             deliveries: deliveries.into_iter().map(DeliveryView::from).collect(),
         }
