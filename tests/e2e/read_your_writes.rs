@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use courier_model::{Channel, Event, EventType, WorkspaceId};
+use courier_model::{Channel, Event, EventType, SubscriptionId, WorkspaceId};
 use courier_tests::{Behavior, Db, Receiver, TestEnv, wait_for};
 use serde_json::json;
 
@@ -22,6 +22,25 @@ fn order(ws: &WorkspaceId, round: usize) -> Event {
         json!({ "round": round }),
     )
     .unwrap()
+}
+
+/// Enables or disables a webhook the way the admin CLI does: straight in
+/// the ledger, announcing nothing.
+async fn set_active(env: &TestEnv, ws: &WorkspaceId, id: SubscriptionId, active: bool) {
+    courier_api::webhooks::update(
+        &env.store,
+        ws,
+        id,
+        courier_api::webhooks::WebhookPatch {
+            active: Some(active),
+            ..Default::default()
+        },
+        courier_api::webhooks::UrlPolicy {
+            require_https: false,
+        },
+    )
+    .await
+    .unwrap();
 }
 
 async fn changes_apply_to_the_next_event(db: Db) {
@@ -40,9 +59,6 @@ async fn changes_apply_to_the_next_event(db: Db) {
         .await;
     }
     let (publisher, _connection) = env.publisher().await;
-    let policy = courier_api::webhooks::UrlPolicy {
-        require_https: false,
-    };
 
     // Create, then publish at once: each event matches only the webhook
     // created just before it (one channel each).
@@ -69,18 +85,7 @@ async fn changes_apply_to_the_next_event(db: Db) {
     // Disable, then publish at once: nothing may be delivered.
     let mut after_disable = Vec::new();
     for (round, webhook) in webhooks.iter().enumerate() {
-        courier_api::webhooks::update(
-            &env.store,
-            &ws,
-            webhook.id,
-            courier_api::webhooks::WebhookPatch {
-                active: Some(false),
-                ..Default::default()
-            },
-            policy,
-        )
-        .await
-        .unwrap();
+        set_active(&env, &ws, webhook.id, false).await;
         let event = order(&ws, round);
         publisher.publish(&event).await.unwrap();
         after_disable.push(event.id);
@@ -102,18 +107,7 @@ async fn changes_apply_to_the_next_event(db: Db) {
 
     // Enable, then publish at once: delivered again.
     for (round, webhook) in webhooks.iter().enumerate() {
-        courier_api::webhooks::update(
-            &env.store,
-            &ws,
-            webhook.id,
-            courier_api::webhooks::WebhookPatch {
-                active: Some(true),
-                ..Default::default()
-            },
-            policy,
-        )
-        .await
-        .unwrap();
+        set_active(&env, &ws, webhook.id, true).await;
         publisher.publish(&order(&ws, round)).await.unwrap();
     }
     wait_for(
