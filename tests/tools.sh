@@ -1,20 +1,36 @@
 #!/usr/bin/env bash
-# Installs the command-line tools the tests need beyond Rust: promtool (and
-# prometheus, which the same Debian package ships) for deploy/check.sh.
-# Idempotent and quiet: does nothing when promtool is already there.
+# Installs the command-line tools the tests need beyond Rust:
+# - promtool (and prometheus, which the same Debian package ships) for
+#   deploy/check.sh and the dashboard tests;
+# - chromium and chromedriver (Debian's chromium and chromium-driver) for the
+#   browser tests of the web console (tests/support/browser.rs).
+# Idempotent and quiet: does nothing when every tool is already there, and
+# otherwise installs only the missing packages, in one apt-get run.
 #
-# The Debian package would start a prometheus service on :9090 and leave it
+# The prometheus package would start a service on :9090 and leave it
 # running; nothing here wants that (tests start their own on a free port),
 # so service starts are refused during the install and the service is
 # stopped and disabled afterwards in case an init system started it anyway.
 set -euo pipefail
 
-if command -v promtool >/dev/null 2>&1; then
+packages=()
+if ! command -v promtool >/dev/null 2>&1; then
+    packages+=(prometheus)
+fi
+# Absolute paths: browser.rs runs exactly these, not whatever PATH finds.
+if [ ! -x /usr/bin/chromium ]; then
+    packages+=(chromium)
+fi
+if [ ! -x /usr/bin/chromedriver ]; then
+    packages+=(chromium-driver)
+fi
+
+if [ ${#packages[@]} -eq 0 ]; then
     exit 0
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: promtool is missing and apt-get is not available; install Prometheus (promtool) by hand" >&2
+    echo "error: ${packages[*]} missing and apt-get is not available; install them by hand" >&2
     exit 1
 fi
 
@@ -23,7 +39,7 @@ if [ "$(id -u)" -ne 0 ]; then
     SUDO=sudo
 fi
 
-echo "installing prometheus (for promtool)"
+echo "installing ${packages[*]}"
 
 # policy-rc.d exit 101 = "action forbidden": invoke-rc.d and deb-systemd-invoke
 # then skip starting the service. Only add it when the machine has none, and
@@ -44,27 +60,35 @@ trap remove_policy EXIT
 
 export DEBIAN_FRONTEND=noninteractive
 log=$(mktemp)
-# --no-install-recommends: the package recommends prometheus-node-exporter,
-# another service we do not want.
+# --no-install-recommends: prometheus recommends prometheus-node-exporter,
+# another service we do not want, and chromium recommends fonts, upower and
+# the like that a headless test browser does without.
 if ! { $SUDO apt-get update -qq && \
-       $SUDO apt-get install -y -qq --no-install-recommends prometheus; } >"$log" 2>&1; then
+       $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}"; } >"$log" 2>&1; then
     cat "$log" >&2
     rm -f "$log"
-    echo "error: apt-get install prometheus failed" >&2
+    echo "error: apt-get install ${packages[*]} failed" >&2
     exit 1
 fi
 rm -f "$log"
 
-# Belt and braces: if an init system started the packaged service anyway,
-# stop it and keep it from starting at boot.
-if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
-elif command -v service >/dev/null 2>&1; then
-    $SUDO service prometheus stop >/dev/null 2>&1 || true
-    if command -v update-rc.d >/dev/null 2>&1; then
-        $SUDO update-rc.d prometheus disable >/dev/null 2>&1 || true
+if [[ " ${packages[*]} " == *" prometheus "* ]]; then
+    # Belt and braces: if an init system started the packaged service
+    # anyway, stop it and keep it from starting at boot.
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+    elif command -v service >/dev/null 2>&1; then
+        $SUDO service prometheus stop >/dev/null 2>&1 || true
+        if command -v update-rc.d >/dev/null 2>&1; then
+            $SUDO update-rc.d prometheus disable >/dev/null 2>&1 || true
+        fi
     fi
 fi
 
 command -v promtool >/dev/null 2>&1 || { echo "error: promtool still missing after install" >&2; exit 1; }
+for tool in /usr/bin/chromium /usr/bin/chromedriver; do
+    [ -x "$tool" ] || { echo "error: $tool still missing after install" >&2; exit 1; }
+done
 echo "promtool: $(promtool --version 2>&1 | head -n1)"
+echo "chromium: $(/usr/bin/chromium --version 2>/dev/null | head -n1)"
+echo "chromedriver: $(/usr/bin/chromedriver --version 2>&1 | head -n1)"

@@ -2,6 +2,7 @@
 //! every scenario on both ledgers (SQLite and PostgreSQL).
 
 mod broker_errors;
+mod browser;
 mod crash;
 mod delivery;
 mod deploy;

@@ -3,6 +3,7 @@
 //! independent Standard Webhooks verifier, and waiting on conditions with a
 //! deadline instead of sleeping.
 
+pub mod browser;
 pub mod env;
 pub mod private_pg;
 pub mod private_rabbit;
