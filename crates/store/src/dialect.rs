@@ -30,12 +30,15 @@ pub(crate) trait Bind<'a, DB: Database>: Encode<'a, DB> + Type<DB> + Send {}
 
 impl<'a, DB: Database, T: Encode<'a, DB> + Type<DB> + Send> Bind<'a, DB> for T {}
 
-/// Columns every backend decodes alike: text, and 64-bit integers.
+/// Columns every backend decodes alike: text, 64-bit integers and
+/// booleans.
 pub(crate) trait Columns {
     fn text(&self, col: &str) -> Result<String>;
     fn opt_text(&self, col: &str) -> Result<Option<String>>;
     /// A `BIGINT` column or a `COUNT(*)`.
     fn count(&self, col: &str) -> Result<i64>;
+    /// A `BOOLEAN` column (SQLite's 0 or 1).
+    fn flag(&self, col: &str) -> Result<bool>;
 }
 
 impl<R: sqlx::Row> Columns for R
@@ -43,6 +46,7 @@ where
     for<'a> &'a str: ColumnIndex<R>,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
 {
     fn text(&self, col: &str) -> Result<String> {
         Ok(self.try_get(col)?)
@@ -53,6 +57,10 @@ where
     }
 
     fn count(&self, col: &str) -> Result<i64> {
+        Ok(self.try_get(col)?)
+    }
+
+    fn flag(&self, col: &str) -> Result<bool> {
         Ok(self.try_get(col)?)
     }
 }

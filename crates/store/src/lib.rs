@@ -8,10 +8,12 @@
 //! encodings and SQL live side by side in `sqlite.rs` and `postgres.rs`,
 //! behind one private trait (`dialect.rs`). The hot path (fan-out and
 //! attempt records) goes through [`Ledger`], which groups concurrent writes
-//! into one transaction (group commit). This crate knows nothing of RabbitMQ
-//! or HTTP.
+//! into one transaction (group commit). The web console's sessions, portal
+//! links and read models are in `console.rs`. This crate knows nothing of
+//! RabbitMQ or HTTP.
 
 mod batch;
+mod console;
 mod dialect;
 mod error;
 mod ledger;
@@ -30,6 +32,7 @@ use serde::Serialize;
 
 use queries::Queries;
 
+pub use console::{ConsoleSession, PortalLink, SessionKind, WebhookHealth};
 pub use error::{Result, StoreError};
 pub use ledger::{Ledger, LedgerOptions};
 pub use postgres::PgStore;
@@ -319,6 +322,7 @@ macro_rules! dispatch {
         }
     };
 }
+pub(crate) use dispatch;
 
 impl Store {
     /// Connects to `sqlite://PATH` (file created when missing; WAL,

@@ -96,7 +96,7 @@ fn u32_from(column: &str, value: i64) -> Result<u32> {
     u32::try_from(value).map_err(|_| corrupt(column, format!("{value} is out of range")))
 }
 
-fn u16_from(column: &str, value: Option<i64>) -> Result<Option<u16>> {
+pub(crate) fn u16_from(column: &str, value: Option<i64>) -> Result<Option<u16>> {
     value
         .map(|v| {
             u16::try_from(v).map_err(|_| corrupt(column, format!("{v} is not an HTTP status")))
