@@ -8,6 +8,7 @@
 
 mod common;
 
+mod console;
 mod delivery_log;
 mod events;
 mod fan_out;
