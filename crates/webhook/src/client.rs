@@ -80,7 +80,7 @@ impl Resolve for PublicOnlyResolver {
 impl WebhookClient {
     pub fn new(options: &HttpOptions) -> Result<Self, ClientError> {
         let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("courier/", env!("CARGO_PKG_VERSION")))
+            .user_agent(crate::USER_AGENT)
             .timeout(options.timeout)
             .connect_timeout(options.timeout.min(Duration::from_secs(10)))
             // A redirect would let an endpoint bounce courier anywhere, and

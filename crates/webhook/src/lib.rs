@@ -12,3 +12,6 @@ pub use client::{
     ClientError, HttpOptions, HttpOutcome, RESPONSE_EXCERPT_BYTES, WebhookClient, is_public,
 };
 pub use signed::SignedWebhook;
+
+/// The `user-agent` of every webhook request.
+pub const USER_AGENT: &str = concat!("courier/", env!("CARGO_PKG_VERSION"));

@@ -46,6 +46,23 @@ impl SignedWebhook {
     pub fn body(&self) -> &[u8] {
         &self.body
     }
+
+    /// Every header courier sets on the request, as sent: the content type,
+    /// the user agent and the three signature headers. (The HTTP client adds
+    /// only transport headers: host, content-length, accept.)
+    pub fn header_list(&self) -> Vec<(String, String)> {
+        let mut list = vec![
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("user-agent".to_owned(), crate::USER_AGENT.to_owned()),
+        ];
+        list.extend(self.headers.iter().map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                value.to_str().unwrap_or_default().to_owned(),
+            )
+        }));
+        list
+    }
 }
 
 /// Ids, timestamps and base64 signatures are always valid header values;
@@ -101,6 +118,17 @@ mod tests {
             sub.secret.sign("d-1", at.timestamp(), b"{}")
         );
         assert_eq!(webhook.body(), b"{}");
+        let names: Vec<String> = webhook.header_list().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "content-type",
+                "user-agent",
+                "webhook-id",
+                "webhook-timestamp",
+                "webhook-signature"
+            ]
+        );
     }
 
     #[test]
