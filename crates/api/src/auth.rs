@@ -43,7 +43,9 @@ impl WorkspaceKey {
         }
     }
 
-    pub(crate) async fn from_token(state: &ApiState, token: &str) -> Result<Self, ApiError> {
+    /// The workspace of a key, or `Unauthorized` for anything that is not
+    /// a key the ledger knows.
+    pub async fn from_token(state: &ApiState, token: &str) -> Result<Self, ApiError> {
         let unknown = || ApiError::Unauthorized("invalid API key".into());
         if !keys::looks_like_key(token) {
             return Err(unknown());
@@ -72,20 +74,67 @@ impl FromRequestParts<ApiState> for WorkspaceKey {
 #[derive(Clone, Copy, Debug)]
 pub struct Admin;
 
-impl FromRequestParts<ApiState> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+impl Admin {
+    /// Whether `token` is the admin token; `Unauthorized` saying why not
+    /// (including that none is configured).
+    pub fn check(state: &ApiState, token: &str) -> Result<Self, ApiError> {
         let Some(expected) = state.options().admin_token.as_deref() else {
             return Err(ApiError::Unauthorized(
                 "admin routes are closed: set api.admin_token to open them".into(),
             ));
         };
-        let token = bearer(parts)?;
         if constant_time_eq(token.as_bytes(), expected.as_bytes()) {
             Ok(Admin)
         } else {
             Err(ApiError::Unauthorized("invalid admin token".into()))
+        }
+    }
+}
+
+impl FromRequestParts<ApiState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        Self::check(state, bearer(parts)?)
+    }
+}
+
+/// The admin token, or a key of the workspace in the path: for routes an
+/// operator may call for any workspace and a workspace for itself.
+#[derive(Clone, Debug)]
+pub enum AdminOrKey {
+    Admin,
+    Key(WorkspaceKey),
+}
+
+impl AdminOrKey {
+    /// The workspace of the path, if this caller may act on it: any
+    /// well-formed id for the admin (the route then finds out whether it
+    /// exists), only its own for a key.
+    pub fn workspace(&self, path_workspace: &str) -> Result<WorkspaceId, ApiError> {
+        match self {
+            Self::Admin => {
+                WorkspaceId::parse(path_workspace).map_err(|_| ApiError::NotFound("workspace"))
+            }
+            Self::Key(key) => key.workspace(path_workspace),
+        }
+    }
+}
+
+impl FromRequestParts<ApiState> for AdminOrKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        if !keys::looks_like_key(token) {
+            return Admin::check(state, token).map(|_| Self::Admin);
+        }
+        match WorkspaceKey::from_token(state, token).await {
+            // An admin token may happen to be shaped like a key.
+            Err(unknown @ ApiError::Unauthorized(_)) => Admin::check(state, token)
+                .map(|_| Self::Admin)
+                .map_err(|_| unknown),
+            known => known.map(Self::Key),
         }
     }
 }

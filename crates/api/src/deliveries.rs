@@ -103,13 +103,9 @@ pub async fn get_delivery(
     Path((ws, id)): Path<(String, String)>,
 ) -> Result<Json<Envelope<DeliveryDetail>>, ApiError> {
     let ws = key.workspace(&ws)?;
-    let id = delivery_id(&id)?;
-    let entry = state
-        .store()
-        .get_delivery_entry(&ws, id)
-        .await?
-        .ok_or(ApiError::NotFound("delivery"))?;
-    let attempts = state.store().list_attempts(id).await?;
+    let (entry, attempts) = Service::new(&state, &ws)
+        .delivery(delivery_id(&id)?)
+        .await?;
     Ok(Envelope::ok(DeliveryDetail {
         delivery: entry.into(),
         attempt_log: attempts.into_iter().map(AttemptView::from).collect(),
@@ -129,14 +125,9 @@ pub async fn list_attempts(
     Path((ws, id)): Path<(String, String)>,
 ) -> Result<Json<Envelope<Vec<AttemptView>>>, ApiError> {
     let ws = key.workspace(&ws)?;
-    let id = delivery_id(&id)?;
-    // Scope first: attempts carry no workspace of their own.
-    state
-        .store()
-        .get_delivery_entry(&ws, id)
-        .await?
-        .ok_or(ApiError::NotFound("delivery"))?;
-    let attempts = state.store().list_attempts(id).await?;
+    let (_, attempts) = Service::new(&state, &ws)
+        .delivery(delivery_id(&id)?)
+        .await?;
     Ok(Envelope::ok(
         attempts.into_iter().map(AttemptView::from).collect(),
     ))

@@ -15,8 +15,8 @@
 //! workspace's path is 404, exactly as if that workspace did not exist, so
 //! a key learns nothing about other tenants.
 
-mod admin;
-mod auth;
+pub mod admin;
+pub mod auth;
 mod deliveries;
 mod error;
 mod events;
@@ -25,10 +25,11 @@ mod graphql;
 mod ingest;
 pub mod keys;
 mod openapi;
-mod samples;
-mod service;
-mod testsend;
-mod views;
+pub mod portal;
+pub mod samples;
+pub mod service;
+pub mod testsend;
+pub mod views;
 pub mod webhooks;
 mod webhooks_rest;
 
@@ -85,6 +86,8 @@ pub struct ApiOptions {
     pub admin_token: Option<String>,
     /// How long the previous secret keeps signing after a rotation.
     pub rotation_grace: chrono::Duration,
+    /// Where portal links point and how long they live.
+    pub portal: portal::PortalOptions,
 }
 
 impl Default for ApiOptions {
@@ -93,6 +96,7 @@ impl Default for ApiOptions {
             require_https: true,
             admin_token: None,
             rotation_grace: chrono::Duration::hours(24),
+            portal: portal::PortalOptions::default(),
         }
     }
 }
@@ -135,7 +139,10 @@ impl ApiState {
         }
     }
 
-    pub(crate) fn store(&self) -> &Store {
+    /// The ledger, for the web console's own records (its sessions); reads
+    /// and changes of webhooks and deliveries go through
+    /// [`service::Service`].
+    pub fn store(&self) -> &Store {
         &self.inner.store
     }
 
@@ -160,11 +167,11 @@ impl ApiState {
         &self.inner.client
     }
 
-    pub(crate) fn options(&self) -> &ApiOptions {
+    pub fn options(&self) -> &ApiOptions {
         &self.inner.options
     }
 
-    pub(crate) fn url_policy(&self) -> webhooks::UrlPolicy {
+    pub fn url_policy(&self) -> webhooks::UrlPolicy {
         webhooks::UrlPolicy {
             require_https: self.inner.options.require_https,
         }

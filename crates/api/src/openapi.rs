@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{ApiState, admin, deliveries, events, ingest, testsend, webhooks_rest};
+use crate::{ApiState, admin, deliveries, events, ingest, portal, testsend, webhooks_rest};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +25,7 @@ use crate::{ApiState, admin, deliveries, events, ingest, testsend, webhooks_rest
         (name = "webhooks", description = "subscriptions of a workspace"),
         (name = "deliveries", description = "delivery log and redelivery"),
         (name = "events", description = "HTTP event ingest, and what became of an event"),
+        (name = "portal", description = "single-use links to the web console of one workspace"),
     )
 )]
 struct ApiDoc;
@@ -65,4 +66,5 @@ pub fn rest_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(deliveries::retry_delivery))
         .routes(routes!(ingest::ingest))
         .routes(routes!(events::get_event))
+        .routes(routes!(portal::create_portal_link))
 }

@@ -9,12 +9,16 @@
 
 use chrono::{DateTime, Utc};
 use courier_model::{
-    DeliveryId, DeliveryMessage, DeliveryStatus, EventId, Subscription, SubscriptionId, WorkspaceId,
+    DeliveryId, DeliveryMessage, DeliveryStatus, EventData, EventId, EventType, Subscription,
+    SubscriptionId, WorkspaceId,
 };
 use courier_store::{
-    DeliveryCursor, DeliveryFilter, DeliveryLogEntry, DeliveryRecord, EventRecord,
+    AttemptRecord, DeliveryCursor, DeliveryFilter, DeliveryLogEntry, DeliveryRecord, EventRecord,
+    WebhookHealth,
 };
+use courier_webhook::SignedWebhook;
 
+use crate::testsend::{TestReport, send_tests};
 use crate::views::{decode_delivery_cursor, page_size};
 use crate::webhooks::{self, NewWebhook, WebhookPatch};
 use crate::{ApiError, ApiState, Broker};
@@ -23,14 +27,14 @@ use crate::{ApiError, ApiState, Broker};
 pub const MAX_RECOVER: u32 = 1000;
 
 /// One workspace's webhooks and deliveries, as the caller's key sees them.
-pub(crate) struct Service<'a> {
+pub struct Service<'a> {
     state: &'a ApiState,
     workspace: &'a WorkspaceId,
 }
 
 /// Where a page of the delivery log starts and how long it is, validated.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct PageRequest {
+pub struct PageRequest {
     pub limit: u32,
     pub after: Option<DeliveryCursor>,
 }
@@ -38,22 +42,30 @@ pub(crate) struct PageRequest {
 impl PageRequest {
     /// `first` (1-100, default 20) and `after` (a cursor this API handed
     /// out), refused under those names.
-    pub(crate) fn parse(first: Option<u32>, after: Option<&str>) -> Result<Self, ApiError> {
+    pub fn parse(first: Option<u32>, after: Option<&str>) -> Result<Self, ApiError> {
         let limit = page_size(first)?;
         let after = after.map(decode_delivery_cursor).transpose()?;
         Ok(Self { limit, after })
     }
 }
 
+/// A webhook request as sent: the headers courier sets (in the order it
+/// sets them) and the body.
+#[derive(Clone, Debug)]
+pub struct SentRequest {
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
 /// A page of the delivery log, newest first.
 #[derive(Debug)]
-pub(crate) struct LogPage {
+pub struct LogPage {
     pub rows: Vec<DeliveryLogEntry>,
     pub has_next_page: bool,
 }
 
 /// A delivery status filter, refused under `field`.
-pub(crate) fn status_filter(field: &str, text: &str) -> Result<DeliveryStatus, ApiError> {
+pub fn status_filter(field: &str, text: &str) -> Result<DeliveryStatus, ApiError> {
     DeliveryStatus::parse(text).ok_or_else(|| {
         ApiError::invalid(
             field,
@@ -64,19 +76,19 @@ pub(crate) fn status_filter(field: &str, text: &str) -> Result<DeliveryStatus, A
 
 /// A webhook filter (the webhook may be deleted since), refused under
 /// `field`.
-pub(crate) fn webhook_filter(field: &str, text: &str) -> Result<SubscriptionId, ApiError> {
+pub fn webhook_filter(field: &str, text: &str) -> Result<SubscriptionId, ApiError> {
     SubscriptionId::parse(text).map_err(|_| ApiError::invalid(field, "is not a webhook id"))
 }
 
 impl<'a> Service<'a> {
-    pub(crate) fn new(state: &'a ApiState, workspace: &'a WorkspaceId) -> Self {
+    pub fn new(state: &'a ApiState, workspace: &'a WorkspaceId) -> Self {
         Self { state, workspace }
     }
 
     // --- webhooks ------------------------------------------------------------
 
     /// At most `limit` webhooks, oldest first, after `after`.
-    pub(crate) async fn webhooks(
+    pub async fn webhooks(
         &self,
         limit: u32,
         after: Option<SubscriptionId>,
@@ -88,10 +100,7 @@ impl<'a> Service<'a> {
             .await?)
     }
 
-    pub(crate) async fn find_webhook(
-        &self,
-        id: SubscriptionId,
-    ) -> Result<Option<Subscription>, ApiError> {
+    pub async fn find_webhook(&self, id: SubscriptionId) -> Result<Option<Subscription>, ApiError> {
         Ok(self
             .state
             .store()
@@ -100,13 +109,13 @@ impl<'a> Service<'a> {
     }
 
     /// The webhook, or `NotFound("webhook")`.
-    pub(crate) async fn webhook(&self, id: SubscriptionId) -> Result<Subscription, ApiError> {
+    pub async fn webhook(&self, id: SubscriptionId) -> Result<Subscription, ApiError> {
         self.find_webhook(id)
             .await?
             .ok_or(ApiError::NotFound("webhook"))
     }
 
-    pub(crate) async fn create_webhook(&self, input: NewWebhook) -> Result<Subscription, ApiError> {
+    pub async fn create_webhook(&self, input: NewWebhook) -> Result<Subscription, ApiError> {
         let sub = webhooks::create(
             self.state.store(),
             self.workspace,
@@ -118,7 +127,7 @@ impl<'a> Service<'a> {
         Ok(sub)
     }
 
-    pub(crate) async fn update_webhook(
+    pub async fn update_webhook(
         &self,
         id: SubscriptionId,
         patch: WebhookPatch,
@@ -136,14 +145,14 @@ impl<'a> Service<'a> {
     }
 
     /// Its delivery history stays readable.
-    pub(crate) async fn delete_webhook(&self, id: SubscriptionId) -> Result<(), ApiError> {
+    pub async fn delete_webhook(&self, id: SubscriptionId) -> Result<(), ApiError> {
         webhooks::delete(self.state.store(), self.workspace, id).await?;
         self.changed();
         Ok(())
     }
 
     /// The old secret keeps signing for `api.rotation_grace`.
-    pub(crate) async fn rotate_secret(
+    pub async fn rotate_secret(
         &self,
         id: SubscriptionId,
         new_secret: Option<&str>,
@@ -164,9 +173,29 @@ impl<'a> Service<'a> {
         self.state.changed(self.workspace);
     }
 
+    /// Sends test events to the webhook's endpoint now: one of `event`, or
+    /// one per type it subscribes to; each with `data` or its type's sample.
+    /// Nothing is recorded: they are not deliveries of real events.
+    pub async fn test_send(
+        &self,
+        id: SubscriptionId,
+        event: Option<EventType>,
+        data: Option<EventData>,
+    ) -> Result<TestReport, ApiError> {
+        if let Some(data) = &data {
+            data.validate()?;
+        }
+        let sub = self.webhook(id).await?;
+        let types = match event {
+            Some(ty) => vec![ty],
+            None => sub.event_types.clone(),
+        };
+        send_tests(self.state, &sub, &types, data.as_ref()).await
+    }
+
     // --- delivery log ----------------------------------------------------------
 
-    pub(crate) async fn delivery_log(
+    pub async fn delivery_log(
         &self,
         filter: &DeliveryFilter,
         page: PageRequest,
@@ -185,9 +214,44 @@ impl<'a> Service<'a> {
         })
     }
 
+    /// How many deliveries of the workspace match `filter`, over all time.
+    pub async fn count_deliveries(&self, filter: &DeliveryFilter) -> Result<u64, ApiError> {
+        Ok(self
+            .state
+            .store()
+            .count_deliveries(self.workspace, filter)
+            .await?)
+    }
+
+    /// Each webhook's deliveries since `since` by outcome, its latest
+    /// response, and what it still owes (over all time).
+    pub async fn webhook_health(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<WebhookHealth>, ApiError> {
+        Ok(self
+            .state
+            .store()
+            .webhook_health(self.workspace, since)
+            .await?)
+    }
+
+    /// The workspace's deliveries created since `since`, per hour and
+    /// current status.
+    pub async fn outcomes_by_hour(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<(DateTime<Utc>, DeliveryStatus, u64)>, ApiError> {
+        Ok(self
+            .state
+            .store()
+            .delivery_outcomes_by_hour(self.workspace, since)
+            .await?)
+    }
+
     /// One event of the workspace as recorded, with its deliveries (oldest
     /// first); `None` when the workspace has no event of that id.
-    pub(crate) async fn event(
+    pub async fn event(
         &self,
         id: &str,
     ) -> Result<Option<(EventRecord, Vec<DeliveryLogEntry>)>, ApiError> {
@@ -202,11 +266,58 @@ impl<'a> Service<'a> {
         Ok(Some((record, deliveries)))
     }
 
+    /// One delivery of the workspace with its attempts, first to last.
+    pub async fn delivery(
+        &self,
+        id: DeliveryId,
+    ) -> Result<(DeliveryLogEntry, Vec<AttemptRecord>), ApiError> {
+        let store = self.state.store();
+        // Scope first: attempts carry no workspace of their own.
+        let entry = store
+            .get_delivery_entry(self.workspace, id)
+            .await?
+            .ok_or(ApiError::NotFound("delivery"))?;
+        let attempts = store.list_attempts(id).await?;
+        Ok((entry, attempts))
+    }
+
+    /// The request courier sends for `delivery` at `at`: its body and the
+    /// headers courier sets, signed with the secrets the webhook holds now
+    /// (the same as at `at` unless a secret was rotated since). `None` when
+    /// the webhook was deleted or the event is no longer recorded.
+    pub async fn request_sent(
+        &self,
+        delivery: &DeliveryRecord,
+        at: DateTime<Utc>,
+    ) -> Result<Option<SentRequest>, ApiError> {
+        let Some(sub) = self.find_webhook(delivery.subscription_id).await? else {
+            return Ok(None);
+        };
+        let Some(record) = self
+            .state
+            .store()
+            .get_event(self.workspace, &delivery.event_id)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let webhook = SignedWebhook::new(
+            &sub,
+            &delivery.id.to_string(),
+            at,
+            record.event.webhook_body(),
+        );
+        Ok(Some(SentRequest {
+            headers: webhook.header_list(),
+            body: String::from_utf8_lossy(webhook.body()).into_owned(),
+        }))
+    }
+
     // --- redelivery -------------------------------------------------------------
 
     /// Queues one more attempt of a delivery, whatever its status; returns
     /// the delivery as it was.
-    pub(crate) async fn retry_delivery(&self, id: DeliveryId) -> Result<DeliveryRecord, ApiError> {
+    pub async fn retry_delivery(&self, id: DeliveryId) -> Result<DeliveryRecord, ApiError> {
         let entry = self
             .state
             .store()
@@ -232,7 +343,7 @@ impl<'a> Service<'a> {
     /// Queues the `dead` and `canceled` deliveries of a webhook created at
     /// or after `since` again, oldest first, at most [`MAX_RECOVER`];
     /// returns them as they were.
-    pub(crate) async fn recover(
+    pub async fn recover(
         &self,
         webhook: SubscriptionId,
         since: DateTime<Utc>,

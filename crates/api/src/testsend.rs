@@ -8,7 +8,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
-use courier_model::{Event, EventData, EventType};
+use courier_model::{Event, EventData, EventType, Subscription};
 use courier_webhook::SignedWebhook;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -74,36 +74,38 @@ pub async fn test_webhook(
     JsonBody(input): JsonBody<TestRequest>,
 ) -> Result<Json<Envelope<TestReport>>, ApiError> {
     let ws = key.workspace(&ws)?;
-    let types = match input.event.as_deref() {
-        Some(name) => {
-            vec![EventType::parse(name).map_err(|e| ApiError::invalid("event", e.to_string()))?]
-        }
-        None => Vec::new(),
-    };
-    if let Some(data) = &input.data {
-        data.validate()?;
-    }
-    let sub = Service::new(&state, &ws).webhook(webhook_id(&id)?).await?;
-    let types = if types.is_empty() {
-        sub.event_types.clone()
-    } else {
-        types
-    };
+    let event = input
+        .event
+        .as_deref()
+        .map(|name| EventType::parse(name).map_err(|e| ApiError::invalid("event", e.to_string())))
+        .transpose()?;
+    let report = Service::new(&state, &ws)
+        .test_send(webhook_id(&id)?, event, input.data)
+        .await?;
+    Ok(Envelope::ok(report))
+}
+
+/// Sends one test per type (the sample payload of each, or `data`) to
+/// `sub`'s endpoint, one after the other: a test report is read by a
+/// person, and a slow endpoint should not be hit with a burst.
+pub(crate) async fn send_tests(
+    state: &ApiState,
+    sub: &Subscription,
+    types: &[EventType],
+    data: Option<&EventData>,
+) -> Result<TestReport, ApiError> {
     let started_at = Utc::now();
-    // One after the other: a test report is read by a person, and a slow
-    // endpoint should not be hit with a burst.
     let mut tests = Vec::with_capacity(types.len());
-    for ty in types {
-        let event = match &input.data {
-            Some(data) => Event::with_data(ws.clone(), ty, None, data.clone())?,
-            None => {
-                Event::new(ws.clone(), ty, None, sample_data(ty)).map_err(ApiError::internal)?
-            }
+    for &ty in types {
+        let event = match data {
+            Some(data) => Event::with_data(sub.workspace_id.clone(), ty, None, data.clone())?,
+            None => Event::new(sub.workspace_id.clone(), ty, None, sample_data(ty))
+                .map_err(ApiError::internal)?,
         };
         // A webhook-id of its own, so a receiver never takes a test for a
         // delivery it has seen.
         let msg_id = format!("msg_test_{}", uuid::Uuid::now_v7().simple());
-        let webhook = SignedWebhook::new(&sub, &msg_id, Utc::now(), event.webhook_body());
+        let webhook = SignedWebhook::new(sub, &msg_id, Utc::now(), event.webhook_body());
         let outcome = state.client().send(&sub.url, webhook).await;
         let (response_status, succeeded) = match outcome.result {
             courier_model::AttemptResult::Response { status } => {
@@ -126,11 +128,11 @@ pub async fn test_webhook(
         });
     }
     let tests_succeeded = tests.iter().filter(|t| t.succeeded).count();
-    Ok(Envelope::ok(TestReport {
+    Ok(TestReport {
         started_at,
         tests_run: tests.len(),
         tests_succeeded,
         tests_failed: tests.len() - tests_succeeded,
         tests,
-    }))
+    })
 }

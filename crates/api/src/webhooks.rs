@@ -125,6 +125,44 @@ fn status(active: bool) -> SubscriptionStatus {
     }
 }
 
+/// Every problem with a new webhook, one per field, in form order (the
+/// API answers with the first; the console shows each next to its field).
+pub fn check_new(input: &NewWebhook, policy: UrlPolicy) -> Vec<ValidationError> {
+    let mut problems = vec![
+        Subscription::validate_name(&input.name).err(),
+        parse_url(&input.url, policy).err(),
+        parse_events(&input.events).err(),
+        parse_channels(&input.channels).err(),
+    ];
+    if let Some(secret) = input.secret.as_deref() {
+        problems.push(parse_secret(secret).err());
+    }
+    problems.into_iter().flatten().collect()
+}
+
+/// Every problem with a change to a webhook, one per field.
+pub fn check_patch(patch: &WebhookPatch, policy: UrlPolicy) -> Vec<ValidationError> {
+    [
+        patch
+            .name
+            .as_deref()
+            .and_then(|n| Subscription::validate_name(n).err()),
+        patch
+            .url
+            .as_deref()
+            .and_then(|u| parse_url(u, policy).err()),
+        patch.events.as_deref().and_then(|e| parse_events(e).err()),
+        patch
+            .channels
+            .as_deref()
+            .and_then(|c| parse_channels(c).err()),
+        patch.secret.as_deref().and_then(|s| parse_secret(s).err()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// Validates everything before writing anything.
 pub async fn create(
     store: &Store,

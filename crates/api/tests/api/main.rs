@@ -16,6 +16,7 @@ mod deliveries;
 mod graphql;
 mod input;
 mod openapi;
+mod portal;
 mod tenancy;
 mod test_sends;
 mod webhooks;

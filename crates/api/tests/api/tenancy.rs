@@ -104,6 +104,11 @@ async fn every_route_hides_other_workspaces(app: Arc<App>) {
             format!("/v1/workspaces/{ws_b}/events/{event}"),
             None,
         ),
+        (
+            Method::POST,
+            format!("/v1/workspaces/{ws_b}/portal-links"),
+            Some(json!({})),
+        ),
     ];
     assert_eq!(routes.len() + 3, served_routes().len());
     for (method, path, body) in &routes {
@@ -132,6 +137,10 @@ async fn every_route_hides_other_workspaces(app: Arc<App>) {
         if own.ends_with("/webhooks") || own.ends_with("/deliveries") {
             assert!(status.is_success(), "{own}: {resp}");
             assert!(!resp.to_string().contains(hook), "{own} leaked {resp}");
+        } else if own.ends_with("/portal-links") {
+            // A link to A's own console, nothing of B's.
+            assert_eq!(status, StatusCode::CREATED, "{resp}");
+            assert_eq!(resp["data"]["workspaceId"], ws_a.as_str());
         } else if own.ends_with("/events") && !own.contains("/webhooks/") {
             // Ingest into A works without a broker only as far as 503.
             assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{resp}");

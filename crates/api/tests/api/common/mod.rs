@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
+use courier_api::portal::PortalOptions;
 use courier_api::{ApiOptions, ApiState, Broker, SubscriptionChanges};
 use courier_model::{DeliveryId, DeliveryStatus, Event, EventType, SubscriptionId, WorkspaceId};
 use courier_producer::{ConfirmedChannel, Publisher, Topology};
@@ -52,13 +53,18 @@ pub struct Setup {
     pub require_https: bool,
     pub admin_token: Option<&'static str>,
     pub broker: bool,
+    /// Where portal links point; `None`: the console is off.
+    pub console_url: Option<&'static str>,
 }
 
 pub const DEFAULT: Setup = Setup {
     require_https: false,
     admin_token: Some(ADMIN),
     broker: false,
+    console_url: Some(CONSOLE_URL),
 };
+
+pub const CONSOLE_URL: &str = "https://hooks.example.com";
 
 /// A migrated database of the test's own: `COURIER_TEST_PG_URL` (default:
 /// the local server) creates the PostgreSQL ones.
@@ -123,6 +129,11 @@ async fn start(store: Store, setup: &Setup) -> App {
             require_https: setup.require_https,
             admin_token: setup.admin_token.map(str::to_owned),
             rotation_grace: chrono::Duration::hours(1),
+            portal: PortalOptions {
+                base_url: setup.console_url.map(str::to_owned),
+                default_ttl: chrono::Duration::minutes(10),
+                max_ttl: chrono::Duration::hours(1),
+            },
         },
         changes.clone() as Arc<dyn SubscriptionChanges>,
     );
@@ -344,5 +355,6 @@ pub fn served_routes() -> Vec<(&'static str, &'static str)> {
         ("post", "/v1/workspaces/{ws}/deliveries/{id}/retry"),
         ("post", "/v1/workspaces/{ws}/events"),
         ("get", "/v1/workspaces/{ws}/events/{id}"),
+        ("post", "/v1/workspaces/{ws}/portal-links"),
     ]
 }
