@@ -113,6 +113,7 @@ async fn an_api_only_process_announces_changes_before_any_worker() {
         Roles {
             worker: false,
             api: true,
+            console: false,
         },
     )
     .await

@@ -31,12 +31,16 @@ pub struct Roles {
     /// The management API (the HTTP server with /metrics and health runs
     /// either way).
     pub api: bool,
+    /// The web console, beside the API (and only with it), unless
+    /// `console.enabled` is false.
+    pub console: bool,
 }
 
 impl Roles {
     pub const ALL: Roles = Roles {
         worker: true,
         api: true,
+        console: true,
     };
 }
 
@@ -307,10 +311,17 @@ impl App {
             None
         };
         let http_addr = self.http_addr();
+        let console_url = self.console_on().then(|| self.console_url());
         let http = {
             let mut router = self.router();
             if let Some((state, _)) = &api {
                 router = router.merge(courier_api::router(state.clone()));
+                if self.console_on() {
+                    router = router.merge(courier_console::router(
+                        state.clone(),
+                        self.console_options(),
+                    ));
+                }
             }
             let stop = shutdown.clone();
             let listener = self.listener;
@@ -321,6 +332,9 @@ impl App {
             })
         };
         if self.roles.api {
+            if let Some(url) = console_url {
+                tracing::info!("web console: open {url}/console in a browser");
+            }
             tracing::info!(
                 listen = %http_addr,
                 "serving the management API at http://{http_addr}/v1 (GraphQL at /graphql, \
@@ -407,6 +421,15 @@ impl App {
             courier_api::ApiOptions {
                 require_https: settings.delivery.require_https,
                 admin_token: settings.api.admin_token.clone(),
+                portal: courier_api::portal::PortalOptions {
+                    base_url: self.console_on().then(|| self.console_url()),
+                    default_ttl: chrono::Duration::seconds(i64::from(
+                        settings.console.portal_link_ttl_seconds,
+                    )),
+                    max_ttl: chrono::Duration::seconds(i64::from(
+                        settings.console.portal_link_max_ttl_seconds,
+                    )),
+                },
                 ..courier_api::ApiOptions::default()
             },
             Arc::new(changes.clone()) as Arc<dyn courier_api::SubscriptionChanges>,
@@ -420,6 +443,37 @@ impl App {
             shutdown,
         ));
         Ok((state, supervisor))
+    }
+
+    fn console_on(&self) -> bool {
+        self.roles.api && self.roles.console && self.settings.console.enabled
+    }
+
+    /// Where browsers reach the console: `console.public_url`, or this
+    /// process's own address.
+    fn console_url(&self) -> String {
+        match &self.settings.console.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let addr = self.http_addr();
+                let host = if addr.ip().is_unspecified() {
+                    // Listening everywhere; this machine at least reaches it here.
+                    std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+                } else {
+                    addr
+                };
+                format!("http://{host}")
+            }
+        }
+    }
+
+    fn console_options(&self) -> courier_console::ConsoleOptions {
+        let console = &self.settings.console;
+        courier_console::ConsoleOptions {
+            frame_ancestors: console.frame_ancestors(),
+            session_ttl: chrono::Duration::minutes(i64::from(console.session_ttl_minutes)),
+            secure_cookies: self.console_url().starts_with("https://"),
+        }
     }
 
     fn router(&self) -> Router {

@@ -38,6 +38,10 @@ enum Command {
         /// Do not run the worker pipeline.
         #[arg(long)]
         no_worker: bool,
+        /// Do not serve the web console at /console (also
+        /// `console.enabled = false`).
+        #[arg(long)]
+        no_console: bool,
     },
     /// Apply the ledger migrations for the configured database.
     Migrate,
@@ -219,10 +223,15 @@ fn init_logging(settings: &Settings) {
 
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
-        Command::Serve { no_api, no_worker } => {
+        Command::Serve {
+            no_api,
+            no_worker,
+            no_console,
+        } => {
             let roles = Roles {
                 api: !no_api,
                 worker: !no_worker,
+                console: !no_console,
             };
             let app = App::build(settings, roles).await?;
             let shutdown = CancellationToken::new();

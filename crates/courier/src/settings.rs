@@ -27,6 +27,13 @@ listen = "127.0.0.1:8080"
 
 [api]
 
+[console]
+enabled = true
+session_ttl_minutes = 480
+portal_link_ttl_seconds = 600
+portal_link_max_ttl_seconds = 86400
+frame_ancestors = ""
+
 [delivery]
 timeout_ms = 10000
 max_in_flight = 256
@@ -72,6 +79,7 @@ pub struct Settings {
     pub amqp: AmqpSettings,
     pub http: HttpSettings,
     pub api: ApiSettings,
+    pub console: ConsoleSettings,
     pub delivery: DeliverySettings,
     pub retry: RetryPolicy,
     pub log: LogSettings,
@@ -106,6 +114,34 @@ pub struct HttpSettings {
 pub struct ApiSettings {
     /// Opens the admin routes; none means they stay closed.
     pub admin_token: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Serve the web console at /console (with the API role).
+    pub enabled: bool,
+    /// The console's origin as browsers reach it (`https://hooks.example.com`):
+    /// portal links point there, and cookies are `Secure` when it is https.
+    /// Default: `http://` + the address `http.listen` is bound to.
+    pub public_url: Option<String>,
+    pub session_ttl_minutes: u32,
+    /// How long a portal link waits to be opened, unless its request says.
+    pub portal_link_ttl_seconds: u32,
+    /// The longest a portal link request may ask for.
+    pub portal_link_max_ttl_seconds: u32,
+    /// Origins allowed to show the console in an iframe, separated by
+    /// spaces (as in a Content-Security-Policy); empty: nowhere.
+    pub frame_ancestors: String,
+}
+
+impl ConsoleSettings {
+    pub fn frame_ancestors(&self) -> Vec<String> {
+        self.frame_ancestors
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -205,6 +241,7 @@ impl Settings {
         if self.amqp.prefetch == 0 {
             return Err(invalid("amqp.prefetch", "must be at least 1"));
         }
+        self.validate_console()?;
         let d = &self.delivery;
         if !(100..=300_000).contains(&d.timeout_ms) {
             return Err(invalid(
@@ -241,6 +278,46 @@ impl Settings {
                     self.log.level,
                     LOG_LEVELS.join(", ")
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_console(&self) -> Result<(), SettingsError> {
+        let c = &self.console;
+        if let Some(url) = &c.public_url {
+            courier_console::check_frame_ancestor(url).map_err(|message| {
+                invalid(
+                    "console.public_url",
+                    message.replace(
+                        "write it as",
+                        "the console is served at the root; write it as",
+                    ),
+                )
+            })?;
+        }
+        for origin in c.frame_ancestors() {
+            courier_console::check_frame_ancestor(&origin)
+                .map_err(|message| invalid("console.frame_ancestors", message))?;
+        }
+        if !(1..=43_200).contains(&c.session_ttl_minutes) {
+            return Err(invalid(
+                "console.session_ttl_minutes",
+                "must be between 1 and 43200 (30 days)",
+            ));
+        }
+        if !(1..=604_800).contains(&c.portal_link_max_ttl_seconds) {
+            return Err(invalid(
+                "console.portal_link_max_ttl_seconds",
+                "must be between 1 and 604800 (7 days)",
+            ));
+        }
+        if c.portal_link_ttl_seconds == 0
+            || c.portal_link_ttl_seconds > c.portal_link_max_ttl_seconds
+        {
+            return Err(invalid(
+                "console.portal_link_ttl_seconds",
+                "must be at least 1 and at most console.portal_link_max_ttl_seconds",
             ));
         }
         Ok(())

@@ -1,0 +1,625 @@
+//! The webhooks of a workspace: the list with each endpoint's health, the
+//! create and edit form, the Active switch, secret rotation, the test
+//! button and permanent deletion.
+
+use std::collections::HashMap;
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::{DateTime, Duration, Utc};
+use courier_api::ApiError;
+use courier_api::service::Service;
+use courier_api::testsend::TestReport;
+use courier_api::webhooks::{self, NewWebhook, WebhookPatch};
+use courier_model::{EventType, Subscription, SubscriptionId, SubscriptionStatus, ValidationError};
+use courier_store::WebhookHealth;
+use serde::Deserialize;
+
+use super::{Chrome, page, see_other};
+use crate::form::{FormData, split_list};
+use crate::session::Session;
+use crate::{Console, PageError};
+
+/// Most webhooks one page of the list shows.
+const LIST_PAGE: u32 = 100;
+
+pub(crate) fn webhook_id(id: &str) -> Result<SubscriptionId, PageError> {
+    SubscriptionId::parse(id).map_err(|_| PageError::NotFound)
+}
+
+/// One row of the list.
+pub(crate) struct Row {
+    pub sub: Subscription,
+    pub health: Option<WebhookHealth>,
+}
+
+impl Row {
+    pub(crate) fn active(&self) -> bool {
+        self.sub.status == SubscriptionStatus::Enabled
+    }
+
+    pub(crate) fn events(&self) -> String {
+        self.sub
+            .event_types
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub(crate) fn channels(&self) -> String {
+        channels_text(&self.sub)
+    }
+
+    /// Of the deliveries of the last 24 h that settled or are retrying, the
+    /// share that succeeded.
+    pub(crate) fn success_rate(&self) -> String {
+        let Some(h) = &self.health else {
+            return "no deliveries".into();
+        };
+        let tried = h.succeeded + h.dead + h.retrying;
+        if tried == 0 {
+            return "no deliveries".into();
+        }
+        format!(
+            "{:.0} % of {tried}",
+            100.0 * h.succeeded as f64 / tried as f64
+        )
+    }
+
+    pub(crate) fn last_response(&self) -> String {
+        match &self.health {
+            Some(WebhookHealth {
+                last_attempt_at: Some(at),
+                last_response_status,
+                ..
+            }) => format!(
+                "{} at {}",
+                last_response_status.map_or("no response".to_owned(), |s| s.to_string()),
+                at.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            _ => "none yet".into(),
+        }
+    }
+
+    pub(crate) fn waiting(&self) -> u64 {
+        self.health.as_ref().map_or(0, |h| h.waiting)
+    }
+
+    pub(crate) fn held(&self) -> u64 {
+        self.health.as_ref().map_or(0, |h| h.held)
+    }
+
+    /// The ledger holds deliveries of this endpoint and its latest answer
+    /// was a failure: the workers' circuit for it is open (they hold
+    /// deliveries back while the endpoint keeps failing).
+    pub(crate) fn circuit_open(&self) -> bool {
+        self.health.as_ref().is_some_and(|h| {
+            h.held > 0
+                && h.last_attempt_at.is_some()
+                && !h
+                    .last_response_status
+                    .is_some_and(|s| (200..300).contains(&s))
+        })
+    }
+}
+
+pub(crate) fn channels_text(sub: &Subscription) -> String {
+    if sub.channels.is_empty() {
+        "all".into()
+    } else {
+        sub.channels
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ListQuery {
+    after: Option<String>,
+    notice: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "webhooks.html")]
+struct ListPage {
+    chrome: Chrome,
+    rows: Vec<Row>,
+    next: Option<String>,
+    notice: Option<&'static str>,
+}
+
+pub(crate) async fn webhooks(
+    State(console): State<Console>,
+    session: Session,
+    Path(ws): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, PageError> {
+    let ws = session.workspace(&console, &ws).await?;
+    let service = Service::new(console.api(), &ws);
+    let after = query.after.as_deref().map(webhook_id).transpose()?;
+    let mut subs = service.webhooks(LIST_PAGE + 1, after).await?;
+    let next =
+        (subs.len() > LIST_PAGE as usize).then(|| subs[LIST_PAGE as usize - 1].id.to_string());
+    subs.truncate(LIST_PAGE as usize);
+    let mut health: HashMap<SubscriptionId, WebhookHealth> = service
+        .webhook_health(Utc::now() - Duration::hours(24))
+        .await?
+        .into_iter()
+        .map(|h| (h.subscription_id, h))
+        .collect();
+    let rows = subs
+        .into_iter()
+        .map(|sub| Row {
+            health: health.remove(&sub.id),
+            sub,
+        })
+        .collect();
+    let notice = match query.notice.as_deref() {
+        Some("deleted") => Some("The webhook was deleted."),
+        Some("activated") => Some("The webhook is active: new events are delivered to it."),
+        Some("deactivated") => Some("The webhook is off: new events are not delivered to it."),
+        _ => None,
+    };
+    page(
+        StatusCode::OK,
+        &ListPage {
+            chrome: Chrome::new(&session, Some(&ws), "webhooks", "Webhooks"),
+            rows,
+            next,
+            notice,
+        },
+    )
+}
+
+// --- the form ------------------------------------------------------------------
+
+/// One event type as a checkbox.
+pub(crate) struct EventChoice {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub checked: bool,
+}
+
+/// What the form shows: the values as entered and a message per field.
+pub(crate) struct WebhookForm {
+    /// `None` for a new webhook.
+    pub id: Option<String>,
+    pub name: String,
+    pub url: String,
+    pub active: bool,
+    pub events: Vec<EventChoice>,
+    pub all_channels: bool,
+    pub channels: String,
+    pub secret: String,
+    pub errors: HashMap<String, String>,
+}
+
+impl WebhookForm {
+    fn new_webhook() -> Self {
+        Self {
+            id: None,
+            name: String::new(),
+            url: String::new(),
+            active: true,
+            events: choices(&[]),
+            all_channels: true,
+            channels: String::new(),
+            secret: String::new(),
+            errors: HashMap::new(),
+        }
+    }
+
+    fn of(sub: &Subscription) -> Self {
+        Self {
+            id: Some(sub.id.to_string()),
+            name: sub.name.clone(),
+            url: sub.url.to_string(),
+            active: sub.status == SubscriptionStatus::Enabled,
+            events: choices(&sub.event_types),
+            all_channels: sub.channels.is_empty(),
+            channels: sub
+                .channels
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            secret: String::new(),
+            errors: HashMap::new(),
+        }
+    }
+
+    /// The form as posted, with the fields the API reads.
+    fn posted(id: Option<String>, form: &FormData) -> (Self, NewWebhook) {
+        let events = form.all("events");
+        let all_channels = form.get("channels_mode") != Some("some");
+        let channels_text = form.get("channels").unwrap_or_default().to_owned();
+        let input = NewWebhook {
+            name: form.get("name").unwrap_or_default().to_owned(),
+            url: form.text("url").unwrap_or_default().to_owned(),
+            events: events.clone(),
+            channels: if all_channels {
+                Vec::new()
+            } else {
+                split_list(&channels_text)
+            },
+            secret: form.text("secret").map(str::to_owned),
+            active: form.checked("active"),
+        };
+        let chosen: Vec<EventType> = events
+            .iter()
+            .filter_map(|e| EventType::parse(e).ok())
+            .collect();
+        let shown = Self {
+            id,
+            name: input.name.clone(),
+            url: input.url.clone(),
+            active: input.active,
+            events: choices(&chosen),
+            all_channels,
+            channels: channels_text,
+            secret: input.secret.clone().unwrap_or_default(),
+            errors: HashMap::new(),
+        };
+        (shown, input)
+    }
+
+    pub(crate) fn error(&self, field: &str) -> Option<&str> {
+        self.errors.get(field).map(String::as_str)
+    }
+
+    fn add_errors(&mut self, problems: Vec<ValidationError>) {
+        for p in problems {
+            self.errors.entry(p.field.to_string()).or_insert(p.message);
+        }
+    }
+
+    /// A refusal from the API after the form's own checks passed: next to
+    /// its field when it names one the form has.
+    fn add_api_error(&mut self, error: ApiError) -> Result<(), PageError> {
+        match error {
+            ApiError::Invalid {
+                field: Some(field),
+                message,
+            } => {
+                self.errors.insert(field, message);
+                Ok(())
+            }
+            other => Err(other.into()),
+        }
+    }
+
+    /// The form's own rule on top of the API's: "some channels" needs at
+    /// least one.
+    fn check_channels(&mut self, input: &NewWebhook) {
+        if !self.all_channels && input.channels.is_empty() {
+            self.errors.insert(
+                "channels".into(),
+                "list at least one channel, or choose all channels".into(),
+            );
+        }
+    }
+}
+
+fn choices(chosen: &[EventType]) -> Vec<EventChoice> {
+    EventType::ALL
+        .iter()
+        .map(|t| EventChoice {
+            name: t.as_str(),
+            description: t.description(),
+            checked: chosen.contains(t),
+        })
+        .collect()
+}
+
+#[derive(Template)]
+#[template(path = "webhook_form.html")]
+struct FormPage {
+    chrome: Chrome,
+    form: WebhookForm,
+    notice: Option<&'static str>,
+    /// When the previous secret stops signing, while it still does.
+    previous_secret_until: Option<DateTime<Utc>>,
+}
+
+pub(crate) async fn new_webhook(
+    State(console): State<Console>,
+    session: Session,
+    Path(ws): Path<String>,
+) -> Result<Response, PageError> {
+    let ws = session.workspace(&console, &ws).await?;
+    page(
+        StatusCode::OK,
+        &FormPage {
+            chrome: Chrome::new(&session, Some(&ws), "webhooks", "New webhook"),
+            form: WebhookForm::new_webhook(),
+            notice: None,
+            previous_secret_until: None,
+        },
+    )
+}
+
+#[derive(Template)]
+#[template(path = "secret.html")]
+struct SecretPage {
+    chrome: Chrome,
+    heading: &'static str,
+    explanation: String,
+    webhook_id: String,
+    secret: String,
+}
+
+pub(crate) async fn create_webhook(
+    State(console): State<Console>,
+    session: Session,
+    Path(ws): Path<String>,
+    form: FormData,
+) -> Result<Response, PageError> {
+    let ws = session.workspace(&console, &ws).await?;
+    session.check_write(&form)?;
+    let chrome = Chrome::new(&session, Some(&ws), "webhooks", "New webhook");
+    let (mut shown, input) = WebhookForm::posted(None, &form);
+    shown.add_errors(webhooks::check_new(&input, console.api().url_policy()));
+    shown.check_channels(&input);
+    let supplied_secret = input.secret.is_some();
+    let created = if shown.errors.is_empty() {
+        match Service::new(console.api(), &ws).create_webhook(input).await {
+            Ok(sub) => Some(sub),
+            Err(e) => {
+                shown.add_api_error(e)?;
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let Some(sub) = created else {
+        return page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &FormPage {
+                chrome,
+                form: shown,
+                notice: None,
+                previous_secret_until: None,
+            },
+        );
+    };
+    let explanation = if supplied_secret {
+        "It signs with the secret you supplied, shown here once more.".to_owned()
+    } else {
+        "courier generated its signing secret. Copy it now into the receiving system: it \
+         verifies each delivery's webhook-signature header with it. It is not shown again \
+         (rotate it to get a new one)."
+            .to_owned()
+    };
+    page(
+        StatusCode::CREATED,
+        &SecretPage {
+            chrome: Chrome::new(&session, Some(&ws), "webhooks", "Webhook created"),
+            heading: "Webhook created",
+            explanation,
+            webhook_id: sub.id.to_string(),
+            secret: sub.secret.expose().to_owned(),
+        },
+    )
+}
+
+#[derive(Deserialize)]
+pub(crate) struct NoticeQuery {
+    notice: Option<String>,
+}
+
+pub(crate) async fn edit_webhook(
+    State(console): State<Console>,
+    session: Session,
+    Path((ws, id)): Path<(String, String)>,
+    Query(query): Query<NoticeQuery>,
+) -> Result<Response, PageError> {
+    let ws = session.workspace(&console, &ws).await?;
+    let sub = Service::new(console.api(), &ws)
+        .webhook(webhook_id(&id)?)
+        .await?;
+    let notice = match query.notice.as_deref() {
+        Some("saved") => Some("Saved. The change applies to the next event."),
+        _ => None,
+    };
+    page(
+        StatusCode::OK,
+        &FormPage {
+            chrome: Chrome::new(&session, Some(&ws), "webhooks", sub.name.clone()),
+            previous_secret_until: webhooks::previous_secret_expiry(&sub, Utc::now()),
+            form: WebhookForm::of(&sub),
+            notice,
+        },
+    )
+}
+
+pub(crate) async fn update_webhook(
+    State(console): State<Console>,
+    session: Session,
+    Path((ws, id)): Path<(String, String)>,
+    form: FormData,
+) -> Result<Response, PageError> {
+    let ws = session.workspace(&console, &ws).await?;
+    session.check_write(&form)?;
+    let id = webhook_id(&id)?;
+    let service = Service::new(console.api(), &ws);
+    let current = service.webhook(id).await?;
+    let (mut shown, input) = WebhookForm::posted(Some(id.to_string()), &form);
+    let patch = WebhookPatch {
+        name: Some(input.name.clone()),
+        url: Some(input.url.clone()),
+        events: Some(input.events.clone()),
+        channels: Some(input.channels.clone()),
+        secret: None,
+        active: Some(input.active),
+    };
+    shown.add_errors(webhooks::check_patch(&patch, console.api().url_policy()));
+    shown.check_channels(&input);
+    if shown.errors.is_empty() {
+        match service.update_webhook(id, patch).await {
+            Ok(_) => {
+                return Ok(see_other(&format!(
+                    "/console/w/{ws}/webhooks/{id}?notice=saved"
+                )));
+            }
+            Err(e) => shown.add_api_error(e)?,
+        }
+    }
+    page(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &FormPage {
+            chrome: Chrome::new(&session, Some(&ws), "webhooks", current.name.clone()),
+            previous_secret_until: webhooks::previous_secret_expiry(&current, Utc::now()),
+            form: shown,
+            notice: None,
+        },
+    )
+}
+
+/// The Active switch: on or off at once, on every worker.
+pub(crate) async fn set_active(
+    State(console): State<Console>,
+    session: Session,
+    Path((ws, id)): Path<(String, String)>,
+    form: FormData,
+) -> Result<Response, PageError> {
+    let ws = session.workspace(&console, &ws).await?;
+    session.check_write(&form)?;
+    let active = match form.get("active") {
+        Some("true") => true,
+        Some("false") => false,
+        _ => return Err(PageError::BadRequest("active must be true or false")),
+    };
+    let patch = WebhookPatch {
+        active: Some(active),
+        ..WebhookPatch::default()
+    };
+    Service::new(console.api(), &ws)
+        .update_webhook(webhook_id(&id)?, patch)
+        .await?;
+    let notice = if active { "activated" } else { "deactivated" };
+    Ok(see_other(&format!(
+        "/console/w/{ws}/webhooks?notice={notice}"
+    )))
+}
+
+pub(crate) async fn rotate_secret(
+    State(console): State<Console>,
+    session: Session,
+    Path((ws, id)): Path<(String, String)>,
+    form: FormData,
+) -> Result<Response, PageError> {
+    let ws = session.workspace(&console, &ws).await?;
+    session.check_write(&form)?;
+    let sub = Service::new(console.api(), &ws)
+        .rotate_secret(webhook_id(&id)?, None)
+        .await?;
+    let until = webhooks::previous_secret_expiry(&sub, Utc::now())
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default();
+    page(
+        StatusCode::OK,
+        &SecretPage {
+            chrome: Chrome::new(&session, Some(&ws), "webhooks", "Secret rotated"),
+            heading: "New signing secret",
+            explanation: format!(
+                "Deliveries are signed with both the new and the old secret until {until}, so \
+                 the receiving system can switch over without rejecting any. Copy the new one \
+                 now: it is not shown again."
+            ),
+            webhook_id: sub.id.to_string(),
+            secret: sub.secret.expose().to_owned(),
+        },
+    )
+}
+
+#[derive(Template)]
+#[template(path = "test_report.html")]
+struct TestPage {
+    chrome: Chrome,
+    webhook_id: String,
+    webhook_name: String,
+    report: TestReport,
+}
+
+/// Sends the webhook's test events now, as the REST test endpoint does.
+pub(crate) async fn test_webhook(
+    State(console): State<Console>,
+    session: Session,
+    Path((ws, id)): Path<(String, String)>,
+    form: FormData,
+) -> Result<Response, PageError> {
+    let ws = session.workspace(&console, &ws).await?;
+    session.check_write(&form)?;
+    let id = webhook_id(&id)?;
+    let service = Service::new(console.api(), &ws);
+    let sub = service.webhook(id).await?;
+    let report = service.test_send(id, None, None).await?;
+    page(
+        StatusCode::OK,
+        &TestPage {
+            chrome: Chrome::new(&session, Some(&ws), "webhooks", "Test report"),
+            webhook_id: id.to_string(),
+            webhook_name: sub.name,
+            report,
+        },
+    )
+}
+
+#[derive(Template)]
+#[template(path = "delete.html")]
+struct DeletePage {
+    chrome: Chrome,
+    sub: Subscription,
+    waiting: u64,
+}
+
+pub(crate) async fn confirm_delete(
+    State(console): State<Console>,
+    session: Session,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<Response, PageError> {
+    let ws = session.workspace(&console, &ws).await?;
+    let service = Service::new(console.api(), &ws);
+    let sub = service.webhook(webhook_id(&id)?).await?;
+    let waiting = service
+        .webhook_health(Utc::now() - Duration::hours(24))
+        .await?
+        .into_iter()
+        .find(|h| h.subscription_id == sub.id)
+        .map_or(0, |h| h.waiting);
+    page(
+        StatusCode::OK,
+        &DeletePage {
+            chrome: Chrome::new(
+                &session,
+                Some(&ws),
+                "webhooks",
+                format!("Delete {}", sub.name),
+            ),
+            sub,
+            waiting,
+        },
+    )
+}
+
+pub(crate) async fn delete_webhook(
+    State(console): State<Console>,
+    session: Session,
+    Path((ws, id)): Path<(String, String)>,
+    form: FormData,
+) -> Result<Response, PageError> {
+    let ws = session.workspace(&console, &ws).await?;
+    session.check_write(&form)?;
+    Service::new(console.api(), &ws)
+        .delete_webhook(webhook_id(&id)?)
+        .await?;
+    Ok(see_other(&format!(
+        "/console/w/{ws}/webhooks?notice=deleted"
+    )))
+}
