@@ -4,7 +4,7 @@
 CARGO ?= cargo
 COURIER := target/release/courier
 
-.PHONY: run demo test test-unit lint fmt build release sweep services tools check-deploy bench bench-instructions
+.PHONY: run demo test test-unit lint fmt build release sweep services tools check-deploy bench bench-instructions screenshots
 
 build:
 	$(CARGO) build --workspace --bins
@@ -33,6 +33,11 @@ bench: release
 ## bench's rates move by tens. COURIERS="a b" compares two builds.
 bench-instructions: release
 	crates/bench/instructions.sh $(COURIERS)
+
+## The console's pictures in docs/screenshots/, taken with headless
+## Chromium from a courier with a few webhooks and deliveries.
+screenshots: tools
+	$(CARGO) run -p courier-tests --bin courier-screenshots
 
 ## Every test: deployment files, unit, store on both databases, producer
 ## CLI, end-to-end.
