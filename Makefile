@@ -2,23 +2,28 @@
 # `make test` runs every test against the local RabbitMQ and PostgreSQL.
 
 CARGO ?= cargo
-COURIER := target/release/courier
+# make run and make demo: the quick-building `run` profile (Cargo.toml);
+# make bench and release images: the slower, faster-running `release`.
+COURIER := target/run/courier
 
-.PHONY: run demo test test-unit lint fmt build release sweep services tools check-deploy bench bench-instructions screenshots
+.PHONY: run demo test test-unit lint fmt build quick release sweep services tools check-deploy bench bench-instructions screenshots
 
 build:
 	$(CARGO) build --workspace --bins
+
+quick:
+	$(CARGO) build --profile run -p courier -p courier-producer
 
 release:
 	$(CARGO) build --release -p courier -p courier-producer
 
 ## Run courier (worker pipeline) on sqlite://courier.db against the local RabbitMQ.
-run: release
+run: quick
 	$(COURIER) migrate
 	$(COURIER) serve
 
 ## Watch order and shipment events reach a local receiver, signed.
-demo: release
+demo: quick
 	deploy/demo.sh
 
 ## Benchmark courier against the bare limit of RabbitMQ + HTTP on this
