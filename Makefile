@@ -2,9 +2,9 @@
 # `make test` runs every test against the local RabbitMQ and PostgreSQL.
 
 CARGO ?= cargo
-# make run and make demo: the quick-building `run` profile (Cargo.toml);
+# make run and make demo: the quick-building `quick` profile (Cargo.toml);
 # make bench and release images: the slower, faster-running `release`.
-COURIER := target/run/courier
+COURIER := target/quick/courier
 
 .PHONY: run demo test test-unit lint fmt build quick release sweep services tools check-deploy bench bench-instructions screenshots
 
@@ -12,7 +12,7 @@ build:
 	$(CARGO) build --workspace --bins
 
 quick:
-	$(CARGO) build --profile run -p courier -p courier-producer
+	$(CARGO) build --profile quick -p courier -p courier-producer
 
 release:
 	$(CARGO) build --release -p courier -p courier-producer

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # A newcomer's first look: courier delivering a realistic stream of order and
 # shipment events to a receiver on 127.0.0.1 that checks every signature.
-# Uses the build `make run` made (target/run), a fresh ledger of its own under
+# Uses the build `make run` made (target/quick), a fresh ledger of its own under
 # target/demo/ and its own broker prefix (demo), and stops by itself.
 # DEMO_PORT picks the receiver's port (9999).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BIN=${BIN:-target/run}
+BIN=${BIN:-target/quick}
 EVENTS=${EVENTS:-25}
 PORT=${DEMO_PORT:-9999}
 SECRET=whsec_ZGVtby1zZWNyZXQtZm9yLWNvdXJpZXItZGVtbw==
