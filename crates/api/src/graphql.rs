@@ -14,6 +14,12 @@
 //! in that key's workspace only, so another workspace's ids are simply not
 //! found. Reads and changes go through the REST API's [`Service`]: the same
 //! validation, the same change notice, the same delivery-log query.
+//!
+//! With `api.graphql_explorer` on, `GET /graphql` is a GraphiQL page for
+//! people ([`explorer`]); off, GET is refused with 405 as for any method
+//! but POST.
+
+mod explorer;
 
 use async_graphql::{
     Context, EmptySubscription, Enum, ErrorExtensions, ID, InputObject, Object, Schema,
@@ -23,7 +29,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use courier_model::{EventType, Subscription, SubscriptionId, SubscriptionStatus};
 use courier_store::{DeliveryFilter, DeliveryLogEntry, EventRecord};
 use serde_json::json;
@@ -474,9 +480,10 @@ pub fn schema(state: ApiState) -> CourierSchema {
     Schema::build(Query, Mutation, EmptySubscription)
         .data(state)
         // Bounds what one request can make the server do. The depth leaves
-        // room for the introspection query GraphQL tools send (14 levels:
-        // type references unwrapped eight deep), twice what any use of the
-        // schema itself needs.
+        // room for the introspection query GraphQL tools send (15 levels
+        // from graphql-js 16.11, which the explorer bundles: type
+        // references unwrapped nine deep), twice what any use of the schema
+        // itself needs.
         .limit_depth(16)
         .limit_complexity(2_000)
         .finish()
@@ -524,10 +531,14 @@ async fn handle(schema: CourierSchema, state: ApiState, request: Request) -> Res
 
 pub fn router(state: ApiState) -> Router<ApiState> {
     let schema = schema(state.clone());
-    Router::new().route(
-        "/graphql",
-        post(move |request: Request| handle(schema.clone(), state.clone(), request)),
-    )
+    let explorer_on = state.options().graphql_explorer;
+    let endpoint = post(move |request: Request| handle(schema.clone(), state.clone(), request));
+    if !explorer_on {
+        return Router::new().route("/graphql", endpoint);
+    }
+    Router::new()
+        .route("/graphql", endpoint.get(explorer::page))
+        .route("/graphql/explorer/{file}", get(explorer::file))
 }
 
 #[cfg(test)]

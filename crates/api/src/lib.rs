@@ -88,6 +88,9 @@ pub struct ApiOptions {
     pub rotation_grace: chrono::Duration,
     /// Where portal links point and how long they live.
     pub portal: portal::PortalOptions,
+    /// `api.graphql_explorer`: serve GraphiQL at `GET /graphql` for people
+    /// to try queries with their API key. Off, only POST is answered there.
+    pub graphql_explorer: bool,
 }
 
 impl Default for ApiOptions {
@@ -97,6 +100,7 @@ impl Default for ApiOptions {
             admin_token: None,
             rotation_grace: chrono::Duration::hours(24),
             portal: portal::PortalOptions::default(),
+            graphql_explorer: false,
         }
     }
 }

@@ -421,6 +421,7 @@ impl App {
             courier_api::ApiOptions {
                 require_https: settings.delivery.require_https,
                 admin_token: settings.api.admin_token.clone(),
+                graphql_explorer: settings.api.graphql_explorer,
                 portal: courier_api::portal::PortalOptions {
                     base_url: self.console_on().then(|| self.console_url()),
                     default_ttl: chrono::Duration::seconds(i64::from(

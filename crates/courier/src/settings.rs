@@ -26,6 +26,7 @@ prefetch = 512
 listen = "127.0.0.1:8080"
 
 [api]
+graphql_explorer = false
 
 [console]
 enabled = true
@@ -114,6 +115,9 @@ pub struct HttpSettings {
 pub struct ApiSettings {
     /// Opens the admin routes; none means they stay closed.
     pub admin_token: Option<String>,
+    /// Serve a GraphiQL page at `GET /graphql` (its files are part of the
+    /// binary; nothing is fetched from elsewhere).
+    pub graphql_explorer: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -432,6 +436,7 @@ mod tests {
         assert_eq!(s.amqp.prefix, "courier");
         assert!(s.delivery.require_https);
         assert!(!s.delivery.allow_private_networks);
+        assert!(!s.api.graphql_explorer);
         assert_eq!(s.log.format, LogFormat::Pretty);
         assert_eq!(s.retry, RetryPolicy::default());
     }
@@ -447,6 +452,7 @@ mod tests {
                 ("COURIER__RETRY__MULTIPLIER", "2.5"),
                 ("COURIER__LOG__FORMAT", "json"),
                 ("COURIER__API__ADMIN_TOKEN", "0123"),
+                ("COURIER__API__GRAPHQL_EXPLORER", "true"),
             ]),
         )
         .unwrap();
@@ -457,6 +463,7 @@ mod tests {
         assert_eq!(s.log.format, LogFormat::Json);
         // Not parsed as a number: leading zeros survive.
         assert_eq!(s.api.admin_token.as_deref(), Some("0123"));
+        assert!(s.api.graphql_explorer);
     }
 
     #[test]
@@ -481,6 +488,11 @@ mod tests {
             ("COURIER__LOG__FORMAT", "xml", "log.format"),
             ("COURIER__DELIVERY__NOPE", "1", "nope"),
             ("COURIER__AMQP__PREFIX", "has space", "amqp.prefix"),
+            (
+                "COURIER__API__GRAPHQL_EXPLORER",
+                "maybe",
+                "api.graphql_explorer",
+            ),
         ];
         for (key, value, named) in cases {
             let err = Settings::load_from(None, env(&[(key, value)]))

@@ -55,6 +55,8 @@ pub struct Setup {
     pub broker: bool,
     /// Where portal links point; `None`: the console is off.
     pub console_url: Option<&'static str>,
+    /// Serve the GraphQL explorer at `GET /graphql`.
+    pub graphql_explorer: bool,
 }
 
 pub const DEFAULT: Setup = Setup {
@@ -62,6 +64,7 @@ pub const DEFAULT: Setup = Setup {
     admin_token: Some(ADMIN),
     broker: false,
     console_url: Some(CONSOLE_URL),
+    graphql_explorer: false,
 };
 
 pub const CONSOLE_URL: &str = "https://hooks.example.com";
@@ -134,6 +137,7 @@ async fn start(store: Store, setup: &Setup) -> App {
                 default_ttl: chrono::Duration::minutes(10),
                 max_ttl: chrono::Duration::hours(1),
             },
+            graphql_explorer: setup.graphql_explorer,
         },
         changes.clone() as Arc<dyn SubscriptionChanges>,
     );
