@@ -4,6 +4,7 @@
 //! deadline instead of sleeping.
 
 pub mod browser;
+pub mod console;
 pub mod env;
 pub mod private_pg;
 pub mod private_rabbit;
