@@ -3,6 +3,7 @@
 
 mod broker_errors;
 mod browser;
+mod console;
 mod crash;
 mod delivery;
 mod deploy;
