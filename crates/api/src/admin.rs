@@ -14,6 +14,7 @@ use crate::auth::Admin;
 use crate::error::{Envelope, ErrorEnvelope};
 use crate::extract::JsonBody;
 use crate::keys::{self, ApiKeyError};
+use crate::openapi::WorkspaceIdParam;
 use crate::{ApiError, ApiState};
 
 pub const MAX_WORKSPACE_NAME_LEN: usize = 200;
@@ -21,6 +22,7 @@ pub const MAX_WORKSPACE_NAME_LEN: usize = 200;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventTypeView {
     /// The dotted name used in REST and on the wire (`order.created`).
+    #[schema(value_type = crate::openapi::EventTypeName)]
     pub name: String,
     /// The GraphQL enum value (`ORDER_CREATED`).
     #[serde(rename = "graphqlName")]
@@ -30,7 +32,8 @@ pub struct EventTypeView {
 
 /// Every event type a webhook can subscribe to.
 #[utoipa::path(get, path = "/v1/event-types", tag = "event-types",
-    responses((status = 200, body = Envelope<Vec<EventTypeView>>)))]
+    responses((status = 200, description = "every event type, in catalogue order",
+        body = Envelope<Vec<EventTypeView>>)))]
 pub async fn event_types() -> Json<Envelope<Vec<EventTypeView>>> {
     Envelope::ok(
         EventType::ALL
@@ -47,9 +50,10 @@ pub async fn event_types() -> Json<Envelope<Vec<EventTypeView>>> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWorkspace {
-    /// Letters, digits, `-_.:`, at most 64; generated (`ws_...`) when absent.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::new_workspace_id)]
     pub id: Option<String>,
+    #[schema(schema_with = crate::openapi::workspace_name)]
     pub name: String,
 }
 
@@ -64,9 +68,14 @@ pub struct WorkspaceView {
 /// Creates a workspace (admin token).
 #[utoipa::path(post, path = "/v1/workspaces", tag = "admin",
     request_body = NewWorkspace,
-    responses((status = 201, body = Envelope<WorkspaceView>),
-        (status = 401, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
-        (status = 422, body = ErrorEnvelope)),
+    responses((status = 201, description = "the workspace", body = Envelope<WorkspaceView>),
+        (status = 400, description = "the body is not a JSON object of these fields",
+            body = ErrorEnvelope),
+        (status = 401, description = "no admin token, a wrong one, or the admin routes \
+            are closed (no `api.admin_token`)", body = ErrorEnvelope),
+        (status = 409, description = "a workspace with this id exists", body = ErrorEnvelope),
+        (status = 413, description = "the body is larger than 64 KiB", body = ErrorEnvelope),
+        (status = 422, description = "`id` or `name` breaks its rule", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn create_workspace(
     _admin: Admin,
@@ -98,8 +107,8 @@ pub async fn create_workspace(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
-    /// What the key is for; `default` when absent.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::key_name)]
     pub name: Option<String>,
 }
 
@@ -117,10 +126,16 @@ pub struct ApiKeyView {
 
 /// Creates an API key for a workspace (admin token).
 #[utoipa::path(post, path = "/v1/workspaces/{ws}/api-keys", tag = "admin",
-    params(("ws" = String, Path, description = "workspace id")),
-    request_body = NewApiKey,
-    responses((status = 201, body = Envelope<ApiKeyView>),
-        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id")),
+    request_body(content = Option<NewApiKey>, description = "may be empty: a key named `default`"),
+    responses((status = 201, description = "the key, shown this once", body = Envelope<ApiKeyView>),
+        (status = 400, description = "the body is not a JSON object of these fields",
+            body = ErrorEnvelope),
+        (status = 401, description = "no admin token, a wrong one, or the admin routes \
+            are closed (no `api.admin_token`)", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace", body = ErrorEnvelope),
+        (status = 413, description = "the body is larger than 64 KiB", body = ErrorEnvelope),
+        (status = 422, description = "`name` breaks its rule", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn create_api_key(
     _admin: Admin,

@@ -19,6 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::WorkspaceKey;
 use crate::error::{Envelope, ErrorEnvelope};
 use crate::extract::QueryParams;
+use crate::openapi::{DeliveryStatusName, EventTypeName, WorkspaceIdParam};
 use crate::service::{PageRequest, Service, status_filter, webhook_filter};
 use crate::views::{AttemptView, DeliveryDetail, DeliveryView, Page};
 use crate::{ApiError, ApiState};
@@ -28,16 +29,20 @@ use crate::{ApiError, ApiState};
 #[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
     /// Page size, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub first: Option<u32>,
-    /// `pageInfo.endCursor` of the previous page.
+    /// `pageInfo.endCursor` of the previous page (opaque).
+    #[param(min_length = 1)]
     pub after: Option<String>,
-    /// Only this event type (`order.created`).
+    /// Only this event type.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", value_type = Option<EventTypeName>)]
     pub event_type: Option<String>,
-    /// Only this status: pending, retrying, succeeded, dead, canceled.
+    /// Only this status.
+    #[param(value_type = Option<DeliveryStatusName>)]
     pub status: Option<String>,
-    /// Only deliveries to this webhook (also after it was deleted).
+    /// Only deliveries to this webhook id (also after it was deleted).
+    #[param(format = "uuid")]
     pub webhook: Option<String>,
 }
 
@@ -66,10 +71,13 @@ impl DeliveryQuery {
 /// The delivery log, newest first. Pages are stable while new deliveries
 /// arrive: they sort before every cursor already handed out.
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/deliveries", tag = "deliveries",
-    params(("ws" = String, Path, description = "workspace id"), DeliveryQuery),
-    responses((status = 200, body = Envelope<Page<DeliveryView>>),
-        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
-        (status = 422, body = ErrorEnvelope)),
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id"), DeliveryQuery),
+    responses((status = 200, description = "a page of the log", body = Envelope<Page<DeliveryView>>),
+        (status = 400, description = "an unknown query parameter, or one that is not of its type", body = ErrorEnvelope),
+        (status = 401, description = "no API key, or one courier does not know", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace for this key", body = ErrorEnvelope),
+        (status = 422, description = "`first` out of 1-100, an `after` this API did not \
+            hand out, or an unknown `type`, `status` or `webhook`", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn list_deliveries(
     key: WorkspaceKey,
@@ -92,10 +100,11 @@ fn delivery_id(id: &str) -> Result<DeliveryId, ApiError> {
 
 /// One delivery and all its attempts.
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/deliveries/{id}", tag = "deliveries",
-    params(("ws" = String, Path, description = "workspace id"),
-        ("id" = String, Path, description = "delivery id")),
-    responses((status = 200, body = Envelope<DeliveryDetail>),
-        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id"),
+        ("id" = String, Path, format = "uuid", description = "delivery id")),
+    responses((status = 200, description = "the delivery and its attempts", body = Envelope<DeliveryDetail>),
+        (status = 401, description = "no API key, or one courier does not know", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace or delivery for this key", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn get_delivery(
     key: WorkspaceKey,
@@ -114,10 +123,11 @@ pub async fn get_delivery(
 
 /// The attempts of one delivery, first to last.
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/deliveries/{id}/attempts", tag = "deliveries",
-    params(("ws" = String, Path, description = "workspace id"),
-        ("id" = String, Path, description = "delivery id")),
-    responses((status = 200, body = Envelope<Vec<AttemptView>>),
-        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id"),
+        ("id" = String, Path, format = "uuid", description = "delivery id")),
+    responses((status = 200, description = "its attempts, first to last", body = Envelope<Vec<AttemptView>>),
+        (status = 401, description = "no API key, or one courier does not know", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace or delivery for this key", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn list_attempts(
     key: WorkspaceKey,
@@ -143,11 +153,14 @@ pub struct Redelivery {
 
 /// Queues one more attempt of a delivery, whatever its status.
 #[utoipa::path(post, path = "/v1/workspaces/{ws}/deliveries/{id}/retry", tag = "deliveries",
-    params(("ws" = String, Path, description = "workspace id"),
-        ("id" = String, Path, description = "delivery id")),
-    responses((status = 202, body = Envelope<Redelivery>),
-        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
-        (status = 409, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)),
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id"),
+        ("id" = String, Path, format = "uuid", description = "delivery id")),
+    responses((status = 202, description = "the next attempt is queued", body = Envelope<Redelivery>),
+        (status = 401, description = "no API key, or one courier does not know", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace or delivery for this key", body = ErrorEnvelope),
+        (status = 409, description = "the delivery's webhook was deleted", body = ErrorEnvelope),
+        (status = 503, description = "no broker connection, or the broker refused the \
+            message; nothing changed, try again", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn retry_delivery(
     key: WorkspaceKey,

@@ -124,28 +124,58 @@ impl From<WebhookError> for ApiError {
 /// `error` of the envelope.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// `unauthorized`, `not_found`, `invalid`, `bad_request`, `conflict`,
-    /// `payload_too_large`, `unavailable` or `internal`.
+    /// What kind of error, one per status: `bad_request` (400),
+    /// `unauthorized` (401), `not_found` (404), `conflict` (409),
+    /// `payload_too_large` (413), `invalid` (422), `internal` (500) or
+    /// `unavailable` (503).
+    #[schema(schema_with = error_code)]
     pub code: String,
+    /// What went wrong and, where it helps, what to do about it.
     pub message: String,
     /// The offending field, as named in the request, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
 
-/// Every response body: exactly one of `data` and `error` is non-null.
+fn error_code() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some([
+            "bad_request",
+            "unauthorized",
+            "not_found",
+            "conflict",
+            "payload_too_large",
+            "invalid",
+            "internal",
+            "unavailable",
+        ]))
+        .into()
+}
+
+/// JSON `null`: the half of the envelope a response does not use.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Null;
+
+impl Serialize for Null {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_unit()
+    }
+}
+
+/// The body of every successful response: `data` holds the answer and
+/// `error` is null.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Envelope<T> {
-    pub data: Option<T>,
-    pub error: Option<ErrorBody>,
+    pub data: T,
+    /// Always null.
+    #[schema(schema_with = crate::openapi::null)]
+    pub error: Null,
 }
 
 impl<T: Serialize> Envelope<T> {
     pub fn ok(data: T) -> Json<Self> {
-        Json(Self {
-            data: Some(data),
-            error: None,
-        })
+        Json(Self { data, error: Null })
     }
 }
 
@@ -155,19 +185,50 @@ impl IntoResponse for ApiError {
         if let Self::Internal(source) = &self {
             tracing::error!(error = %error_chain(source.as_ref()), "management API request failed");
         }
-        let body = Envelope::<()> {
-            data: None,
-            error: Some(self.body()),
+        let body = ErrorEnvelope {
+            data: Null,
+            error: self.body(),
         };
         (status, Json(body)).into_response()
     }
 }
 
-/// The body of every error response, for the OpenAPI document.
+/// The body of every error response: `data` is null and `error` says what
+/// went wrong.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorEnvelope {
     /// Always null.
-    #[schema(value_type = Option<Object>)]
-    pub data: Option<()>,
+    #[schema(schema_with = crate::openapi::null)]
+    pub data: Null,
     pub error: ErrorBody,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document's list of codes is the one `status_and_code` answers.
+    #[test]
+    fn every_code_is_documented() {
+        let schema = serde_json::to_value(error_code()).unwrap();
+        let documented = schema["enum"].as_array().unwrap();
+        let errors = [
+            ApiError::Unauthorized(String::new()),
+            ApiError::NotFound("x"),
+            ApiError::invalid("f", "m"),
+            ApiError::BadRequest {
+                field: None,
+                message: String::new(),
+            },
+            ApiError::Conflict(String::new()),
+            ApiError::TooLarge(1),
+            ApiError::Unavailable(String::new()),
+            ApiError::internal(std::io::Error::other("x")),
+        ];
+        assert_eq!(documented.len(), errors.len());
+        for error in errors {
+            let (_, code) = error.status_and_code();
+            assert!(documented.iter().any(|c| c == code), "{code}");
+        }
+    }
 }

@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 
 use crate::auth::WorkspaceKey;
 use crate::error::{Envelope, ErrorEnvelope};
+use crate::openapi::{EventIdParam, WorkspaceIdParam};
 use crate::service::Service;
 use crate::views::DeliveryView;
 use crate::{ApiError, ApiState};
@@ -27,14 +28,14 @@ pub struct EventView {
     pub id: String,
     pub workspace_id: String,
     #[serde(rename = "type")]
+    #[schema(value_type = crate::openapi::EventTypeName)]
     pub event_type: String,
     pub channel: Option<String>,
     /// When the upstream says the event happened.
     pub occurred_at: DateTime<Utc>,
     /// When courier recorded it.
     pub received_at: DateTime<Utc>,
-    /// The event's data, as published.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = crate::openapi::published_data)]
     pub data: EventData,
     /// How many webhooks it matched when it was received: one delivery
     /// each. Zero means no enabled webhook of the workspace listed its type
@@ -66,10 +67,12 @@ impl EventView {
 /// an event of that id in this workspace (or has not recorded it yet: it
 /// is recorded once the fan-out has matched it).
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/events/{id}", tag = "events",
-    params(("ws" = String, Path, description = "workspace id"),
-        ("id" = String, Path, description = "event id, as published")),
-    responses((status = 200, body = Envelope<EventView>),
-        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id"),
+        ("id" = inline(EventIdParam), Path, description = "event id, as published")),
+    responses((status = 200, description = "the event and its deliveries", body = Envelope<EventView>),
+        (status = 401, description = "no API key, or one courier does not know", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace for this key, or courier has not \
+            recorded an event of this id in it", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn get_event(
     key: WorkspaceKey,

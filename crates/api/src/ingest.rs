@@ -15,42 +15,48 @@ use utoipa::ToSchema;
 use crate::auth::WorkspaceKey;
 use crate::error::{Envelope, ErrorEnvelope};
 use crate::extract::JsonBody;
+use crate::openapi::WorkspaceIdParam;
 use crate::{ApiError, ApiState, MAX_INGEST_BODY_BYTES};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEvent {
-    /// The upstream's id for the event; generated (`evt_...`) when absent.
-    /// Publishing the same id again delivers nothing twice.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::new_event_id)]
     pub id: Option<String>,
-    /// Event type (`order.created`).
     #[serde(rename = "type")]
+    #[schema(value_type = crate::openapi::EventTypeName)]
     pub event_type: String,
-    /// The order channel the event came from.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::channel)]
     pub channel: Option<String>,
     /// When it happened (RFC 3339); now when absent.
     #[serde(default, rename = "occurredAt")]
     pub occurred_at: Option<DateTime<Utc>>,
-    /// The payload: a JSON object, delivered byte for byte as sent.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = crate::openapi::event_data)]
     pub data: EventData,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Accepted {
+    /// The event's id: as given, or the one generated.
     pub id: String,
 }
 
 /// Publishes an event; 202 once the broker confirmed it.
 #[utoipa::path(post, path = "/v1/workspaces/{ws}/events", tag = "events",
-    params(("ws" = String, Path, description = "workspace id")),
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id")),
     request_body = NewEvent,
-    responses((status = 202, body = Envelope<Accepted>),
-        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope), (status = 413, body = ErrorEnvelope),
-        (status = 422, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)),
+    responses((status = 202, description = "the broker has the event", body = Envelope<Accepted>),
+        (status = 400, description = "the body is not a JSON object of these fields", body = ErrorEnvelope),
+        (status = 401, description = "no API key, or one courier does not know", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace for this key", body = ErrorEnvelope),
+        (status = 413, description = "the body is larger than 260 KiB, or the event larger \
+            than 256 KiB", body = ErrorEnvelope),
+        (status = 422, description = "`id`, `type` or `channel` breaks its rule, or `data` \
+            is not an object or nests deeper than 63 levels", body = ErrorEnvelope),
+        (status = 503, description = "no broker connection, or the broker did not confirm \
+            the event; try again (the same id delivers nothing twice)", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn ingest(
     key: WorkspaceKey,

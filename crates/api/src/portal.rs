@@ -25,6 +25,7 @@ use crate::auth::AdminOrKey;
 use crate::error::{Envelope, ErrorEnvelope};
 use crate::extract::JsonBody;
 use crate::keys::hash_key;
+use crate::openapi::WorkspaceIdParam;
 use crate::{ApiError, ApiState};
 
 const TOKEN_PREFIX: &str = "cpl_";
@@ -61,9 +62,11 @@ pub struct NewPortalLink {
     /// The session it opens can look but not change anything. Default false.
     #[serde(default)]
     pub read_only: bool,
-    /// How long the link may wait to be opened, in seconds (1 to
-    /// `console.portal_link_max_ttl`); `console.portal_link_ttl` when absent.
+    /// How long the link may wait to be opened, in seconds: 1 to
+    /// `console.portal_link_max_ttl_seconds` (86400 unless the deployment
+    /// says otherwise); `console.portal_link_ttl_seconds` when absent.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 86400)]
     pub ttl_seconds: Option<u32>,
 }
 
@@ -81,12 +84,14 @@ pub struct PortalLinkView {
 /// Creates a single-use link to the web console for this workspace only
 /// (admin token or a key of the workspace).
 #[utoipa::path(post, path = "/v1/workspaces/{ws}/portal-links", tag = "portal",
-    params(("ws" = String, Path, description = "workspace id")),
-    request_body = NewPortalLink,
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id")),
+    request_body(content = Option<NewPortalLink>, description = "may be empty: a link that may change things, with the default lifetime"),
     responses((status = 201, description = "the link, shown this once", body = Envelope<PortalLinkView>),
+        (status = 400, description = "the body is not a JSON object of these fields", body = ErrorEnvelope),
         (status = 401, description = "no valid admin token or key", body = ErrorEnvelope),
         (status = 404, description = "no such workspace for this caller", body = ErrorEnvelope),
         (status = 409, description = "the console is turned off", body = ErrorEnvelope),
+        (status = 413, description = "the body is larger than 64 KiB", body = ErrorEnvelope),
         (status = 422, description = "ttlSeconds out of range", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn create_portal_link(

@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 use crate::auth::WorkspaceKey;
 use crate::error::{Envelope, ErrorEnvelope};
 use crate::extract::JsonBody;
+use crate::openapi::WorkspaceIdParam;
 use crate::samples::sample_data;
 use crate::service::Service;
 use crate::webhooks_rest::webhook_id;
@@ -27,17 +28,17 @@ pub struct TestRequest {
     /// The event type to send (with a sample payload). Absent: one test per
     /// event type the webhook subscribes to.
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::EventTypeName>)]
     pub event: Option<String>,
-    /// The event data to send (a JSON object, sent byte for byte) instead of
-    /// the sample payload of each type.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = crate::openapi::event_data_or_null)]
     pub data: Option<EventData>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TestResult {
+    #[schema(value_type = crate::openapi::EventTypeName)]
     pub event: String,
     pub url: String,
     /// Absent when no response arrived.
@@ -60,12 +61,17 @@ pub struct TestReport {
 
 /// Sends test events to the webhook's endpoint now.
 #[utoipa::path(post, path = "/v1/workspaces/{ws}/webhooks/{id}/test", tag = "webhooks",
-    params(("ws" = String, Path, description = "workspace id"),
-        ("id" = String, Path, description = "webhook id")),
-    request_body = TestRequest,
-    responses((status = 200, body = Envelope<TestReport>),
-        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
-        (status = 422, body = ErrorEnvelope)),
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id"),
+        ("id" = String, Path, format = "uuid", description = "webhook id")),
+    request_body(content = Option<TestRequest>, description = "may be empty: one test per event type the webhook subscribes to, with sample data"),
+    responses((status = 200, description = "what each test send got; a failed send is \
+            reported here, not as an error status", body = Envelope<TestReport>),
+        (status = 400, description = "the body is not a JSON object of these fields", body = ErrorEnvelope),
+        (status = 401, description = "no API key, or one courier does not know", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace or webhook for this key", body = ErrorEnvelope),
+        (status = 413, description = "the body is larger than 64 KiB", body = ErrorEnvelope),
+        (status = 422, description = "`event` is not an event type, or `data` is not an \
+            object or nests deeper than 63 levels", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn test_webhook(
     key: WorkspaceKey,

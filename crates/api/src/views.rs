@@ -10,6 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::ApiError;
+use crate::openapi::{DeliveryStatusName, ErrorKindName, EventTypeName};
 use crate::service::LogPage;
 
 /// Most rows one page returns; `first` defaults to 20.
@@ -106,17 +107,22 @@ pub fn decode_webhook_cursor(text: &str) -> Result<SubscriptionId, ApiError> {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookView {
+    #[schema(format = "uuid")]
     pub id: String,
     pub name: String,
     pub url: String,
+    #[schema(value_type = Vec<EventTypeName>)]
     pub events: Vec<String>,
     /// Empty: every channel.
     pub channels: Vec<String>,
     pub active: bool,
+    /// Shown on create, get, update and rotation; absent from lists.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
     pub secret: Option<String>,
     /// While a rotated-out secret still signs: when it stops.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = DateTime<Utc>)]
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -147,15 +153,18 @@ impl WebhookView {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryView {
+    #[schema(format = "uuid")]
     pub id: String,
     pub event_id: String,
     #[serde(rename = "type")]
+    #[schema(value_type = EventTypeName)]
     pub event_type: String,
+    #[schema(format = "uuid")]
     pub webhook_id: String,
     /// The URL of the latest attempt, or the webhook's URL before any.
     pub url: Option<String>,
     pub created_at: DateTime<Utc>,
-    /// `pending`, `retrying`, `succeeded`, `dead` or `canceled`.
+    #[schema(value_type = DeliveryStatusName)]
     pub status: String,
     /// HTTP status of the latest attempt, if it got a response.
     pub response_status: Option<u16>,
@@ -189,8 +198,11 @@ impl From<DeliveryLogEntry> for DeliveryView {
 pub struct WebhookEventView {
     pub event_id: String,
     #[serde(rename = "type")]
+    #[schema(value_type = EventTypeName)]
     pub event_type: String,
+    #[schema(format = "uuid")]
     pub delivery_id: String,
+    #[schema(value_type = DeliveryStatusName)]
     pub status: String,
     pub response_status: Option<u16>,
     pub attempts: u32,
@@ -222,7 +234,8 @@ pub struct AttemptView {
     pub started_at: DateTime<Utc>,
     pub duration_ms: u32,
     pub response_status: Option<u16>,
-    /// `timeout`, `connect`, `blocked` or `other` when no response arrived.
+    /// Why no response arrived, when none did.
+    #[schema(value_type = Option<ErrorKindName>)]
     pub error_kind: Option<String>,
     pub error: Option<String>,
     /// The first few KiB of the response body.

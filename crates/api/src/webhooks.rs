@@ -36,21 +36,20 @@ impl From<StoreError> for WebhookError {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWebhook {
-    /// 1-200 characters.
+    #[schema(schema_with = crate::openapi::webhook_name)]
     pub name: String,
-    /// Absolute http(s) URL; https unless `delivery.require_https=false`.
+    #[schema(schema_with = crate::openapi::webhook_url)]
     pub url: String,
-    /// Event types (`order.created`, ...; `order.status` means
-    /// `order.status_changed`).
+    #[schema(schema_with = crate::openapi::event_types)]
     pub events: Vec<String>,
     /// Order channels to receive events of; empty or absent means all.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::channels)]
     pub channels: Vec<String>,
-    /// Kept exactly as given (base64, `whsec_` prefix optional, 8-64 bytes
-    /// decoded); a `whsec_` secret is generated when absent.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::new_secret)]
     pub secret: Option<String>,
-    /// Defaults to true.
+    /// Whether it receives events; true when absent.
     #[serde(default = "default_true")]
     pub active: bool,
 }
@@ -63,14 +62,16 @@ fn default_true() -> bool {
 #[derive(Clone, Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookPatch {
+    #[schema(schema_with = crate::openapi::webhook_name_or_null)]
     pub name: Option<String>,
+    #[schema(schema_with = crate::openapi::webhook_url_or_null)]
     pub url: Option<String>,
+    #[schema(schema_with = crate::openapi::event_types_or_null)]
     pub events: Option<Vec<String>>,
-    /// An empty list means all channels.
+    #[schema(schema_with = crate::openapi::channels_or_null)]
     pub channels: Option<Vec<String>>,
-    /// Replaces the secret at once, without a grace period (use
-    /// rotate-secret for a gapless switch).
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::replacement_secret)]
     pub secret: Option<String>,
     pub active: Option<bool>,
 }

@@ -20,6 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::WorkspaceKey;
 use crate::error::{Envelope, ErrorEnvelope};
 use crate::extract::{JsonBody, QueryParams};
+use crate::openapi::WorkspaceIdParam;
 use crate::service::{MAX_RECOVER, PageRequest, Service};
 use crate::views::{Page, WebhookEventView, WebhookView, decode_webhook_cursor, page_size};
 use crate::webhooks::{NewWebhook, WebhookPatch};
@@ -34,18 +35,24 @@ pub(crate) fn webhook_id(id: &str) -> Result<SubscriptionId, ApiError> {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Page size, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub first: Option<u32>,
-    /// `pageInfo.endCursor` of the previous page.
+    /// `pageInfo.endCursor` of the previous page (opaque).
+    #[param(min_length = 1)]
     pub after: Option<String>,
 }
 
 /// Creates a webhook.
 #[utoipa::path(post, path = "/v1/workspaces/{ws}/webhooks", tag = "webhooks",
-    params(("ws" = String, Path, description = "workspace id")),
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id")),
     request_body = NewWebhook,
-    responses((status = 201, body = Envelope<WebhookView>),
-        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    responses((status = 201, description = "the webhook, with its secret", body = Envelope<WebhookView>),
+        (status = 400, description = "the body is not a JSON object of these fields", body = ErrorEnvelope),
+        (status = 401, description = "no API key, or one courier does not know", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace for this key", body = ErrorEnvelope),
+        (status = 413, description = "the body is larger than 64 KiB", body = ErrorEnvelope),
+        (status = 422, description = "a field breaks its rule (the first one, named in \
+            `field`)", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn create_webhook(
     key: WorkspaceKey,
@@ -63,9 +70,13 @@ pub async fn create_webhook(
 
 /// Lists webhooks, oldest first.
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/webhooks", tag = "webhooks",
-    params(("ws" = String, Path, description = "workspace id"), PageQuery),
-    responses((status = 200, body = Envelope<Page<WebhookView>>),
-        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id"), PageQuery),
+    responses((status = 200, description = "a page of webhooks, without their secrets", body = Envelope<Page<WebhookView>>),
+        (status = 400, description = "an unknown query parameter, or one that is not of its type", body = ErrorEnvelope),
+        (status = 401, description = "no API key, or one courier does not know", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace for this key", body = ErrorEnvelope),
+        (status = 422, description = "`first` out of 1-100, or an `after` this API did not \
+            hand out", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn list_webhooks(
     key: WorkspaceKey,
@@ -91,10 +102,11 @@ pub async fn list_webhooks(
 
 /// One webhook, with its secret.
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/webhooks/{id}", tag = "webhooks",
-    params(("ws" = String, Path, description = "workspace id"),
-        ("id" = String, Path, description = "webhook id")),
-    responses((status = 200, body = Envelope<WebhookView>),
-        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id"),
+        ("id" = String, Path, format = "uuid", description = "webhook id")),
+    responses((status = 200, description = "the webhook, with its secret", body = Envelope<WebhookView>),
+        (status = 401, description = "no API key, or one courier does not know", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace or webhook for this key", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn get_webhook(
     key: WorkspaceKey,
@@ -108,12 +120,16 @@ pub async fn get_webhook(
 
 /// Changes any field; absent fields stay as they are.
 #[utoipa::path(patch, path = "/v1/workspaces/{ws}/webhooks/{id}", tag = "webhooks",
-    params(("ws" = String, Path, description = "workspace id"),
-        ("id" = String, Path, description = "webhook id")),
-    request_body = WebhookPatch,
-    responses((status = 200, body = Envelope<WebhookView>),
-        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id"),
+        ("id" = String, Path, format = "uuid", description = "webhook id")),
+    request_body(content = Option<WebhookPatch>, description = "the fields to change; may be empty"),
+    responses((status = 200, description = "the webhook as changed, with its secret", body = Envelope<WebhookView>),
+        (status = 400, description = "the body is not a JSON object of these fields", body = ErrorEnvelope),
+        (status = 401, description = "no API key, or one courier does not know", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace or webhook for this key", body = ErrorEnvelope),
+        (status = 413, description = "the body is larger than 64 KiB", body = ErrorEnvelope),
+        (status = 422, description = "a field breaks its rule (the first one, named in \
+            `field`); nothing changed", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn update_webhook(
     key: WorkspaceKey,
@@ -130,10 +146,11 @@ pub async fn update_webhook(
 
 /// Deletes a webhook: 204, no body. Its delivery history stays readable.
 #[utoipa::path(delete, path = "/v1/workspaces/{ws}/webhooks/{id}", tag = "webhooks",
-    params(("ws" = String, Path, description = "workspace id"),
-        ("id" = String, Path, description = "webhook id")),
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id"),
+        ("id" = String, Path, format = "uuid", description = "webhook id")),
     responses((status = 204, description = "deleted"),
-        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+        (status = 401, description = "no API key, or one courier does not know", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace or webhook for this key", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn delete_webhook(
     key: WorkspaceKey,
@@ -150,8 +167,8 @@ pub async fn delete_webhook(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateSecret {
-    /// The new secret (same rules as on create); generated when absent.
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::rotated_secret)]
     pub secret: Option<String>,
 }
 
@@ -166,12 +183,16 @@ pub struct RotatedSecret {
 
 /// Replaces the secret; the old one keeps signing for a grace period.
 #[utoipa::path(post, path = "/v1/workspaces/{ws}/webhooks/{id}/rotate-secret", tag = "webhooks",
-    params(("ws" = String, Path, description = "workspace id"),
-        ("id" = String, Path, description = "webhook id")),
-    request_body = RotateSecret,
-    responses((status = 200, body = Envelope<RotatedSecret>),
-        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
-        (status = 422, body = ErrorEnvelope)),
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id"),
+        ("id" = String, Path, format = "uuid", description = "webhook id")),
+    request_body(content = Option<RotateSecret>, description = "may be empty: a generated secret"),
+    responses((status = 200, description = "the new secret, and until when the old one \
+            still signs", body = Envelope<RotatedSecret>),
+        (status = 400, description = "the body is not a JSON object of these fields", body = ErrorEnvelope),
+        (status = 401, description = "no API key, or one courier does not know", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace or webhook for this key", body = ErrorEnvelope),
+        (status = 413, description = "the body is larger than 64 KiB", body = ErrorEnvelope),
+        (status = 422, description = "`secret` is not a valid secret", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn rotate_secret(
     key: WorkspaceKey,
@@ -210,12 +231,16 @@ pub struct Recovered {
 
 /// Queues the failed (dead or canceled) deliveries of a webhook again.
 #[utoipa::path(post, path = "/v1/workspaces/{ws}/webhooks/{id}/recover", tag = "webhooks",
-    params(("ws" = String, Path, description = "workspace id"),
-        ("id" = String, Path, description = "webhook id")),
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id"),
+        ("id" = String, Path, format = "uuid", description = "webhook id")),
     request_body = Recover,
-    responses((status = 202, body = Envelope<Recovered>),
-        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
-        (status = 503, body = ErrorEnvelope)),
+    responses((status = 202, description = "the deliveries queued again", body = Envelope<Recovered>),
+        (status = 400, description = "the body is not a JSON object of these fields", body = ErrorEnvelope),
+        (status = 401, description = "no API key, or one courier does not know", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace or webhook for this key", body = ErrorEnvelope),
+        (status = 413, description = "the body is larger than 64 KiB", body = ErrorEnvelope),
+        (status = 503, description = "no broker connection, or the broker refused a \
+            message; the deliveries not queued are as they were, try again", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn recover(
     key: WorkspaceKey,
@@ -241,10 +266,14 @@ pub async fn recover(
 /// The events delivered to one webhook, newest first: status, response
 /// code, latest attempt, number of attempts.
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/webhooks/{id}/events", tag = "webhooks",
-    params(("ws" = String, Path, description = "workspace id"),
-        ("id" = String, Path, description = "webhook id"), PageQuery),
-    responses((status = 200, body = Envelope<Page<WebhookEventView>>),
-        (status = 401, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id"),
+        ("id" = String, Path, format = "uuid", description = "webhook id"), PageQuery),
+    responses((status = 200, description = "a page of its events", body = Envelope<Page<WebhookEventView>>),
+        (status = 400, description = "an unknown query parameter, or one that is not of its type", body = ErrorEnvelope),
+        (status = 401, description = "no API key, or one courier does not know", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace or webhook for this key", body = ErrorEnvelope),
+        (status = 422, description = "`first` out of 1-100, or an `after` this API did not \
+            hand out", body = ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn webhook_events(
     key: WorkspaceKey,
