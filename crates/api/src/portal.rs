@@ -65,9 +65,33 @@ pub struct NewPortalLink {
     /// How long the link may wait to be opened, in seconds: 1 to
     /// `console.portal_link_max_ttl_seconds` (86400 unless the deployment
     /// says otherwise); `console.portal_link_ttl_seconds` when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 1, maximum = 86400)]
     pub ttl_seconds: Option<u32>,
+}
+
+/// JSON has one kind of number: `600.0` is 600, an `integer` to JSON
+/// Schema, and what Python's `timedelta.total_seconds()` gives. Refused
+/// (400) only when it is not a whole number a `u32` holds.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    number
+        .as_u64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(f))
+                .map(|f| f as u64)
+        })
+        .and_then(|n| u32::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid value: {number}, expected a whole number of seconds"
+            ))
+        })
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -182,5 +206,26 @@ mod tests {
         assert_eq!(token_hash(&a), Some(hash_key(&a)));
         assert_eq!(token_hash("cpl_short"), None);
         assert_eq!(token_hash(&a.replace("cpl_", "ck_x")), None);
+    }
+
+    #[test]
+    fn a_lifetime_is_any_whole_number() {
+        let ttl = |json: &str| {
+            serde_json::from_str::<NewPortalLink>(json)
+                .map(|l| l.ttl_seconds)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(ttl(r#"{"ttlSeconds": 600}"#), Ok(Some(600)));
+        assert_eq!(ttl(r#"{"ttlSeconds": 600.0}"#), Ok(Some(600)));
+        assert_eq!(ttl(r#"{"ttlSeconds": 6e2}"#), Ok(Some(600)));
+        assert_eq!(ttl(r#"{"ttlSeconds": null}"#), Ok(None));
+        assert_eq!(ttl("{}"), Ok(None));
+        for bad in ["600.5", "-1", "4294967296", "1e300", "\"600\""] {
+            let err = ttl(&format!(r#"{{"ttlSeconds": {bad}}}"#)).unwrap_err();
+            assert!(
+                err.contains("ttl") || err.contains("invalid"),
+                "{bad}: {err}"
+            );
+        }
     }
 }
