@@ -53,6 +53,15 @@ test: tools check-deploy build sweep
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 
+## The API clients, generated from the OpenAPI document into
+## target/clients: Python (openapi-python-client) and TypeScript
+## (openapi-typescript types for openapi-fetch). clients/README.md says
+## how to use them; `make test` generates them again and runs their
+## examples against a courier.
+.PHONY: clients
+clients: tools
+	clients/generate.sh
+
 ## Removes queues and databases that earlier test runs left behind (a test
 ## run cleans up after itself; this catches runs that were killed).
 sweep:
