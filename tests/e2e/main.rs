@@ -9,6 +9,7 @@ mod delivery;
 mod deploy;
 mod fast_path;
 mod held;
+mod openapi;
 mod operations;
 mod poison;
 mod read_your_writes;
