@@ -271,6 +271,16 @@ async fn a_webhook_made_in_the_console_delivers_and_is_redelivered(db: Db) {
     assert_eq!(text(&console, "#dead-count").await, "1");
     assert_eq!(text(&console, "#total-24h").await, "27");
     assert!(text(&console, "#failing").await.contains("Shop plugin"));
+    // Its link leads to the failure.
+    console.find("#failing a").await.click().await;
+    console.wait_for("#filters", WAIT).await;
+    console.assert_no_console_errors().await;
+    let failure = console.event_row(&change).await;
+    assert_eq!(
+        failure.map(|row| row.status).as_deref(),
+        Some("dead"),
+        "the failing webhook's link on the overview leads to its failure"
+    );
     console.open("/console/w/acme/webhooks").await;
     let health = |id: &str, column: &str| {
         let css = format!(r#"tr[data-webhook="{id}"] {column}"#);
