@@ -369,8 +369,7 @@ pub(crate) fn event_types_or_null() -> RefOr<Schema> {
 
 /// What `str::trim` removes (Unicode White_Space), some of it control
 /// characters: a tab or line break may surround a name, not be inside it.
-const SPACE: &str =
-    r"\u0009-\u000d \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+const SPACE: &str = r"\u0009-\u000d \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
 /// Control characters (Unicode Cc), refused inside a name.
 const CONTROL: &str = r"\u0000-\u001f\u007f-\u009f";
 
