@@ -251,6 +251,7 @@ async fn a_redelivered_event_gets_what_its_dead_worker_owed(db: Db) {
                 error_kind: Some(ErrorKind::Connect),
                 error: Some("connection refused".into()),
                 response_excerpt: None,
+                retry_after: None,
                 new_status: DeliveryStatus::Retrying,
                 next_attempt_at: Some(started_at + chrono::Duration::milliseconds(200)),
                 held_until: None,

@@ -16,7 +16,7 @@ pub use env::{Db, TestEnv, WorkerProcess, wait_for};
 pub use private_pg::PrivatePostgres;
 pub use private_rabbit::PrivateRabbit;
 pub use prometheus::Prometheus;
-pub use receiver::{Behavior, Received, Receiver};
+pub use receiver::{Behavior, Received, Receiver, RetryAfter};
 pub use verify::verify_signature;
 
 /// The value of one sample `name{labels} value` of a Prometheus text

@@ -10,6 +10,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +33,22 @@ pub enum Behavior {
     /// Hangs every request until [`Receiver::recover`] (a minute at most),
     /// then answers 200.
     Stall,
+    /// The first `times` requests of each webhook-id get `status` with a
+    /// `Retry-After` header, then 200.
+    AskToWait {
+        status: u16,
+        wait: RetryAfter,
+        times: u32,
+    },
+}
+
+/// What a receiver's `Retry-After` says.
+#[derive(Clone, Debug)]
+pub enum RetryAfter {
+    /// This text, as it is (seconds, or anything else).
+    Text(&'static str),
+    /// An HTTP date this long after the response.
+    DateIn(Duration),
 }
 
 #[derive(Clone, Debug)]
@@ -125,11 +142,7 @@ impl Drop for Receiver {
     }
 }
 
-async fn handle(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> (StatusCode, &'static str) {
+async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let header = |name: &str| {
         headers
             .get(name)
@@ -152,8 +165,33 @@ async fn handle(
         });
         seen
     };
+    if let Behavior::AskToWait {
+        status,
+        wait,
+        times,
+    } = &shared.behavior
+        && seen <= *times
+    {
+        let value = match wait {
+            RetryAfter::Text(text) => (*text).to_owned(),
+            RetryAfter::DateIn(after) => (chrono::Utc::now()
+                + chrono::Duration::from_std(*after).unwrap())
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string(),
+        };
+        return (
+            StatusCode::from_u16(*status).unwrap(),
+            [(axum::http::header::RETRY_AFTER, value)],
+            "wait",
+        )
+            .into_response();
+    }
+    answer(&shared, seen).await.into_response()
+}
+
+async fn answer(shared: &Shared, seen: u32) -> (StatusCode, &'static str) {
     match shared.behavior {
-        Behavior::Ok => (StatusCode::OK, "ok"),
+        Behavior::Ok | Behavior::AskToWait { .. } => (StatusCode::OK, "ok"),
         Behavior::Status(status) => (StatusCode::from_u16(status).unwrap(), "receiver says no"),
         Behavior::FailFirst { failures, status } if seen <= failures => {
             (StatusCode::from_u16(status).unwrap(), "not yet")

@@ -240,6 +240,10 @@ pub struct AttemptView {
     pub error: Option<String>,
     /// The first few KiB of the response body.
     pub response_excerpt: Option<String>,
+    /// The response's `Retry-After` header, as sent (a 429 or 503 asking
+    /// for a wait: the next attempt came after it, within
+    /// `retry.retry_after_min_ms`..`retry.retry_after_max_ms`).
+    pub retry_after: Option<String>,
 }
 
 impl From<AttemptRecord> for AttemptView {
@@ -253,6 +257,7 @@ impl From<AttemptRecord> for AttemptView {
             error_kind: a.error_kind.map(|k| k.as_str().to_owned()),
             error: a.error,
             response_excerpt: a.response_excerpt,
+            retry_after: a.retry_after,
         }
     }
 }

@@ -52,6 +52,8 @@ multiplier = 5.0
 max_delay_ms = 21600000
 max_attempts = 10
 jitter = 0.2
+retry_after_min_ms = 1000
+retry_after_max_ms = 3600000
 
 [log]
 format = "pretty"

@@ -21,7 +21,7 @@ pub use event_type::{EventType, UnknownEventType};
 pub use ids::{DeliveryId, EventId, IdError, SubscriptionId, WorkspaceId};
 pub use message::{DeliveryMessage, MessageError, WebhooksChanged};
 pub use outcome::{AttemptResult, Decision, DeliveryStatus, ErrorKind, classify};
-pub use retry::{RetryPolicy, RetryPolicyError};
+pub use retry::{RetryPolicy, RetryPolicyError, parse_retry_after};
 pub use signing::{SecretError, WebhookSecret, sign_headers};
 pub use subscription::{
     Channel, Subscription, SubscriptionIndex, SubscriptionStatus, ValidationError, validate_name,

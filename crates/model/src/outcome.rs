@@ -122,9 +122,12 @@ impl AttemptResult {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
     Succeeded,
-    /// Try again after this (un-jittered) delay.
+    /// Try again after `delay`: the schedule's (un-jittered), or, when
+    /// `asked`, the wait the receiver asked for with `Retry-After` (within
+    /// the policy's bounds; not to be jittered shorter).
     Retry {
         delay: Duration,
+        asked: bool,
     },
     /// Give up: attempts exhausted, or a failure that retrying cannot fix.
     Dead,
@@ -135,12 +138,16 @@ pub enum Decision {
 /// 2xx succeeds. Timeouts, connection errors, 5xx, 408 and 429 are retried;
 /// other 3xx/4xx are retried too unless `retry_client_errors` is off, because
 /// receivers misconfigure often and fix it within the retry window. An
-/// endpoint at a forbidden address is never retried.
+/// endpoint at a forbidden address is never retried. A 429 or 503 that
+/// says how long to wait (`retry_after`, parsed from its `Retry-After`)
+/// gets that wait, within the policy's bounds, instead of the schedule's;
+/// the attempt still counts.
 pub fn classify(
     result: AttemptResult,
     attempt: u32,
     policy: &RetryPolicy,
     retry_client_errors: bool,
+    retry_after: Option<Duration>,
 ) -> Decision {
     let retryable = match result {
         AttemptResult::Response { status } if (200..300).contains(&status) => {
@@ -154,8 +161,18 @@ pub fn classify(
         } => false,
         AttemptResult::Failed { .. } => true,
     };
-    match policy.delay_after(attempt) {
-        Some(delay) if retryable => Decision::Retry { delay },
+    let asked = match (result, retry_after) {
+        (AttemptResult::Response { status: 429 | 503 }, Some(wait)) => {
+            Some(policy.receiver_wait(wait))
+        }
+        _ => None,
+    };
+    match (policy.delay_after(attempt), asked) {
+        (Some(_), Some(delay)) if retryable => Decision::Retry { delay, asked: true },
+        (Some(delay), None) if retryable => Decision::Retry {
+            delay,
+            asked: false,
+        },
         _ => Decision::Dead,
     }
 }
@@ -199,6 +216,7 @@ mod tests {
             max_delay_ms: 1000,
             max_attempts: 3,
             jitter: 0.0,
+            ..RetryPolicy::default()
         }
     }
 
@@ -209,11 +227,14 @@ mod tests {
     #[test]
     fn success_is_any_2xx() {
         for s in [200, 201, 204, 299] {
-            assert_eq!(classify(status(s), 1, &policy(), true), Decision::Succeeded);
+            assert_eq!(
+                classify(status(s), 1, &policy(), true, None),
+                Decision::Succeeded
+            );
         }
         // Even on the last attempt.
         assert_eq!(
-            classify(status(200), 3, &policy(), true),
+            classify(status(200), 3, &policy(), true, None),
             Decision::Succeeded
         );
     }
@@ -234,18 +255,20 @@ mod tests {
             },
         ] {
             assert_eq!(
-                classify(r, 1, &p, false),
+                classify(r, 1, &p, false, None),
                 Decision::Retry {
-                    delay: Duration::from_millis(100)
+                    delay: Duration::from_millis(100),
+                    asked: false
                 }
             );
             assert_eq!(
-                classify(r, 2, &p, false),
+                classify(r, 2, &p, false, None),
                 Decision::Retry {
-                    delay: Duration::from_millis(200)
+                    delay: Duration::from_millis(200),
+                    asked: false
                 }
             );
-            assert_eq!(classify(r, 3, &p, false), Decision::Dead);
+            assert_eq!(classify(r, 3, &p, false, None), Decision::Dead);
         }
     }
 
@@ -253,15 +276,61 @@ mod tests {
     fn client_errors_follow_configuration() {
         let p = policy();
         assert!(matches!(
-            classify(status(404), 1, &p, true),
+            classify(status(404), 1, &p, true, None),
             Decision::Retry { .. }
         ));
-        assert_eq!(classify(status(404), 1, &p, false), Decision::Dead);
-        assert_eq!(classify(status(301), 1, &p, false), Decision::Dead);
+        assert_eq!(classify(status(404), 1, &p, false, None), Decision::Dead);
+        assert_eq!(classify(status(301), 1, &p, false, None), Decision::Dead);
         let blocked = AttemptResult::Failed {
             kind: ErrorKind::Blocked,
         };
-        assert_eq!(classify(blocked, 1, &p, true), Decision::Dead);
+        assert_eq!(classify(blocked, 1, &p, true, None), Decision::Dead);
+    }
+
+    #[test]
+    fn retry_after_sets_the_wait_of_429_and_503_only() {
+        let p = RetryPolicy {
+            retry_after_min_ms: 1_000,
+            retry_after_max_ms: 60_000,
+            ..policy()
+        };
+        let asked = |secs| Some(Duration::from_secs(secs));
+        for s in [429, 503] {
+            assert_eq!(
+                classify(status(s), 1, &p, true, asked(30)),
+                Decision::Retry {
+                    delay: Duration::from_secs(30),
+                    asked: true
+                }
+            );
+            // Clamped both ways.
+            assert_eq!(
+                classify(status(s), 1, &p, true, asked(0)),
+                Decision::Retry {
+                    delay: Duration::from_secs(1),
+                    asked: true
+                }
+            );
+            assert_eq!(
+                classify(status(s), 2, &p, true, asked(3600)),
+                Decision::Retry {
+                    delay: Duration::from_secs(60),
+                    asked: true
+                }
+            );
+            // The attempt counts: the last one is the last.
+            assert_eq!(classify(status(s), 3, &p, true, asked(30)), Decision::Dead);
+        }
+        // Other statuses keep the schedule whatever they say.
+        for s in [500, 502, 408, 404] {
+            assert_eq!(
+                classify(status(s), 1, &p, true, asked(30)),
+                Decision::Retry {
+                    delay: Duration::from_millis(100),
+                    asked: false
+                }
+            );
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -18,6 +19,11 @@ pub enum RetryPolicyError {
     MaxAttempts(u32),
     #[error("retry.jitter must be between 0.0 and 1.0 (got {0})")]
     Jitter(f64),
+    #[error(
+        "retry.retry_after_max_ms ({max}) must be at least retry.retry_after_min_ms ({min}) \
+         and at most 86400000 (a day)"
+    )]
+    RetryAfter { min: u64, max: u64 },
 }
 
 /// Exponential backoff: the wait after failed attempt `n` is
@@ -25,6 +31,7 @@ pub enum RetryPolicyError {
 /// `jitter` (a fraction) so that endpoints that failed together do not get
 /// retried together.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     pub initial_delay_ms: u64,
     pub multiplier: f64,
@@ -32,6 +39,21 @@ pub struct RetryPolicy {
     /// Total attempts, the first one included.
     pub max_attempts: u32,
     pub jitter: f64,
+    /// A receiver's `Retry-After` (on 429 and 503) is honoured, but never
+    /// shorter than this...
+    #[serde(default = "default_retry_after_min_ms")]
+    pub retry_after_min_ms: u64,
+    /// ...nor longer than this.
+    #[serde(default = "default_retry_after_max_ms")]
+    pub retry_after_max_ms: u64,
+}
+
+fn default_retry_after_min_ms() -> u64 {
+    1_000
+}
+
+fn default_retry_after_max_ms() -> u64 {
+    60 * 60 * 1000
 }
 
 impl Default for RetryPolicy {
@@ -44,6 +66,8 @@ impl Default for RetryPolicy {
             max_delay_ms: 6 * 60 * 60 * 1000,
             max_attempts: 10,
             jitter: 0.2,
+            retry_after_min_ms: default_retry_after_min_ms(),
+            retry_after_max_ms: default_retry_after_max_ms(),
         }
     }
 }
@@ -68,7 +92,24 @@ impl RetryPolicy {
         if !(0.0..=1.0).contains(&self.jitter) {
             return Err(RetryPolicyError::Jitter(self.jitter));
         }
+        if self.retry_after_max_ms < self.retry_after_min_ms
+            || self.retry_after_max_ms > 24 * 60 * 60 * 1000
+        {
+            return Err(RetryPolicyError::RetryAfter {
+                min: self.retry_after_min_ms,
+                max: self.retry_after_max_ms,
+            });
+        }
         Ok(())
+    }
+
+    /// The wait a receiver asked for, within `retry.retry_after_min_ms` and
+    /// `retry.retry_after_max_ms`.
+    pub fn receiver_wait(&self, asked: Duration) -> Duration {
+        asked.clamp(
+            Duration::from_millis(self.retry_after_min_ms),
+            Duration::from_millis(self.retry_after_max_ms),
+        )
     }
 
     /// The wait before the attempt after failed attempt `attempt` (1-based),
@@ -108,6 +149,25 @@ impl RetryPolicy {
     }
 }
 
+/// How long a `Retry-After` header value asks to wait from `now`: a number
+/// of seconds, or an HTTP date (a date in the past asks for no wait).
+/// `None` for anything else: the header is then ignored.
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Absurdly many seconds are still "a long time"; the bounds apply.
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    // IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") is RFC 2822's form;
+    // the obsolete RFC 850 and asctime forms are not sent by anything alive.
+    let at = DateTime::parse_from_rfc2822(value).ok()?;
+    Some(
+        (at.with_timezone(&Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,7 +179,62 @@ mod tests {
             max_delay_ms: max,
             max_attempts: attempts,
             jitter: 0.0,
+            ..RetryPolicy::default()
         }
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date() {
+        let now = DateTime::parse_from_rfc3339("2026-12-02T08:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 02 Dec 2026 08:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        // In the past: no wait (the lower bound applies).
+        assert_eq!(
+            parse_retry_after("Wed, 02 Dec 2026 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            parse_retry_after("99999999999999999999999", now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        for junk in ["", "-5", "1.5", "soon", "2026-12-02T08:00:30Z"] {
+            assert_eq!(parse_retry_after(junk, now), None, "{junk}");
+        }
+    }
+
+    #[test]
+    fn a_receivers_wait_is_bounded() {
+        let p = RetryPolicy {
+            retry_after_min_ms: 1_000,
+            retry_after_max_ms: 10_000,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(p.receiver_wait(Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(
+            p.receiver_wait(Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            p.receiver_wait(Duration::from_secs(u64::MAX)),
+            Duration::from_secs(10)
+        );
+        let err = RetryPolicy {
+            retry_after_min_ms: 5,
+            retry_after_max_ms: 4,
+            ..RetryPolicy::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("retry.retry_after_max_ms"));
     }
 
     #[test]

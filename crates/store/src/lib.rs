@@ -134,6 +134,8 @@ pub struct AttemptWrite {
     pub error: Option<String>,
     /// At most a few KiB of the response body.
     pub response_excerpt: Option<String>,
+    /// The response's `Retry-After` header, as sent (bounded).
+    pub retry_after: Option<String>,
     pub new_status: DeliveryStatus,
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// Keeps the delivery held until then (see [`WriteOp::Hold`]): for an
@@ -195,6 +197,8 @@ pub struct AttemptRecord {
     pub error_kind: Option<ErrorKind>,
     pub error: Option<String>,
     pub response_excerpt: Option<String>,
+    /// The response's `Retry-After` header, as sent.
+    pub retry_after: Option<String>,
 }
 
 /// An event as the ledger recorded it: every event a worker consumed,

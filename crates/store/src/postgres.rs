@@ -450,15 +450,15 @@ impl Dialect for PgStore {
             "WITH u AS ( \
                  SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], \
                      $5::int[], $6::int[], $7::text[], $8::text[], $9::text[], $10::text[], \
-                     $11::timestamptz[], $13::bool[], $14::timestamptz[]) \
+                     $11::timestamptz[], $13::bool[], $14::timestamptz[], $15::text[]) \
                  AS u(delivery_id, attempt, url, started_at, duration_ms, response_status, \
                      error_kind, error, response_excerpt, new_status, next_attempt_at, born, \
-                     held_until) \
+                     held_until, retry_after) \
              ), ins AS ( \
                  INSERT INTO attempts (delivery_id, attempt, url, started_at, duration_ms, \
-                     response_status, error_kind, error, response_excerpt) \
+                     response_status, error_kind, error, response_excerpt, retry_after) \
                  SELECT delivery_id, attempt, url, started_at, duration_ms, response_status, \
-                     error_kind, error, response_excerpt FROM u",
+                     error_kind, error, response_excerpt, retry_after FROM u",
             "ON CONFLICT (delivery_id, attempt) DO NOTHING",
             "RETURNING delivery_id, attempt \
              ), upd AS ( \
@@ -529,6 +529,12 @@ impl Dialect for PgStore {
         .bind(now)
         .bind(born)
         .bind(attempts.iter().map(|a| a.held_until).collect::<Vec<_>>())
+        .bind(
+            attempts
+                .iter()
+                .map(|a| a.retry_after.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut *conn)
         .await?;
         if let Some(&(missing, _)) = inserted.iter().find(|(_, known)| !known) {

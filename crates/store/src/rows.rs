@@ -55,7 +55,7 @@ macro_rules! event_columns {
 macro_rules! attempt_columns {
     () => {
         "a.delivery_id, a.attempt, a.url, a.started_at, a.duration_ms, a.response_status, \
-         a.error_kind, a.error, a.response_excerpt"
+         a.error_kind, a.error, a.response_excerpt, a.retry_after"
     };
 }
 
@@ -240,6 +240,7 @@ pub(crate) fn attempt<D: Dialect>(row: &Row<D>) -> Result<AttemptRecord> {
             .transpose()?,
         error: row.opt_text("error")?,
         response_excerpt: row.opt_text("response_excerpt")?,
+        retry_after: row.opt_text("retry_after")?,
     })
 }
 

@@ -506,17 +506,19 @@ impl Dialect for SqliteStore {
                     a.error_kind.map(|k| k.as_str()),
                     a.error,
                     a.response_excerpt,
+                    a.retry_after,
                 ])
             })
             .collect();
         let recorded: HashSet<Uuid> = sqlx::query_scalar::<_, String>(
             "INSERT INTO attempts (delivery_id, attempt, url, started_at, duration_ms, \
-             response_status, error_kind, error, response_excerpt) \
+             response_status, error_kind, error, response_excerpt, retry_after) \
              SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
              json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
              json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
              json_extract(value, '$[6]'), json_extract(value, '$[7]'), \
-             json_extract(value, '$[8]') FROM json_each(?1) WHERE true \
+             json_extract(value, '$[8]'), json_extract(value, '$[9]') \
+             FROM json_each(?1) WHERE true \
              ON CONFLICT (delivery_id, attempt) DO NOTHING RETURNING delivery_id",
         )
         .bind(json_rows("attempts", &rows)?)

@@ -33,7 +33,14 @@ pub struct HttpOutcome {
     /// A short description when no response arrived.
     pub error: Option<String>,
     pub excerpt: Option<String>,
+    /// The response's `Retry-After`, as sent (at most
+    /// [`MAX_KEPT_HEADER_BYTES`]).
+    pub retry_after: Option<String>,
 }
+
+/// A response header kept for the ledger is cut at this length: a receiver
+/// decides what it sends, courier decides what it stores.
+pub const MAX_KEPT_HEADER_BYTES: usize = 128;
 
 #[derive(Clone, Debug)]
 pub struct WebhookClient {
@@ -117,6 +124,7 @@ impl WebhookClient {
             duration: started.elapsed(),
             error: Some(error),
             excerpt: None,
+            retry_after: None,
         };
 
         // IP literals never reach the resolver, so check them here.
@@ -149,6 +157,10 @@ impl WebhookClient {
             }
         };
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .map(|v| kept_header(v.as_bytes()));
 
         // Read at most the excerpt; the rest of the body is not our business.
         let mut excerpt = Vec::new();
@@ -171,6 +183,7 @@ impl WebhookClient {
             duration: started.elapsed(),
             error: body_error,
             excerpt: (!excerpt.is_empty()).then(|| excerpt_text(&excerpt)),
+            retry_after,
         }
     }
 }
@@ -251,6 +264,16 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (first == 0x0064 && ip.segments()[1] == 0xff9b)) // NAT64, may map private v4
 }
 
+/// A header value as text the ledger can store, cut to
+/// [`MAX_KEPT_HEADER_BYTES`] on a character boundary.
+fn kept_header(bytes: &[u8]) -> String {
+    let mut text = excerpt_text(&bytes[..bytes.len().min(MAX_KEPT_HEADER_BYTES)]);
+    while text.len() > MAX_KEPT_HEADER_BYTES {
+        text.pop();
+    }
+    text
+}
+
 /// A response excerpt as text the ledger can store: invalid UTF-8 and NUL
 /// (which PostgreSQL text refuses) become U+FFFD.
 fn excerpt_text(bytes: &[u8]) -> String {
@@ -260,6 +283,16 @@ fn excerpt_text(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_headers_are_bounded_text() {
+        assert_eq!(kept_header(b"120"), "120");
+        let long = "é".repeat(100);
+        let kept = kept_header(long.as_bytes());
+        assert!(kept.len() <= MAX_KEPT_HEADER_BYTES, "{}", kept.len());
+        assert!(kept.starts_with("éé"));
+        assert_eq!(kept_header(b"a\0b"), "a\u{FFFD}b");
+    }
 
     #[test]
     fn excerpts_are_text_a_database_takes() {

@@ -9,7 +9,8 @@ mod client;
 mod signed;
 
 pub use client::{
-    ClientError, HttpOptions, HttpOutcome, RESPONSE_EXCERPT_BYTES, WebhookClient, is_public,
+    ClientError, HttpOptions, HttpOutcome, MAX_KEPT_HEADER_BYTES, RESPONSE_EXCERPT_BYTES,
+    WebhookClient, is_public,
 };
 pub use signed::SignedWebhook;
 

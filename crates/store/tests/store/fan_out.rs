@@ -253,6 +253,7 @@ async fn attempts_update_the_delivery(db: TestDb) {
         error_kind: Some(ErrorKind::Timeout),
         error: Some("no response within 10s".into()),
         response_excerpt: None,
+        retry_after: None,
         ..failed_attempt(id, 2)
     };
     apply_one(store, WriteOp::Attempt(timeout.clone())).await;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use courier_model::{
     AttemptResult, Decision, DeliveryMessage, DeliveryStatus, Event, Subscription, classify,
+    parse_retry_after,
 };
 use courier_store::AttemptWrite;
 use courier_webhook::SignedWebhook;
@@ -51,15 +52,25 @@ impl Pipeline {
         }
         drop(slot);
 
+        let asked_wait = outcome
+            .retry_after
+            .as_deref()
+            .and_then(|v| parse_retry_after(v, Utc::now()));
         let decision = classify(
             outcome.result,
             msg.attempt,
             &self.config.retry,
             self.config.retry_client_errors,
+            asked_wait,
         );
         let (new_status, next_delay) = match decision {
             Decision::Succeeded => (DeliveryStatus::Succeeded, None),
-            Decision::Retry { delay } => {
+            // The receiver said when: exactly then, never earlier.
+            Decision::Retry { delay, asked: true } => (DeliveryStatus::Retrying, Some(delay)),
+            Decision::Retry {
+                delay,
+                asked: false,
+            } => {
                 let jittered = self
                     .config
                     .retry
@@ -72,6 +83,9 @@ impl Pipeline {
             AttemptResult::Response { status } => (Some(status), None),
             AttemptResult::Failed { kind } => (None, Some(kind)),
         };
+        let next_attempt_at = next_delay
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .map(|d| started_at + d);
         Attempted {
             write: AttemptWrite {
                 delivery_id: msg.delivery_id,
@@ -83,11 +97,17 @@ impl Pipeline {
                 error_kind,
                 error: outcome.error,
                 response_excerpt: outcome.excerpt,
+                retry_after: outcome.retry_after,
                 new_status,
-                next_attempt_at: next_delay
-                    .and_then(|d| chrono::Duration::from_std(d).ok())
-                    .map(|d| started_at + d),
-                held_until: None,
+                next_attempt_at,
+                // A wait the receiver chose may fit no retry tier: the
+                // ledger holds the delivery until then and owes the attempt,
+                // as for any held delivery (committed before the message
+                // that carried this attempt is acked).
+                held_until: match decision {
+                    Decision::Retry { asked: true, .. } => next_attempt_at,
+                    _ => None,
+                },
             },
             class: outcome.result.class(),
             duration: outcome.duration,

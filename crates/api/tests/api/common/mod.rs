@@ -330,6 +330,7 @@ pub async fn attempt(
             error_kind: None,
             error: None,
             response_excerpt: Some("upstream said no".into()),
+            retry_after: None,
             new_status: new,
             next_attempt_at: None,
             held_until: None,

@@ -244,6 +244,7 @@ pub fn failed_attempt(delivery: DeliveryId, attempt: u32) -> AttemptWrite {
         error_kind: None,
         error: Some("HTTP 503".into()),
         response_excerpt: Some("upstream unavailable".into()),
+        retry_after: None,
         new_status: DeliveryStatus::Retrying,
         next_attempt_at: Some(started_at + Duration::minutes(1)),
         held_until: None,
@@ -255,6 +256,7 @@ pub fn succeeded_attempt(delivery: DeliveryId, attempt: u32) -> AttemptWrite {
         response_status: Some(200),
         error: None,
         response_excerpt: Some("ok".into()),
+        retry_after: None,
         new_status: DeliveryStatus::Succeeded,
         next_attempt_at: None,
         ..failed_attempt(delivery, attempt)
