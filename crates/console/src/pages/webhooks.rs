@@ -332,6 +332,11 @@ pub(crate) async fn new_webhook(
     Path(ws): Path<String>,
 ) -> Result<Response, PageError> {
     let ws = session.workspace(&console, &ws).await?;
+    if session.record.read_only {
+        return Err(PageError::Forbidden(
+            "this session is read-only: it can look but not create webhooks",
+        ));
+    }
     page(
         StatusCode::OK,
         &FormPage {
