@@ -984,6 +984,11 @@ async fn sessions_see_their_own_workspace_and_portal_links_open_once(db: Db) {
         .await;
     let message = console_refused(&console, 403, "Not allowed").await;
     assert!(message.contains("read-only"), "{message}");
+    // Not even the empty form to make a webhook with.
+    let message = console
+        .open_refused("/console/w/alpha/webhooks/new", 403, "Not allowed")
+        .await;
+    assert!(message.contains("read-only"), "{message}");
     console
         .open(&format!("/console/w/alpha/webhooks/{}", alpha_hook.id))
         .await;
