@@ -53,17 +53,11 @@ pub(crate) async fn overview(
     let webhooks = subs.len();
     let failing = subs
         .into_iter()
-        .filter_map(|sub| {
-            let h = health.iter().find(|h| h.subscription_id == sub.id)?.clone();
-            let last_failed = h.last_attempt_at.is_some()
-                && !h
-                    .last_response_status
-                    .is_some_and(|s| (200..300).contains(&s));
-            last_failed.then_some(Row {
-                sub,
-                health: Some(h),
-            })
+        .map(|sub| Row {
+            health: health.iter().find(|h| h.subscription_id == sub.id).cloned(),
+            sub,
         })
+        .filter(Row::failing)
         .collect();
     let dead = service
         .count_deliveries(&DeliveryFilter {

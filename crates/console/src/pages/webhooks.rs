@@ -13,8 +13,10 @@ use courier_api::ApiError;
 use courier_api::service::Service;
 use courier_api::testsend::TestReport;
 use courier_api::webhooks::{self, NewWebhook, WebhookPatch};
-use courier_model::{EventType, Subscription, SubscriptionId, SubscriptionStatus, ValidationError};
-use courier_store::WebhookHealth;
+use courier_model::{
+    DeliveryStatus, EventType, Subscription, SubscriptionId, SubscriptionStatus, ValidationError,
+};
+use courier_store::{DeliveryFilter, WebhookHealth};
 use serde::Deserialize;
 
 use super::{Chrome, page, see_other};
@@ -92,17 +94,21 @@ impl Row {
         self.health.as_ref().map_or(0, |h| h.held)
     }
 
-    /// The ledger holds deliveries of this endpoint and its latest answer
-    /// was a failure: the workers' circuit for it is open (they hold
-    /// deliveries back while the endpoint keeps failing).
-    pub(crate) fn circuit_open(&self) -> bool {
+    /// The latest attempt of the last 24 h failed.
+    pub(crate) fn failing(&self) -> bool {
         self.health.as_ref().is_some_and(|h| {
-            h.held > 0
-                && h.last_attempt_at.is_some()
+            h.last_attempt_at.is_some()
                 && !h
                     .last_response_status
                     .is_some_and(|s| (200..300).contains(&s))
         })
+    }
+
+    /// The ledger holds deliveries of this endpoint and its latest answer
+    /// was a failure: the workers' circuit for it is open (they hold
+    /// deliveries back while the endpoint keeps failing).
+    pub(crate) fn circuit_open(&self) -> bool {
+        self.failing() && self.held() > 0
     }
 }
 
@@ -592,12 +598,18 @@ pub(crate) async fn confirm_delete(
     let ws = session.workspace(&console, &ws).await?;
     let service = Service::new(console.api(), &ws);
     let sub = service.webhook(webhook_id(&id)?).await?;
-    let waiting = service
-        .webhook_health(Utc::now() - Duration::hours(24))
-        .await?
-        .into_iter()
-        .find(|h| h.subscription_id == sub.id)
-        .map_or(0, |h| h.waiting);
+    // This webhook's only: two counts on its own index, not the
+    // workspace's health figures.
+    let mut waiting = 0;
+    for status in [DeliveryStatus::Pending, DeliveryStatus::Retrying] {
+        waiting += service
+            .count_deliveries(&DeliveryFilter {
+                status: Some(status),
+                subscription: Some(sub.id),
+                ..DeliveryFilter::default()
+            })
+            .await?;
+    }
     page(
         StatusCode::OK,
         &DeletePage {
