@@ -103,6 +103,21 @@ impl RetryPolicy {
         Ok(())
     }
 
+    /// This schedule with a webhook's own attempt count
+    /// (`WebhookSettings::max_attempts`, kept within 1-100), or itself when
+    /// the webhook sets none. Its delays are this schedule's: attempts past
+    /// this policy's own last one wait `max_delay_ms` (the longest retry
+    /// tier), so no retry queue is needed that the topology lacks.
+    pub fn with_max_attempts(&self, max_attempts: Option<u32>) -> std::borrow::Cow<'_, Self> {
+        match max_attempts {
+            Some(n) if n != self.max_attempts => std::borrow::Cow::Owned(Self {
+                max_attempts: n.clamp(1, 100),
+                ..self.clone()
+            }),
+            _ => std::borrow::Cow::Borrowed(self),
+        }
+    }
+
     /// The wait a receiver asked for, within `retry.retry_after_min_ms` and
     /// `retry.retry_after_max_ms`.
     pub fn receiver_wait(&self, asked: Duration) -> Duration {
@@ -181,6 +196,26 @@ mod tests {
             jitter: 0.0,
             ..RetryPolicy::default()
         }
+    }
+
+    #[test]
+    fn a_webhook_sets_its_own_attempt_count() {
+        let global = policy(1000, 2.0, 4000, 4);
+        assert_eq!(global.with_max_attempts(None).max_attempts, 4);
+        assert!(matches!(
+            global.with_max_attempts(Some(4)),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let fewer = global.with_max_attempts(Some(2));
+        assert_eq!(fewer.delay_after(1), Some(Duration::from_secs(1)));
+        assert_eq!(fewer.delay_after(2), None);
+        let more = global.with_max_attempts(Some(6));
+        // Past the global schedule's end: its longest delay, a known tier.
+        assert_eq!(more.delay_after(5), Some(Duration::from_secs(4)));
+        assert_eq!(more.delay_after(6), None);
+        assert!(more.tiers().iter().all(|t| global.tiers().contains(t)));
+        assert_eq!(global.with_max_attempts(Some(0)).max_attempts, 1);
+        assert_eq!(global.with_max_attempts(Some(500)).max_attempts, 100);
     }
 
     #[test]
