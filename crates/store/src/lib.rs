@@ -13,6 +13,7 @@
 //! RabbitMQ or HTTP.
 
 mod batch;
+mod circuits;
 mod console;
 mod dialect;
 mod error;
@@ -32,6 +33,7 @@ use serde::Serialize;
 
 use queries::Queries;
 
+pub use circuits::{CircuitRow, DeadReason};
 pub use console::{ConsoleSession, PortalLink, SessionKind, WebhookHealth};
 pub use error::{Result, StoreError};
 pub use ledger::{Ledger, LedgerOptions};
@@ -257,6 +259,9 @@ pub struct DeliveryCursor {
 pub struct DeliveryLogEntry {
     pub delivery: DeliveryRecord,
     pub url: Option<String>,
+    /// Why a dead delivery died before its attempts ran out (`None` when
+    /// they did, or it is not dead).
+    pub dead_reason: Option<DeadReason>,
 }
 
 impl DeliveryLogEntry {
@@ -582,10 +587,15 @@ impl Store {
         dispatch!(self, s => s.claim(subscription, Some(created_before), limit, now, lease_until).await)
     }
 
-    /// Marks held deliveries dead, ending their hold; returns those that
-    /// were still held (an attempt or a cancel may have come first).
-    pub async fn give_up_held(&self, ids: &[DeliveryId]) -> Result<Vec<DeliveryId>> {
-        dispatch!(self, s => s.give_up_held(ids).await)
+    /// Marks held deliveries dead for `reason`, ending their hold; returns
+    /// those that were still held (an attempt or a cancel may have come
+    /// first).
+    pub async fn give_up_held(
+        &self,
+        ids: &[DeliveryId],
+        reason: DeadReason,
+    ) -> Result<Vec<DeliveryId>> {
+        dispatch!(self, s => s.give_up_held(ids, reason).await)
     }
 
     // --- reads for operators and tests ---------------------------------------

@@ -250,7 +250,7 @@ impl Dialect for PgStore {
          ) c WHERE d.id = c.id \
          RETURNING d.id, d.event_id, d.subscription_id, d.event_type, d.attempts";
     const GIVE_UP_HELD: &'static str = "UPDATE deliveries SET status = 'dead', \
-         held_until = NULL, next_attempt_at = NULL, updated_at = $2 \
+         held_until = NULL, next_attempt_at = NULL, updated_at = $2, dead_reason = $3 \
          WHERE id = ANY($1::uuid[]) AND held_until IS NOT NULL \
          AND status IN ('pending', 'retrying') RETURNING id";
 
@@ -312,7 +312,8 @@ impl Dialect for PgStore {
          ORDER BY d.created_at, d.id LIMIT $4 FOR UPDATE"
     );
     const REOPEN: &'static str = "UPDATE deliveries SET status = 'retrying', \
-         next_attempt_at = $1, held_until = NULL, updated_at = $1 WHERE id = ANY($2::uuid[])";
+         next_attempt_at = $1, held_until = NULL, updated_at = $1, dead_reason = NULL \
+         WHERE id = ANY($2::uuid[])";
     const RESTORE_DELIVERY: &'static str = "UPDATE deliveries SET status = $2, \
          next_attempt_at = $3, held_until = $5, updated_at = $7 \
          WHERE id = $1 AND workspace_id = $6 AND status = 'retrying' AND attempts = $4";

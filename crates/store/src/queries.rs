@@ -16,9 +16,9 @@ use crate::dialect::{Bind, Columns, Conn, Dialect, finish};
 use crate::error::refused;
 use crate::rows;
 use crate::{
-    ApiKeyRecord, AttemptRecord, DeliveryContext, DeliveryCursor, DeliveryFilter, DeliveryLogEntry,
-    DeliveryRecord, EventRecord, HeldDelivery, HeldDue, Result, SubscriptionsFingerprint,
-    Workspace,
+    ApiKeyRecord, AttemptRecord, DeadReason, DeliveryContext, DeliveryCursor, DeliveryFilter,
+    DeliveryLogEntry, DeliveryRecord, EventRecord, HeldDelivery, HeldDue, Result,
+    SubscriptionsFingerprint, Workspace,
 };
 
 const LIST_WORKSPACES: &str = "SELECT id, name, created_at FROM workspaces ORDER BY created_at, id";
@@ -258,12 +258,17 @@ where
         claimed.iter().map(rows::held::<Self>).collect()
     }
 
-    async fn give_up_held(&self, ids: &[DeliveryId]) -> Result<Vec<DeliveryId>> {
+    async fn give_up_held(
+        &self,
+        ids: &[DeliveryId],
+        reason: DeadReason,
+    ) -> Result<Vec<DeliveryId>> {
         let ids = Self::ids(ids.iter().map(|id| id.0))?;
         let mut conn = self.writer().await?;
         let dead = sqlx::query::<Self::Db>(Self::GIVE_UP_HELD)
             .bind(ids)
             .bind(Self::ts(&Utc::now()))
+            .bind(reason.as_str())
             .fetch_all(&mut *conn)
             .await;
         let dead = Self::finish_write(conn, dead.map_err(Into::into)).await?;

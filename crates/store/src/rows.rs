@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 use crate::dialect::{Columns, Dialect, Row};
 use crate::{
-    ApiKeyRecord, AttemptRecord, DeliveryLogEntry, DeliveryRecord, HeldDelivery, Result,
-    StoreError, Workspace,
+    ApiKeyRecord, AttemptRecord, DeadReason, DeliveryLogEntry, DeliveryRecord, HeldDelivery,
+    Result, StoreError, Workspace,
 };
 
 /// Subscription columns, aliased `s_*` so they can share a row with a
@@ -67,7 +67,8 @@ macro_rules! delivery_log_select {
         concat!(
             "SELECT ",
             $crate::rows::delivery_columns!(),
-            ", COALESCE((SELECT a.url FROM attempts a WHERE a.delivery_id = d.id \
+            ", d.dead_reason, \
+             COALESCE((SELECT a.url FROM attempts a WHERE a.delivery_id = d.id \
              ORDER BY a.attempt DESC LIMIT 1), s.url) AS url \
              FROM deliveries d LEFT JOIN subscriptions s ON s.id = d.subscription_id \
              AND s.workspace_id = d.workspace_id "
@@ -188,6 +189,14 @@ pub(crate) fn log_entry<D: Dialect>(row: &Row<D>) -> Result<DeliveryLogEntry> {
     Ok(DeliveryLogEntry {
         delivery: delivery::<D>(row)?,
         url: row.opt_text("url")?,
+        dead_reason: row
+            .opt_text("dead_reason")?
+            .map(|r| {
+                DeadReason::parse(&r).ok_or_else(|| {
+                    corrupt("deliveries.dead_reason", format!("unknown reason {r:?}"))
+                })
+            })
+            .transpose()?,
     })
 }
 

@@ -311,7 +311,7 @@ impl Dialect for SqliteStore {
              ORDER BY held_until LIMIT ?2 \
          ) RETURNING id, event_id, subscription_id, event_type, attempts";
     const GIVE_UP_HELD: &'static str = "UPDATE deliveries SET status = 'dead', \
-         held_until = NULL, next_attempt_at = NULL, updated_at = ?2 \
+         held_until = NULL, next_attempt_at = NULL, updated_at = ?2, dead_reason = ?3 \
          WHERE id IN (SELECT value FROM json_each(?1)) AND held_until IS NOT NULL \
          AND status IN ('pending', 'retrying') RETURNING id";
 
@@ -373,7 +373,7 @@ impl Dialect for SqliteStore {
          ORDER BY d.created_at, d.id LIMIT ?4"
     );
     const REOPEN: &'static str = "UPDATE deliveries SET status = 'retrying', \
-         next_attempt_at = ?1, held_until = NULL, updated_at = ?1 \
+         next_attempt_at = ?1, held_until = NULL, updated_at = ?1, dead_reason = NULL \
          WHERE id IN (SELECT value FROM json_each(?2))";
     const RESTORE_DELIVERY: &'static str = "UPDATE deliveries SET status = ?2, \
          next_attempt_at = ?3, held_until = ?5, updated_at = ?7 \

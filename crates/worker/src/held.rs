@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use courier_model::{DeliveryId, DeliveryMessage, SubscriptionId};
-use courier_store::{HeldDelivery, HeldDue};
+use courier_store::{DeadReason, HeldDelivery, HeldDue};
 use futures_util::future::try_join_all;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -205,7 +205,7 @@ impl Pipeline {
             return;
         }
         let ids: Vec<DeliveryId> = expired.iter().map(|held| held.id).collect();
-        match self.store.give_up_held(&ids).await {
+        match self.store.give_up_held(&ids, DeadReason::CircuitOpen).await {
             Ok(dead) if dead.is_empty() => {}
             Ok(dead) => {
                 for held in expired.iter().filter(|h| dead.contains(&h.id)) {

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use courier_model::{DeliveryId, DeliveryStatus, Event, EventId, EventType, SubscriptionId};
-use courier_store::{AttemptWrite, HeldDue, Store, WriteOp, WriteResult};
+use courier_store::{AttemptWrite, DeadReason, HeldDue, Store, WriteOp, WriteResult};
 
 use crate::common::{
     TestDb, apply_one, event, failed_attempt, fan_out, hold, now, status_of, stored_subscription,
@@ -273,7 +273,10 @@ async fn expired_held_deliveries_are_claimed_then_given_up(db: TestDb) {
     );
 
     // Given up: dead, no longer held. Only held deliveries are.
-    let dead = store.give_up_held(&[old, pending]).await.unwrap();
+    let dead = store
+        .give_up_held(&[old, pending], DeadReason::CircuitOpen)
+        .await
+        .unwrap();
     assert_eq!(dead, [old]);
     let record = store.get_delivery(old).await.unwrap().unwrap();
     assert_eq!(
@@ -282,7 +285,10 @@ async fn expired_held_deliveries_are_claimed_then_given_up(db: TestDb) {
     );
     assert_eq!(status_of(store, pending).await, DeliveryStatus::Pending);
     assert_eq!(
-        store.give_up_held(&[old]).await.unwrap(),
+        store
+            .give_up_held(&[old], DeadReason::CircuitOpen)
+            .await
+            .unwrap(),
         [],
         "given up once"
     );

@@ -8,6 +8,7 @@
 
 mod common;
 
+mod circuits;
 mod console;
 mod delivery_log;
 mod events;
