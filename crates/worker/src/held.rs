@@ -1,25 +1,37 @@
 //! Releases the deliveries the ledger holds.
 //!
 //! A delivery is held when its endpoint cannot take it now: the endpoint is
-//! slow and every slot it may use is taken, or it failed repeatedly and its
-//! circuit is open. No message carries a held delivery, so a backlog behind
-//! one endpoint costs the broker nothing and delays no one else's messages.
+//! slow and every slot it may use is taken, or its webhook's circuit is
+//! open after repeated failures. No message carries a held delivery, so a
+//! backlog behind one endpoint costs the broker nothing and delays no one
+//! else's messages.
 //!
 //! Every worker runs this loop. Four times a second it asks the ledger which
 //! webhooks have held deliveries due and starts a drainer for each: it
 //! waits for slots of the webhook's endpoint in line with the delivery
-//! stage (none come while the endpoint's circuit is open, one for its probe
-//! once it has cooled down), and claims that many deliveries. A claim is a
-//! lease: the ledger keeps the delivery held, but due only once the lease
-//! runs out, so no other worker takes it meanwhile and a worker that dies
-//! with it only delays it. The attempt's record ends the hold.
+//! stage, and claims that many deliveries. A claim is a lease: the ledger
+//! keeps the delivery held, but due only once the lease runs out, so no
+//! other worker takes it meanwhile and a worker that dies with it only
+//! delays it. The attempt's record ends the hold.
 //!
-//! A delivery held because its endpoint keeps failing is given up as dead
-//! and dead-lettered once it is older than its retry schedule (about a day
-//! by default), as it would have been had all its attempts been made and
-//! failed. A backlog behind a slow but working endpoint is never given up.
+//! While a webhook's circuit is open its drainer takes nothing, until the
+//! circuit has cooled down: then it claims the circuit's probe in the
+//! ledger (one replica in all gets it, see [`crate::circuit`]) and one held
+//! delivery to make it with.
+//!
+//! A delivery held behind an open circuit is given up as dead (and
+//! dead-lettered, its `dead_reason` `circuit_open`) once its retry
+//! schedule's time is used up, counted from its creation (its first
+//! attempt's time, or when it was held at the fan-out), as it would have
+//! been had all its attempts been made and failed. One held until a later
+//! time (a receiver's `Retry-After`) waits for that time first. Each worker
+//! looks for such deliveries of every open circuit every
+//! [`EXPIRE_EVERY`], and gives up all it finds, in batches, so a failing
+//! endpoint's deliveries settle on their schedule however many there are.
+//! A backlog behind a slow but working endpoint is never given up.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::circuit::Gate;
 use crate::error_chain;
 use crate::limits::{NoSlot, Slot};
 use crate::log::{About, about};
@@ -41,10 +54,13 @@ use crate::pipeline::{Pipeline, delivery_span};
 const LOOK_EVERY: Duration = Duration::from_millis(250);
 /// Most deliveries of one endpoint claimed at once.
 const CLAIM_AT_MOST: usize = 64;
-/// How often held deliveries past their retry schedule are looked for.
-const EXPIRE_EVERY: Duration = Duration::from_secs(10);
-/// Most held deliveries given up at once.
-const EXPIRE_AT_MOST: u32 = 256;
+/// How often the held deliveries of open circuits are looked at for those
+/// whose retry schedule ran out.
+const EXPIRE_EVERY: Duration = Duration::from_secs(1);
+/// Most held deliveries given up in one batch (one claim, their dead
+/// letters, one update); a webhook's batches follow each other until none
+/// is left.
+const EXPIRE_AT_MOST: u32 = 500;
 
 impl Pipeline {
     /// Releases held deliveries as their endpoints make room, until `stop`;
@@ -58,6 +74,7 @@ impl Pipeline {
     pub async fn release_held(self: Arc<Self>, stop: CancellationToken) {
         let tasks = TaskTracker::new();
         let draining: Arc<Mutex<HashSet<SubscriptionId>>> = Arc::default();
+        let expiring = Arc::new(AtomicBool::new(false));
         let mut expired = Instant::now();
         loop {
             let due = match self.store.held_due(Utc::now()).await {
@@ -71,9 +88,17 @@ impl Pipeline {
             self.metrics
                 .held
                 .set(i64::try_from(total).unwrap_or(i64::MAX));
-            let give_up = expired.elapsed() >= EXPIRE_EVERY;
-            if give_up {
+            // Giving up runs beside the releases, one round at a time.
+            if expired.elapsed() >= EXPIRE_EVERY && !expiring.swap(true, Ordering::AcqRel) {
                 expired = Instant::now();
+                let pipeline = Arc::clone(&self);
+                let expiring = Arc::clone(&expiring);
+                tasks.spawn(async move {
+                    for webhook in pipeline.endpoints.circuits().open_webhooks() {
+                        pipeline.give_up_expired(webhook).await;
+                    }
+                    expiring.store(false, Ordering::Release);
+                });
             }
             for HeldDue {
                 subscription_id: subscription,
@@ -84,9 +109,6 @@ impl Pipeline {
                 // A deleted webhook's deliveries are canceled when claimed:
                 // they take slots of their own meanwhile.
                 let endpoint = url.unwrap_or_else(|| format!("webhook {subscription}"));
-                if give_up && self.endpoints.is_open(&endpoint) {
-                    self.give_up_expired(subscription).await;
-                }
                 if !lock(&draining).insert(subscription) {
                     continue;
                 }
@@ -119,13 +141,18 @@ impl Pipeline {
         stop: &CancellationToken,
         tasks: &TaskTracker,
     ) {
+        match self.endpoints.circuits().gate(subscription) {
+            Gate::Closed => {}
+            Gate::Open { .. } => return,
+            Gate::CooledDown => return self.probe(subscription, endpoint, tasks).await,
+        }
         while !stop.is_cancelled() {
             // In line for a worker slot, then an endpoint slot, like the
             // delivery stage; then whatever more of both is free right now.
             let Ok(worker_slot) = Arc::clone(&self.http_slots).acquire_owned().await else {
                 return;
             };
-            let slot = match self.endpoints.acquire(endpoint).await {
+            let slot = match self.endpoints.acquire(endpoint, subscription).await {
                 Ok(slot) => slot,
                 Err(NoSlot::Busy) => continue,
                 Err(NoSlot::Slow { .. } | NoSlot::Open { .. }) => return,
@@ -135,7 +162,10 @@ impl Pipeline {
                     .take(CLAIM_AT_MOST - 1)
                     .collect();
             let slots: Vec<Slot> = std::iter::once(slot)
-                .chain(self.endpoints.try_slots(endpoint, more_workers.len()))
+                .chain(
+                    self.endpoints
+                        .try_slots(endpoint, subscription, more_workers.len()),
+                )
                 .collect();
             let workers = std::iter::once(worker_slot).chain(more_workers);
 
@@ -166,61 +196,125 @@ impl Pipeline {
         }
     }
 
-    /// Dead-letters the held deliveries of a failing endpoint whose retry
-    /// schedule ran out while they waited, then marks them dead. A worker
-    /// that dies in between leaves them claimed, and one that finds the
-    /// endpoint failing dead-letters them again later: a dead letter may
-    /// come twice, never not at all.
+    /// Claims the probe of the subscription's cooled-down circuit in the
+    /// ledger and, if this worker got it, makes it with one of the
+    /// subscription's held deliveries. A probe not made (no endpoint slot
+    /// free, no delivery due any more) is given back at once.
+    async fn probe(
+        self: &Arc<Self>,
+        subscription: SubscriptionId,
+        endpoint: &str,
+        tasks: &TaskTracker,
+    ) {
+        let Ok(worker_slot) = Arc::clone(&self.http_slots).acquire_owned().await else {
+            return;
+        };
+        let now = Utc::now();
+        let lease_until = now + self.claim_lease();
+        let circuit = match self
+            .store
+            .claim_circuit_probe(subscription, now, lease_until)
+            .await
+        {
+            Ok(Some(circuit)) => circuit,
+            // Another replica probes, or the circuit closed meanwhile.
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "claiming a circuit's probe failed");
+                return;
+            }
+        };
+        self.endpoints
+            .circuits()
+            .probe_granted(&circuit, lease_until);
+        let Some(slot) = self.endpoints.probe_slot(endpoint, subscription) else {
+            return;
+        };
+        let held = match self
+            .store
+            .claim_held(subscription, 1, now, lease_until)
+            .await
+        {
+            Ok(held) => held,
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "claiming a held delivery to probe with failed");
+                return;
+            }
+        };
+        // None left to probe with: the slot gives the probe back.
+        if let Some(held) = held.into_iter().next() {
+            let pipeline = Arc::clone(self);
+            tasks.spawn(async move {
+                pipeline.release(held, slot).await;
+                drop(worker_slot);
+            });
+        }
+    }
+
+    /// Dead-letters the held deliveries of an open circuit whose retry
+    /// schedule ran out while they waited, then marks them dead for
+    /// `circuit_open`, a batch at a time until none is left. A worker that
+    /// dies in between leaves them claimed, and one that finds the circuit
+    /// still open dead-letters them again later: a dead letter may come
+    /// twice, never not at all.
     async fn give_up_expired(&self, subscription: SubscriptionId) {
         let Ok(span) = chrono::Duration::from_std(self.config.retry.span()) else {
             return;
         };
-        let now = Utc::now();
-        let lease = self.claim_lease();
-        let expired = match self
-            .store
-            .claim_expired(subscription, now - span, EXPIRE_AT_MOST, now, now + lease)
-            .await
-        {
-            Ok(expired) if expired.is_empty() => return,
-            Ok(expired) => expired,
-            Err(error) => {
-                tracing::warn!(error = %error_chain(&error), "claiming expired held deliveries failed");
+        loop {
+            let now = Utc::now();
+            let lease = self.claim_lease();
+            let expired = match self
+                .store
+                .claim_expired(subscription, now - span, EXPIRE_AT_MOST, now, now + lease)
+                .await
+            {
+                Ok(expired) if expired.is_empty() => return,
+                Ok(expired) => expired,
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), "claiming expired held deliveries failed");
+                    return;
+                }
+            };
+            let letters: Vec<DeliveryMessage> = expired
+                .iter()
+                .map(|held| {
+                    DeliveryMessage::new(
+                        held.id,
+                        held.event_id.clone(),
+                        held.subscription_id,
+                        held.attempts.saturating_add(1),
+                    )
+                })
+                .collect();
+            if let Err(error) = try_join_all(letters.iter().map(|msg| self.dead_letter(msg))).await
+            {
+                tracing::warn!(error = %error_chain(&error), "dead-lettering expired held deliveries failed; trying again later");
                 return;
             }
-        };
-        let letters: Vec<DeliveryMessage> = expired
-            .iter()
-            .map(|held| {
-                DeliveryMessage::new(
-                    held.id,
-                    held.event_id.clone(),
-                    held.subscription_id,
-                    held.attempts.saturating_add(1),
-                )
-            })
-            .collect();
-        if let Err(error) = try_join_all(letters.iter().map(|msg| self.dead_letter(msg))).await {
-            tracing::warn!(error = %error_chain(&error), "dead-lettering expired held deliveries failed; trying again later");
-            return;
-        }
-        let ids: Vec<DeliveryId> = expired.iter().map(|held| held.id).collect();
-        match self.store.give_up_held(&ids, DeadReason::CircuitOpen).await {
-            Ok(dead) if dead.is_empty() => {}
-            Ok(dead) => {
-                for held in expired.iter().filter(|h| dead.contains(&h.id)) {
-                    self.metrics
-                        .dead_lettered
-                        .with_label_values(&[held.event_type.as_str()])
-                        .inc();
+            let ids: Vec<DeliveryId> = expired.iter().map(|held| held.id).collect();
+            match self.store.give_up_held(&ids, DeadReason::CircuitOpen).await {
+                Ok(dead) if dead.is_empty() => {}
+                Ok(dead) => {
+                    for held in expired.iter().filter(|h| dead.contains(&h.id)) {
+                        self.metrics
+                            .dead_lettered
+                            .with_label_values(&[held.event_type.as_str()])
+                            .inc();
+                    }
+                    tracing::warn!(
+                        webhook_id = %subscription,
+                        deliveries = dead.len(),
+                        "held past their retry schedule while their webhook's circuit stayed open; given up as dead"
+                    );
                 }
-                tracing::warn!(
-                    deliveries = dead.len(),
-                    "held past their retry schedule while their endpoint kept failing; given up as dead"
-                );
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), "marking expired held deliveries dead failed; trying again later");
+                    return;
+                }
             }
-            Err(error) => {
-                tracing::warn!(error = %error_chain(&error), "marking expired held deliveries dead failed; trying again later");
+            if expired.len() < EXPIRE_AT_MOST as usize {
+                return;
             }
         }
     }

@@ -12,6 +12,7 @@
 //! HTTP server: the `courier` binary wires it.
 
 mod acks;
+mod circuit;
 mod consumer;
 pub mod health;
 mod held;
@@ -137,6 +138,8 @@ impl Worker {
             stopping: stopping.clone(),
         });
         let subscriptions = pipeline.reload_subscriptions("start").await?;
+        // Circuits other replicas opened hold from the first message on.
+        pipeline.refresh_circuits().await?;
         tracing::info!(subscriptions, "worker ready");
         Ok(Self {
             pipeline,
@@ -228,11 +231,12 @@ impl Worker {
         };
 
         let releases = Arc::clone(&self.pipeline).release_held(stop.clone());
+        let circuits = Arc::clone(&self.pipeline).sync_circuits(stop.clone());
         let depths = queue_depths(&self.connection, &topology, &self.metrics, stop.clone());
         let control = watch_changes(&self.connection, &topology, &self.pipeline, stop.clone());
 
         let guard = stop.clone().drop_guard();
-        let (fanout, deliveries, (), (), (), ()) = tokio::join!(
+        let (fanout, deliveries, (), (), (), (), ()) = tokio::join!(
             async {
                 let r = fanout.await;
                 stop.cancel();
@@ -245,6 +249,7 @@ impl Worker {
             },
             refresher,
             releases,
+            circuits,
             depths,
             control
         );

@@ -2,8 +2,8 @@
 //! response time, so one slow receiver can hold neither every delivery slot
 //! of a worker nor the events whose other deliveries are ready to go.
 //!
-//! An endpoint is a URL: webhooks that post to the same URL share its slots,
-//! its response time and its circuit, as they share the server behind it.
+//! An endpoint is a URL: webhooks that post to the same URL share its slots
+//! and its response time, as they share the server behind it.
 //!
 //! A slow endpoint gets a quarter of the slots a quick one gets: its
 //! attempts would hold the worker's slots for as long as it takes to
@@ -11,20 +11,28 @@
 //! A new endpoint starts with that quarter too, and gets the rest with its
 //! first quick answer: one that never answers holds few slots meanwhile.
 //!
-//! An endpoint that fails [`FAILURES_TO_OPEN`] attempts in a row (no answer,
-//! or 5xx, 408, 429) gets a circuit breaker: for a cool-down of
-//! [`FIRST_COOLDOWN`] it gets no attempts at all, then one (a probe). A
-//! failed probe opens it again for twice as long, up to [`MAX_COOLDOWN`]; a
-//! success closes it. Meanwhile its deliveries wait in the ledger, held,
-//! instead of each failing once more and travelling through a retry queue.
+//! A slot is also for one webhook, whose circuit breaker (see
+//! [`crate::circuit`], shared by every replica) it checks first: while the
+//! circuit is open the webhook gets no slot at all, and its deliveries wait
+//! in the ledger, held, instead of each failing once more and travelling
+//! through a retry queue. The one attempt after the cool-down (the probe)
+//! is claimed in the ledger by the release loop, which then takes its slot
+//! with [`EndpointLimits::probe_slot`]; the slot reports the attempt's
+//! outcome to the circuit.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use courier_model::SubscriptionId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+
+use crate::circuit::{Circuits, Gate};
+
+/// Failed attempts in a row that open a webhook's circuit.
+pub use crate::circuit::FAILURES_TO_OPEN;
 
 /// What courier expects of a healthy endpoint: answers within this long on
 /// average, so that a delivery waiting for one of its slots waits at most
@@ -34,17 +42,13 @@ use tokio::time::Instant;
 /// slots): they are held in the ledger instead.
 pub const QUICK: Duration = Duration::from_millis(250);
 
-/// Failed attempts in a row that open an endpoint's circuit.
-pub const FAILURES_TO_OPEN: u32 = 5;
-/// How long a circuit first stays open; doubled by each failed probe.
-pub const FIRST_COOLDOWN: Duration = Duration::from_secs(1);
-pub const MAX_COOLDOWN: Duration = Duration::from_secs(60);
-
 #[derive(Debug)]
 pub struct EndpointLimits {
     per_endpoint: usize,
     /// By URL.
     endpoints: Mutex<HashMap<Arc<str>, Arc<Endpoint>>>,
+    /// By webhook.
+    circuits: Arc<Circuits>,
 }
 
 #[derive(Debug)]
@@ -61,25 +65,6 @@ struct Endpoint {
     /// When a slot was last taken or freed, in µs after `created`.
     progress_micros: AtomicU64,
     created: Instant,
-    circuit: Mutex<Circuit>,
-}
-
-/// The breaker of one endpoint: closed while `open_until` is `None`.
-#[derive(Debug, Default)]
-struct Circuit {
-    /// Failed attempts in a row.
-    failures: u32,
-    open_until: Option<Instant>,
-    cooldown: Duration,
-    /// Whether the one attempt allowed after the cool-down is under way.
-    probing: bool,
-}
-
-/// What the circuit lets through.
-enum Gate {
-    Closed,
-    /// Open, but cooled down: this one attempt may try the endpoint.
-    Probe,
 }
 
 impl Endpoint {
@@ -93,64 +78,7 @@ impl Endpoint {
             mean_micros: AtomicU64::new(0),
             progress_micros: AtomicU64::new(0),
             created: Instant::now(),
-            circuit: Mutex::new(Circuit::default()),
         }
-    }
-
-    fn circuit(&self) -> std::sync::MutexGuard<'_, Circuit> {
-        self.circuit.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether an attempt may go to the endpoint; a probe is taken by the
-    /// caller, who must give it back ([`Endpoint::end_probe`]) if it makes
-    /// no attempt after all.
-    fn gate(&self) -> Result<Gate, NoSlot> {
-        let mut circuit = self.circuit();
-        let Some(until) = circuit.open_until else {
-            return Ok(Gate::Closed);
-        };
-        let now = Instant::now();
-        if now < until {
-            return Err(NoSlot::Open { wait: until - now });
-        }
-        if circuit.probing {
-            return Err(NoSlot::Open {
-                wait: Duration::ZERO,
-            });
-        }
-        circuit.probing = true;
-        Ok(Gate::Probe)
-    }
-
-    fn end_probe(&self) {
-        self.circuit().probing = false;
-    }
-
-    /// Counts an attempt's outcome; returns true when this opened the
-    /// circuit (a failed probe opens it again, for longer).
-    fn outcome(&self, healthy: bool, probe: bool) -> bool {
-        let mut circuit = self.circuit();
-        if healthy {
-            *circuit = Circuit::default();
-            return false;
-        }
-        circuit.failures = circuit.failures.saturating_add(1);
-        let cooldown = if probe {
-            circuit.probing = false;
-            (circuit.cooldown * 2).min(MAX_COOLDOWN)
-        } else if circuit.open_until.is_none() && circuit.failures >= FAILURES_TO_OPEN {
-            FIRST_COOLDOWN
-        } else {
-            return false;
-        };
-        circuit.cooldown = cooldown;
-        circuit.open_until = Some(Instant::now() + cooldown);
-        !probe
-    }
-
-    fn is_tripped(&self) -> bool {
-        let circuit = self.circuit();
-        circuit.failures > 0 || circuit.open_until.is_some()
     }
 
     /// How many more attempts it may take now: its free slots, or for a
@@ -213,23 +141,9 @@ impl Endpoint {
         }
     }
 
-    fn try_slot(self: Arc<Self>) -> Option<Slot> {
+    fn try_slot(self: Arc<Self>, circuit: &Circuit) -> Option<Slot> {
         let permit = Arc::clone(&self.slots).try_acquire_owned().ok()?;
-        Some(Slot::new(self, permit))
-    }
-
-    /// A slot for the circuit's probe, or the probe given back.
-    fn try_probe_slot(self: Arc<Self>) -> Option<Slot> {
-        match Arc::clone(&self).try_slot() {
-            Some(mut slot) => {
-                slot.probe = true;
-                Some(slot)
-            }
-            None => {
-                self.end_probe();
-                None
-            }
-        }
+        Some(Slot::new(self, permit, circuit.clone()))
     }
 }
 
@@ -241,17 +155,40 @@ pub enum NoSlot {
     Slow { mean: Duration, full: bool },
     /// It is quick, but no slot freed within [`QUICK`].
     Busy,
-    /// Its circuit is open after repeated failures: no attempt for `wait`
-    /// (zero while a probe is under way).
+    /// Its webhook's circuit is open after repeated failures: no attempt
+    /// for `wait` (zero while a probe is under way, or is to be claimed).
     Open { wait: Duration },
 }
 
-/// The right to make one attempt at an endpoint. Report how long the attempt
-/// took with [`Slot::observe`]; dropping the slot frees it.
+impl NoSlot {
+    /// Whether the webhook's circuit lets an attempt through other than
+    /// its probe.
+    fn check(gate: Gate) -> Result<(), NoSlot> {
+        match gate {
+            Gate::Closed => Ok(()),
+            Gate::Open { wait } => Err(NoSlot::Open { wait }),
+            Gate::CooledDown => Err(NoSlot::Open {
+                wait: Duration::ZERO,
+            }),
+        }
+    }
+}
+
+/// One webhook's circuit, as a slot reports to it.
+#[derive(Clone, Debug)]
+struct Circuit {
+    circuits: Arc<Circuits>,
+    webhook: SubscriptionId,
+}
+
+/// The right to make one attempt at an endpoint for one webhook. Report
+/// how long the attempt took with [`Slot::observe`] and how it went with
+/// [`Slot::outcome`]; dropping the slot frees it.
 #[derive(Debug)]
 pub struct Slot {
     endpoint: Arc<Endpoint>,
     _permit: OwnedSemaphorePermit,
+    circuit: Circuit,
     /// The circuit's probe, until its outcome is reported.
     probe: bool,
 }
@@ -260,27 +197,30 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.endpoint.progressed();
         if self.probe {
-            self.endpoint.end_probe();
+            self.circuit.circuits.probe_unused(self.circuit.webhook);
         }
     }
 }
 
 impl Slot {
-    fn new(endpoint: Arc<Endpoint>, permit: OwnedSemaphorePermit) -> Self {
+    fn new(endpoint: Arc<Endpoint>, permit: OwnedSemaphorePermit, circuit: Circuit) -> Self {
         endpoint.progressed();
         Self {
             endpoint,
             _permit: permit,
+            circuit,
             probe: false,
         }
     }
 
     /// Reports whether the endpoint answered the attempt made with this
     /// slot as a working endpoint does: with anything but 5xx, 408 or 429.
-    /// Returns true when this failure opened its circuit.
+    /// Returns true when this failure opened the webhook's circuit.
     pub fn outcome(&mut self, healthy: bool) -> bool {
         let probe = std::mem::take(&mut self.probe);
-        self.endpoint.outcome(healthy, probe)
+        self.circuit
+            .circuits
+            .outcome(self.circuit.webhook, healthy, probe)
     }
 
     pub fn observe(&self, took: Duration) {
@@ -301,6 +241,19 @@ impl EndpointLimits {
         Self {
             per_endpoint: per_endpoint.max(1),
             endpoints: Mutex::new(HashMap::new()),
+            circuits: Arc::default(),
+        }
+    }
+
+    /// The webhooks' circuits.
+    pub fn circuits(&self) -> &Arc<Circuits> {
+        &self.circuits
+    }
+
+    fn circuit(&self, webhook: SubscriptionId) -> Circuit {
+        Circuit {
+            circuits: Arc::clone(&self.circuits),
+            webhook,
         }
     }
 
@@ -313,67 +266,71 @@ impl EndpointLimits {
         // endpoints in use, not every endpoint ever seen (a slot or a waiter
         // holds its endpoint).
         if map.len() > 4096 {
-            map.retain(|_, e| Arc::strong_count(e) > 1 || e.is_tripped());
+            map.retain(|_, e| Arc::strong_count(e) > 1);
         }
         let endpoint = Arc::new(Endpoint::new(self.per_endpoint));
         map.insert(Arc::from(url), Arc::clone(&endpoint));
         endpoint
     }
 
-    /// A slot for an endpoint that has been answering quickly, waiting at
-    /// most [`QUICK`] for one: the fan-out stage's test for attempting
-    /// right away.
-    pub async fn acquire_quick(&self, url: &str) -> Result<Slot, NoSlot> {
+    /// A slot at `url` for `webhook` if its endpoint has been answering
+    /// quickly, waiting at most [`QUICK`] for one: the fan-out stage's test
+    /// for attempting right away.
+    pub async fn acquire_quick(&self, url: &str, webhook: SubscriptionId) -> Result<Slot, NoSlot> {
+        NoSlot::check(self.circuits.gate(webhook))?;
         let endpoint = self.endpoint(url);
-        if let Gate::Probe = endpoint.gate()? {
-            return endpoint.try_probe_slot().ok_or(NoSlot::Busy);
-        }
         if let Some(slow) = endpoint.slow() {
             return Err(slow);
         }
-        Self::wait(endpoint).await
+        self.wait(endpoint, webhook).await
     }
 
-    /// A slot, waiting at most [`QUICK`] for one, and not at all for a slow
-    /// endpoint whose slots are all taken. An error means the caller should
-    /// put the delivery off rather than hold a worker slot in a queue
-    /// behind the endpoint.
-    pub async fn acquire(&self, url: &str) -> Result<Slot, NoSlot> {
+    /// A slot at `url` for `webhook`, waiting at most [`QUICK`] for one,
+    /// and not at all for a slow endpoint whose slots are all taken. An
+    /// error means the caller should put the delivery off rather than hold
+    /// a worker slot in a queue behind the endpoint.
+    pub async fn acquire(&self, url: &str, webhook: SubscriptionId) -> Result<Slot, NoSlot> {
+        NoSlot::check(self.circuits.gate(webhook))?;
         let endpoint = self.endpoint(url);
-        if let Gate::Probe = endpoint.gate()? {
-            return endpoint.try_probe_slot().ok_or(NoSlot::Busy);
-        }
+        let circuit = self.circuit(webhook);
         match endpoint.slow() {
             Some(slow @ NoSlot::Slow { full: true, .. }) => return Err(slow),
-            Some(slow) => return endpoint.try_slot().ok_or(slow),
+            Some(slow) => return endpoint.try_slot(&circuit).ok_or(slow),
             None => {}
         }
-        match Arc::clone(&endpoint).try_slot() {
+        match Arc::clone(&endpoint).try_slot(&circuit) {
             Some(slot) => Ok(slot),
-            None => Self::wait(endpoint).await,
+            None => self.wait(endpoint, webhook).await,
         }
     }
 
-    /// Whether the endpoint's circuit is open (or letting a probe through).
-    pub fn is_open(&self, url: &str) -> bool {
-        let map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(url)
-            .is_some_and(|endpoint| endpoint.circuit().open_until.is_some())
+    /// As many slots at `url` for `webhook` as the endpoint has room for
+    /// now, at most `max`, without waiting; none while the webhook's
+    /// circuit is open.
+    pub fn try_slots(&self, url: &str, webhook: SubscriptionId, max: usize) -> Vec<Slot> {
+        if NoSlot::check(self.circuits.gate(webhook)).is_err() {
+            return Vec::new();
+        }
+        let endpoint = self.endpoint(url);
+        let circuit = self.circuit(webhook);
+        let room = endpoint.room().min(max);
+        std::iter::from_fn(|| Arc::clone(&endpoint).try_slot(&circuit))
+            .take(room)
+            .collect()
     }
 
-    /// As many slots as the endpoint has room for now, at most `max`,
-    /// without waiting: one while its circuit lets a probe through, none
-    /// while it is open.
-    pub fn try_slots(&self, url: &str, max: usize) -> Vec<Slot> {
-        let endpoint = self.endpoint(url);
-        match endpoint.gate() {
-            Err(_) => Vec::new(),
-            Ok(Gate::Probe) => endpoint.try_probe_slot().into_iter().collect(),
-            Ok(Gate::Closed) => {
-                let room = endpoint.room().min(max);
-                std::iter::from_fn(|| Arc::clone(&endpoint).try_slot())
-                    .take(room)
-                    .collect()
+    /// The slot of the probe the ledger gave this replica for `webhook`
+    /// (see [`Circuits::probe_granted`]), if its endpoint has a slot free;
+    /// otherwise the probe is given back.
+    pub fn probe_slot(&self, url: &str, webhook: SubscriptionId) -> Option<Slot> {
+        match self.endpoint(url).try_slot(&self.circuit(webhook)) {
+            Some(mut slot) => {
+                slot.probe = true;
+                Some(slot)
+            }
+            None => {
+                self.circuits.probe_unused(webhook);
+                None
             }
         }
     }
@@ -381,15 +338,13 @@ impl EndpointLimits {
     /// A slot that frees within [`QUICK`], if the circuit still lets the
     /// attempt through once it has one: waiters queued while the endpoint
     /// was failing must not all go on to fail once more.
-    async fn wait(endpoint: Arc<Endpoint>) -> Result<Slot, NoSlot> {
+    async fn wait(&self, endpoint: Arc<Endpoint>, webhook: SubscriptionId) -> Result<Slot, NoSlot> {
         let permit = tokio::time::timeout(QUICK, Arc::clone(&endpoint.slots).acquire_owned())
             .await
             .map_err(|_| NoSlot::Busy)?
             .expect("endpoint semaphores are never closed");
-        let mut slot = Slot::new(endpoint, permit);
-        if let Gate::Probe = slot.endpoint.gate()? {
-            slot.probe = true;
-        }
+        let slot = Slot::new(endpoint, permit, self.circuit(webhook));
+        NoSlot::check(self.circuits.gate(webhook))?;
         Ok(slot)
     }
 }
@@ -397,6 +352,10 @@ impl EndpointLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::circuit::FIRST_COOLDOWN;
+
+    /// The webhook of every test's attempts.
+    const HOOK: SubscriptionId = SubscriptionId(uuid::Uuid::from_u128(1));
 
     #[tokio::test(start_paused = true)]
     async fn slow_endpoints_lose_the_quick_path_and_full_ones_are_busy() {
@@ -404,41 +363,50 @@ mod tests {
         let id = "http://127.0.0.1:8080/hook";
 
         let a = limits
-            .acquire_quick(id)
+            .acquire_quick(id, HOOK)
             .await
             .expect("a fresh endpoint is quick");
         // A quick answer gives it its second slot.
         a.observe(Duration::ZERO);
-        let b = limits.acquire(id).await.expect("a second slot");
+        let b = limits.acquire(id, HOOK).await.expect("a second slot");
         // Full: a waiter gets the slot that frees within QUICK ...
         let freed = tokio::spawn(async move {
             tokio::time::sleep(QUICK / 2).await;
             drop(a);
         });
-        let c = limits.acquire(id).await.expect("a slot freed in time");
+        let c = limits
+            .acquire(id, HOOK)
+            .await
+            .expect("a slot freed in time");
         freed.await.unwrap();
         // ... and gives up after QUICK when none does.
         let started = tokio::time::Instant::now();
-        assert_eq!(limits.acquire_quick(id).await.err(), Some(NoSlot::Busy));
+        assert_eq!(
+            limits.acquire_quick(id, HOOK).await.err(),
+            Some(NoSlot::Busy)
+        );
         assert_eq!(started.elapsed(), QUICK);
         drop((b, c));
 
         // Slow answers take the endpoint off the quick path, and a slow
         // endpoint whose slow share of slots (one of two) is taken is busy
         // at once.
-        let slot = limits.acquire(id).await.unwrap();
+        let slot = limits.acquire(id, HOOK).await.unwrap();
         slot.observe(Duration::from_secs(5));
         drop(slot);
         let mean = Duration::from_millis(1250);
         assert_eq!(
-            limits.acquire_quick(id).await.err(),
+            limits.acquire_quick(id, HOOK).await.err(),
             Some(NoSlot::Slow { mean, full: false }),
             "5 s answers are not quick"
         );
-        let slot = limits.acquire(id).await.expect("a free slot is still used");
+        let slot = limits
+            .acquire(id, HOOK)
+            .await
+            .expect("a free slot is still used");
         let started = tokio::time::Instant::now();
         assert_eq!(
-            limits.acquire(id).await.err(),
+            limits.acquire(id, HOOK).await.err(),
             Some(NoSlot::Slow { mean, full: true }),
             "the other slot is not for a slow endpoint"
         );
@@ -451,23 +419,23 @@ mod tests {
 
         // Quick answers bring it back.
         for _ in 0..20 {
-            let slot = limits.acquire(id).await.unwrap();
+            let slot = limits.acquire(id, HOOK).await.unwrap();
             slot.observe(Duration::from_millis(2));
         }
-        assert!(limits.acquire_quick(id).await.is_ok(), "quick again");
+        assert!(limits.acquire_quick(id, HOOK).await.is_ok(), "quick again");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_endpoint_gets_a_quarter_of_the_slots() {
         let limits = EndpointLimits::new(8);
         let id = "http://127.0.0.1:8080/hook";
-        let first = limits.acquire(id).await.unwrap();
+        let first = limits.acquire(id, HOOK).await.unwrap();
         first.observe(Duration::from_secs(4));
         let second = limits
-            .acquire(id)
+            .acquire(id, HOOK)
             .await
             .expect("a slow endpoint's first slot");
-        let third = limits.acquire(id).await.err();
+        let third = limits.acquire(id, HOOK).await.err();
         assert_eq!(
             third,
             Some(NoSlot::Slow {
@@ -477,7 +445,10 @@ mod tests {
             "two of eight slots in use"
         );
         drop((first, second));
-        assert!(limits.acquire(id).await.is_ok(), "its share is free again");
+        assert!(
+            limits.acquire(id, HOOK).await.is_ok(),
+            "its share is free again"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -486,18 +457,21 @@ mod tests {
         let id = "http://127.0.0.1:8080/hook";
         // Until it answers, a new endpoint has a quarter of its slots.
         let held = (
-            limits.acquire(id).await.unwrap(),
-            limits.acquire(id).await.unwrap(),
+            limits.acquire(id, HOOK).await.unwrap(),
+            limits.acquire(id, HOOK).await.unwrap(),
         );
         // Just filled: a waiter may still get a slot soon, so it waits.
         let started = Instant::now();
-        assert_eq!(limits.acquire_quick(id).await.err(), Some(NoSlot::Busy));
+        assert_eq!(
+            limits.acquire_quick(id, HOOK).await.err(),
+            Some(NoSlot::Busy)
+        );
         assert_eq!(started.elapsed(), QUICK);
 
         // Nothing freed for longer than QUICK: slow, no more waiting.
         tokio::time::advance(Duration::from_millis(1)).await;
         let started = Instant::now();
-        match limits.acquire(id).await {
+        match limits.acquire(id, HOOK).await {
             Err(NoSlot::Slow { mean, full: true }) => assert!(mean > QUICK, "{mean:?}"),
             other => panic!("expected slow and full, got {other:?}"),
         }
@@ -505,14 +479,14 @@ mod tests {
 
         // A freed slot is progress: the endpoint is usable again.
         drop(held);
-        assert!(limits.acquire_quick(id).await.is_ok());
+        assert!(limits.acquire_quick(id, HOOK).await.is_ok());
     }
 
     /// Fails `n` attempts at `id`, one after the other.
     async fn fail(limits: &EndpointLimits, id: &str, n: u32) -> bool {
         let mut opened = false;
         for _ in 0..n {
-            let mut slot = limits.acquire(id).await.expect("a slot");
+            let mut slot = limits.acquire(id, HOOK).await.expect("a slot");
             slot.observe(Duration::from_millis(1));
             opened |= slot.outcome(false);
         }
@@ -520,16 +494,12 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn repeated_failures_open_the_circuit_until_a_probe_succeeds() {
+    async fn an_open_circuit_gives_its_webhook_no_slot_but_its_probe() {
         let limits = EndpointLimits::new(8);
         let id = "http://127.0.0.1:8080/hook";
+        let other = SubscriptionId(uuid::Uuid::from_u128(2));
 
         assert!(!fail(&limits, id, FAILURES_TO_OPEN - 1).await, "not yet");
-        // A success in between starts the count again.
-        let mut slot = limits.acquire(id).await.unwrap();
-        assert!(!slot.outcome(true));
-        drop(slot);
-        assert!(!fail(&limits, id, FAILURES_TO_OPEN - 1).await);
         assert!(
             fail(&limits, id, 1).await,
             "the fifth failure in a row opens it"
@@ -537,43 +507,58 @@ mod tests {
 
         // Open: no slot at all, and the wait is the cool-down.
         assert_eq!(
-            limits.acquire(id).await.err(),
+            limits.acquire(id, HOOK).await.err(),
             Some(NoSlot::Open {
                 wait: FIRST_COOLDOWN
             })
         );
-        assert!(limits.try_slots(id, 8).is_empty());
+        assert!(limits.try_slots(id, HOOK, 8).is_empty());
+        // Another webhook on the same URL has its own circuit.
+        assert!(limits.acquire(id, other).await.is_ok());
 
-        // Cooled down: one probe, and nothing else while it is out.
+        // Cooled down: still nothing but the probe, which the ledger hands
+        // out; the delivery stage and the fan-out hold their deliveries.
         tokio::time::advance(FIRST_COOLDOWN).await;
-        let mut probe = limits.try_slots(id, 8);
-        assert_eq!(probe.len(), 1, "one probe");
         assert_eq!(
-            limits.acquire_quick(id).await.err(),
+            limits.acquire_quick(id, HOOK).await.err(),
             Some(NoSlot::Open {
                 wait: Duration::ZERO
             })
         );
+        assert!(limits.try_slots(id, HOOK, 8).is_empty());
+        let row = courier_store::CircuitRow {
+            subscription_id: HOOK,
+            failures: FAILURES_TO_OPEN,
+            opened_at: chrono::Utc::now(),
+            open_until: chrono::Utc::now(),
+            cooldown: FIRST_COOLDOWN,
+            probe_until: None,
+        };
+        let lease = chrono::Utc::now() + chrono::Duration::seconds(10);
+        limits.circuits().probe_granted(&row, lease);
+        let mut probe = limits.probe_slot(id, HOOK).expect("the probe's slot");
+        assert!(limits.try_slots(id, HOOK, 8).is_empty(), "one probe");
         // A failed probe opens it for twice as long.
-        assert!(!probe[0].outcome(false), "reopened, not newly opened");
+        assert!(!probe.outcome(false), "reopened, not newly opened");
         drop(probe);
         assert_eq!(
-            limits.acquire(id).await.err(),
+            limits.acquire(id, HOOK).await.err(),
             Some(NoSlot::Open {
                 wait: 2 * FIRST_COOLDOWN
             })
         );
 
-        // A probe given back unused (its delivery needed no attempt) lets
-        // the next caller probe.
+        // A probe slot dropped unused gives the probe back.
         tokio::time::advance(2 * FIRST_COOLDOWN).await;
-        drop(limits.try_slots(id, 8));
-        probe = limits.try_slots(id, 8);
-        assert_eq!(probe.len(), 1);
+        limits.circuits().probe_granted(&row, lease);
+        drop(limits.probe_slot(id, HOOK));
+        assert_eq!(limits.circuits().gate(HOOK), Gate::CooledDown);
         // A successful probe closes it: every slot is usable again.
-        assert!(!probe[0].outcome(true));
+        limits.circuits().probe_granted(&row, lease);
+        let mut probe = limits.probe_slot(id, HOOK).unwrap();
+        assert!(!probe.outcome(true));
         drop(probe);
-        assert_eq!(limits.try_slots(id, 8).len(), 8);
+        assert_eq!(limits.try_slots(id, HOOK, 8).len(), 8);
     }
 
     #[tokio::test(start_paused = true)]
@@ -581,11 +566,15 @@ mod tests {
         let limits = EndpointLimits::new(8);
         let id = "http://127.0.0.1:8080/hook";
         // New: a quarter of its slots until it answers quickly.
-        let first = limits.try_slots(id, 8);
+        let first = limits.try_slots(id, HOOK, 8);
         assert_eq!(first.len(), 2);
         first[0].observe(Duration::from_millis(1));
-        assert_eq!(limits.try_slots(id, 3).len(), 3, "at most what was asked");
-        let rest = limits.try_slots(id, 8);
+        assert_eq!(
+            limits.try_slots(id, HOOK, 3).len(),
+            3,
+            "at most what was asked"
+        );
+        let rest = limits.try_slots(id, HOOK, 8);
         assert_eq!(rest.len(), 6, "the rest of its eight");
         drop(rest);
 
@@ -594,32 +583,32 @@ mod tests {
             slot.observe(Duration::from_secs(10));
         }
         assert_eq!(
-            limits.try_slots(id, 8).len(),
+            limits.try_slots(id, HOOK, 8).len(),
             0,
             "its two slow slots are taken"
         );
         drop(first);
-        assert_eq!(limits.try_slots(id, 8).len(), 2);
+        assert_eq!(limits.try_slots(id, HOOK, 8).len(), 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_waiter_queued_before_the_circuit_opened_does_not_get_through() {
         let limits = Arc::new(EndpointLimits::new(8));
         let id = "http://127.0.0.1:8080/hook";
-        let first = limits.acquire(id).await.unwrap();
+        let first = limits.acquire(id, HOOK).await.unwrap();
         first.observe(Duration::from_millis(1));
         let mut slots = vec![first];
         for _ in 1..8 {
             slots.push(
                 limits
-                    .acquire(id)
+                    .acquire(id, HOOK)
                     .await
                     .expect("a quick endpoint's eight slots"),
             );
         }
         let waiter = tokio::spawn({
             let limits = Arc::clone(&limits);
-            async move { limits.acquire_quick(id).await.err() }
+            async move { limits.acquire_quick(id, HOOK).await.err() }
         });
         tokio::task::yield_now().await;
 

@@ -47,8 +47,13 @@ pub struct Metrics {
     pub deferred: IntCounter,
     /// Deliveries the ledger holds that are due, as this worker last read.
     pub held: IntGauge,
-    /// Times an endpoint's circuit opened after repeated failures.
+    /// Times a webhook's circuit opened after repeated failures (in this
+    /// process).
     pub circuit_opened: IntCounter,
+    /// Webhooks whose circuit is open, ledger-wide.
+    pub circuits_open: IntGauge,
+    /// How long the longest-open circuit has been open, in seconds.
+    pub circuit_longest_open: IntGauge,
     /// Attempts under way right now.
     pub in_flight: IntGauge,
     /// Ready messages per courier queue, as the broker reports them.
@@ -143,7 +148,7 @@ impl Metrics {
         );
         let circuit_opened = plain_counter(
             "courier_endpoint_circuit_opened_total",
-            "Times an endpoint's circuit opened after failing attempts in a row.",
+            "Times a webhook's circuit opened in this process after failing attempts in a row.",
         );
         let subscription_reloads = counter(
             "courier_subscription_reloads_total",
@@ -207,6 +212,14 @@ impl Metrics {
             "courier_deliveries_held",
             "Held deliveries due for an attempt, waiting for room at their endpoint (ledger-wide).",
         );
+        let circuits_open = gauge(
+            "courier_webhook_circuits_open",
+            "Webhooks whose circuit is open after failed attempts in a row (ledger-wide).",
+        );
+        let circuit_longest_open = gauge(
+            "courier_webhook_circuit_longest_open_seconds",
+            "How long the longest-open webhook circuit has been open, 0 when none is (ledger-wide).",
+        );
         let gauge_vec = |name: &str, help: &str| {
             let g = IntGaugeVec::new(Opts::new(name, help), &["queue"]).expect("valid metric");
             registry
@@ -250,6 +263,8 @@ impl Metrics {
             deferred,
             held,
             circuit_opened,
+            circuits_open,
+            circuit_longest_open,
             in_flight,
             queue_messages,
             queue_consumers,
@@ -296,6 +311,8 @@ mod tests {
             "courier_deliveries_deferred_total",
             "courier_deliveries_held",
             "courier_endpoint_circuit_opened_total",
+            "courier_webhook_circuits_open",
+            "courier_webhook_circuit_longest_open_seconds",
             "courier_delivery_latency_seconds",
             "courier_ledger_batch_size",
             "courier_publish_confirm_seconds",

@@ -51,7 +51,11 @@ impl Pipeline {
         };
         // A busy endpoint's deliveries wait in the ledger, not in this
         // worker's slots, where they would starve every other endpoint.
-        match self.endpoints.acquire(subscription.url.as_str()).await {
+        match self
+            .endpoints
+            .acquire(subscription.url.as_str(), subscription.id)
+            .await
+        {
             Ok(slot) => {
                 self.attempt_and_record(msg, &event, &subscription, slot, Carrier::Message)
                     .await

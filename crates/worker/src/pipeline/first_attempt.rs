@@ -20,7 +20,8 @@ impl Pipeline {
     /// The first attempt of a delivery, made right away if its endpoint has
     /// been answering quickly and a slot frees within [`QUICK`]. Otherwise
     /// the delivery is left to the deliveries queue, or, when its endpoint
-    /// is slow and saturated or its circuit open, held in the ledger.
+    /// is slow and saturated or its webhook's circuit open, held in the
+    /// ledger.
     pub(super) async fn first_attempt(
         &self,
         event: &Event,
@@ -35,7 +36,7 @@ impl Pipeline {
             };
             let slot = match self
                 .endpoints
-                .acquire_quick(subscription.url.as_str())
+                .acquire_quick(subscription.url.as_str(), subscription.id)
                 .await
             {
                 Ok(slot) => slot,
