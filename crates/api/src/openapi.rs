@@ -34,7 +34,7 @@ use crate::{ApiState, admin, deliveries, events, ingest, portal, testsend, webho
             refused with 400, values that break a rule with 422, both naming the field."
     ),
     components(schemas(
-        EventTypeName, DeliveryStatusName, ErrorKindName,
+        EventTypeName, DeliveryStatusName, ErrorKindName, DeadReasonName,
         admin::EventTypeView, admin::WorkspaceView, admin::ApiKeyView,
         crate::views::WebhookView, crate::views::DeliveryView, crate::views::AttemptView,
         crate::views::WebhookEventView, crate::views::DeliveryDetail, crate::views::PageInfo,
@@ -249,6 +249,31 @@ impl PartialSchema for ErrorKindName {
 impl ToSchema for ErrorKindName {
     fn name() -> std::borrow::Cow<'static, str> {
         "AttemptErrorKind".into()
+    }
+}
+
+/// `DeadReason` in the document.
+pub struct DeadReasonName;
+
+impl PartialSchema for DeadReasonName {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(
+                courier_store::DeadReason::ALL.iter().map(|r| r.as_str()),
+            ))
+            .description(Some(
+                "Why a delivery is dead with attempts to spare: `circuit_open` (it waited \
+                 behind its webhook's open circuit, the endpoint failing every probe, until \
+                 its retry schedule's time was used up).",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for DeadReasonName {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "DeadReason".into()
     }
 }
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::ApiError;
-use crate::openapi::{DeliveryStatusName, ErrorKindName, EventTypeName};
+use crate::openapi::{DeadReasonName, DeliveryStatusName, ErrorKindName, EventTypeName};
 use crate::service::LogPage;
 
 /// Most rows one page returns; `first` defaults to 20.
@@ -171,6 +171,12 @@ pub struct DeliveryView {
     pub attempts: u32,
     pub last_attempt_at: Option<DateTime<Utc>>,
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Why a `dead` delivery died with attempts to spare: `circuit_open`
+    /// when it waited behind its webhook's open circuit until its retry
+    /// schedule's time was used up. `null` when its attempts ran out, or
+    /// it is not dead.
+    #[schema(value_type = Option<DeadReasonName>)]
+    pub dead_reason: Option<String>,
 }
 
 impl From<DeliveryLogEntry> for DeliveryView {
@@ -188,6 +194,7 @@ impl From<DeliveryLogEntry> for DeliveryView {
             attempts: d.attempts,
             last_attempt_at: d.last_attempt_at,
             next_attempt_at: d.next_attempt_at,
+            dead_reason: entry.dead_reason.map(|r| r.as_str().to_owned()),
         }
     }
 }
