@@ -3,6 +3,7 @@
 
 mod broker_errors;
 mod browser;
+mod circuit;
 mod console;
 mod crash;
 mod delivery;
