@@ -34,6 +34,8 @@ const EXPORTED_METRICS: &[&str] = &[
     "courier_deliveries_deferred_total",
     "courier_deliveries_held",
     "courier_endpoint_circuit_opened_total",
+    "courier_webhook_circuits_open",
+    "courier_webhook_circuit_longest_open_seconds",
     "courier_queue_messages",
     "courier_queue_consumers",
     "courier_ledger_batch_size",
