@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use courier_model::SubscriptionId;
 use sqlx::{Database, Executor, IntoArguments};
 
-use crate::dialect::{Bind, Conn, Dialect, Row};
+use crate::dialect::{Bind, Columns, Conn, Dialect, Row};
 use crate::rows::corrupt;
 use crate::{PgStore, Result, SqliteStore, Store, dispatch};
 
@@ -89,6 +89,9 @@ pub(crate) trait CircuitSql: Dialect {
     /// subscription, lease_until, now: gives back an unused probe, if the
     /// lease is still this one.
     const RELEASE_PROBE: &'static str;
+    /// subscription, now, created_before: whether a held delivery due at
+    /// `now` was created before then (a read, where claiming would write).
+    const ANY_EXPIRED: &'static str;
 }
 
 impl CircuitSql for PgStore {
@@ -109,6 +112,9 @@ impl CircuitSql for PgStore {
     const CLOSE_CIRCUIT: &'static str = "DELETE FROM webhook_circuits WHERE subscription_id = $1";
     const RELEASE_PROBE: &'static str = "UPDATE webhook_circuits SET probe_until = NULL, \
          updated_at = $3 WHERE subscription_id = $1 AND probe_until = $2";
+    const ANY_EXPIRED: &'static str = "SELECT COUNT(*) AS n FROM (SELECT 1 FROM deliveries \
+         WHERE subscription_id = $1 AND held_until IS NOT NULL AND held_until <= $2 \
+         AND created_at < $3 AND status IN ('pending', 'retrying') LIMIT 1) x";
 }
 
 impl CircuitSql for SqliteStore {
@@ -127,6 +133,9 @@ impl CircuitSql for SqliteStore {
     const CLOSE_CIRCUIT: &'static str = "DELETE FROM webhook_circuits WHERE subscription_id = ?1";
     const RELEASE_PROBE: &'static str = "UPDATE webhook_circuits SET probe_until = NULL, \
          updated_at = ?3 WHERE subscription_id = ?1 AND probe_until = ?2";
+    const ANY_EXPIRED: &'static str = "SELECT COUNT(*) AS n FROM (SELECT 1 FROM deliveries \
+         WHERE subscription_id = ?1 AND held_until IS NOT NULL AND held_until <= ?2 \
+         AND created_at < ?3 AND status IN ('pending', 'retrying') LIMIT 1) x";
 }
 
 fn millis(d: Duration) -> i64 {
@@ -235,6 +244,21 @@ where
             .await;
         Self::finish_write(conn, done.map(|_| ()).map_err(Into::into)).await
     }
+
+    async fn any_expired(
+        &self,
+        subscription: SubscriptionId,
+        now: DateTime<Utc>,
+        created_before: DateTime<Utc>,
+    ) -> Result<bool> {
+        let row = sqlx::query::<Self::Db>(Self::ANY_EXPIRED)
+            .bind(Self::uuid(subscription.0))
+            .bind(Self::ts(&now))
+            .bind(Self::ts(&created_before))
+            .fetch_one(self.reads())
+            .await?;
+        Ok(row.count("n")? > 0)
+    }
 }
 
 impl<D: CircuitSql> CircuitQueries for D
@@ -310,6 +334,19 @@ impl Store {
     /// open.
     pub async fn close_circuit(&self, subscription: SubscriptionId) -> Result<bool> {
         dispatch!(self, s => s.close_circuit(subscription).await)
+    }
+
+    /// Whether the subscription has held deliveries due at `now` that were
+    /// created before `created_before`: what [`Store::claim_expired`] would
+    /// claim, asked without a write (a failing webhook's held deliveries
+    /// are looked at every second, and mostly none has expired).
+    pub async fn any_expired_held(
+        &self,
+        subscription: SubscriptionId,
+        now: DateTime<Utc>,
+        created_before: DateTime<Utc>,
+    ) -> Result<bool> {
+        dispatch!(self, s => s.any_expired(subscription, now, created_before).await)
     }
 
     /// Gives back a probe taken until `lease_until` and not used (its

@@ -261,6 +261,21 @@ impl Pipeline {
         let Ok(span) = chrono::Duration::from_std(self.config.retry.span()) else {
             return;
         };
+        // Mostly none has expired: a read says so without the write a claim
+        // is (SQLite's one writer is the ledger's too).
+        let now = Utc::now();
+        match self
+            .store
+            .any_expired_held(subscription, now, now - span)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "reading expired held deliveries failed");
+                return;
+            }
+        }
         loop {
             let now = Utc::now();
             let lease = self.claim_lease();
