@@ -30,10 +30,11 @@
 //!
 //! The replica's own changes take effect in its memory at once and are
 //! written by [`Pipeline::sync_circuits`], which also reads the rows back;
-//! a read that may have missed a change made meanwhile is not applied (the
-//! next one is). The ledger is the truth: a replica that opened a circuit
-//! whose row cannot be written closes it again at its next read, and opens
-//! it again after five more failures.
+//! a read is not applied to the webhooks whose circuit the replica changed
+//! while it ran, or has changes of not written yet (the next read is). The
+//! ledger is the truth: a replica that opened a circuit whose row cannot
+//! be written closes it again at its next read, and opens it again after
+//! five more failures.
 //!
 //! The circuit is a webhook's, not a URL's (a URL's slots and response time
 //! stay shared, see [`crate::limits`]): held deliveries, dead letters and
@@ -42,7 +43,7 @@
 //! not open each other's circuits. The cost: N webhooks on one failing URL
 //! get N probes per cool-down, not one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -100,6 +101,17 @@ pub enum Change {
     },
 }
 
+impl Change {
+    fn webhook(&self) -> SubscriptionId {
+        match *self {
+            Change::Open { webhook, .. }
+            | Change::ProbeFailed { webhook, .. }
+            | Change::Close { webhook }
+            | Change::ReleaseProbe { webhook, .. } => webhook,
+        }
+    }
+}
+
 /// The circuits of one replica: the open ones as the ledger last said (and
 /// as this replica changed them since), the failures in a row it counted,
 /// and its changes not written yet.
@@ -119,8 +131,11 @@ struct State {
     open: HashMap<SubscriptionId, Open>,
     failures: HashMap<SubscriptionId, u32>,
     pending: Vec<Change>,
-    /// Moved on by every change this replica makes.
+    /// Moved on by every change this replica makes to an open circuit.
     generation: u64,
+    /// The generation of each webhook's latest such change, until a read
+    /// of the ledger begun after it replaced it.
+    touched: HashMap<SubscriptionId, u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -140,11 +155,12 @@ impl Circuits {
 
     /// Counts `state`'s maps into the atomics, and wakes the writer when a
     /// change is pending. Called with the lock held after every change;
-    /// `open_changed` when the open circuits did (which a read of the
-    /// ledger begun before may not show).
-    fn changed(&self, state: &mut State, open_changed: bool) {
-        if open_changed {
+    /// `touched` is the webhook whose open circuit this replica changed
+    /// (which a read of the ledger begun before may not show).
+    fn changed(&self, state: &mut State, touched: Option<SubscriptionId>) {
+        if let Some(webhook) = touched {
             state.generation += 1;
+            state.touched.insert(webhook, state.generation);
         }
         self.open.store(state.open.len(), Ordering::Relaxed);
         self.failing.store(state.failures.len(), Ordering::Relaxed);
@@ -246,7 +262,7 @@ impl Circuits {
                 }
             }
         };
-        self.changed(state, open_changed);
+        self.changed(state, open_changed.then_some(webhook));
         opened
     }
 
@@ -259,7 +275,7 @@ impl Circuits {
         open.probe_until = Some(instant_at(lease_until, now, at));
         open.lease = Some(lease_until);
         state.open.insert(row.subscription_id, open);
-        self.changed(&mut state, true);
+        self.changed(&mut state, Some(row.subscription_id));
     }
 
     /// The probe this replica holds was not made after all: it is free for
@@ -276,7 +292,7 @@ impl Circuits {
                 lease_until,
             });
         }
-        self.changed(&mut state, true);
+        self.changed(&mut state, Some(webhook));
     }
 
     /// The changes not written yet, oldest first.
@@ -295,19 +311,25 @@ impl Circuits {
         self.lock().generation
     }
 
-    /// Replaces the open circuits with `rows`, read from the ledger after
-    /// [`Circuits::generation`] said `generation`: unless this replica
-    /// changed something since (or has changes not written yet), which the
-    /// read may not show. Returns whether it did. A webhook whose circuit
-    /// closed elsewhere starts counting its failures again.
-    pub fn refresh(&self, rows: &[CircuitRow], generation: u64) -> bool {
+    /// Takes the open circuits from `rows`, read from the ledger after
+    /// [`Circuits::generation`] said `generation`: each webhook's as the
+    /// ledger has it (open or not), except those this replica changed since
+    /// or has changes of not written yet, which the read may not show (the
+    /// next read does). A webhook whose circuit closed elsewhere starts
+    /// counting its failures again.
+    pub fn refresh(&self, rows: &[CircuitRow], generation: u64) {
         let mut state = self.lock();
-        if state.generation != generation || !state.pending.is_empty() {
-            return false;
-        }
+        let state = &mut *state;
+        let mut local: HashSet<SubscriptionId> = state
+            .touched
+            .iter()
+            .filter(|&(_, &g)| g > generation)
+            .map(|(&w, _)| w)
+            .collect();
+        local.extend(state.pending.iter().map(Change::webhook));
         let (now, at) = (Instant::now(), Utc::now());
         let mut open = HashMap::with_capacity(rows.len());
-        for row in rows {
+        for row in rows.iter().filter(|r| !local.contains(&r.subscription_id)) {
             let mut entry = open_from(row, now, at);
             // Still this replica's probe if the ledger still has a lease.
             entry.lease = state
@@ -317,18 +339,16 @@ impl Circuits {
                 .filter(|_| row.probe_until.is_some());
             open.insert(row.subscription_id, entry);
         }
-        let closed: Vec<SubscriptionId> = state
-            .open
-            .keys()
-            .filter(|w| !open.contains_key(w))
-            .copied()
-            .collect();
-        for webhook in closed {
-            state.failures.remove(&webhook);
+        for (webhook, entry) in state.open.drain() {
+            if local.contains(&webhook) {
+                open.insert(webhook, entry);
+            } else if !open.contains_key(&webhook) {
+                state.failures.remove(&webhook);
+            }
         }
         state.open = open;
-        self.changed(&mut state, true);
-        true
+        state.touched.retain(|_, &mut g| g > generation);
+        self.changed(state, None);
     }
 
     /// Resolves when a change is waiting to be written (or was, since the
@@ -547,33 +567,45 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_ledger_says_what_is_open_unless_this_replica_changed_it_since() {
+    async fn the_ledger_says_what_is_open_but_of_what_this_replica_changed_since() {
         let circuits = Circuits::default();
-        let (a, b) = (SubscriptionId::generate(), SubscriptionId::generate());
+        let (a, b, c) = (
+            SubscriptionId::generate(),
+            SubscriptionId::generate(),
+            SubscriptionId::generate(),
+        );
 
         // Opened by another replica: held here once read.
-        let generation = circuits.generation();
-        assert!(circuits.refresh(&[row(b, chrono::Duration::seconds(30))], generation));
+        circuits.refresh(
+            &[row(b, chrono::Duration::seconds(30))],
+            circuits.generation(),
+        );
         assert!(matches!(circuits.gate(b), Gate::Open { wait } if wait > Duration::from_secs(29)));
 
-        // Opened here after the read began: that read does not undo it.
+        // Opened here after a read began: that read does not undo it, and
+        // says all the same what became of the others (b closed, c open).
         let generation = circuits.generation();
         for _ in 0..FAILURES_TO_OPEN {
             circuits.outcome(a, false, false);
         }
-        assert!(!circuits.refresh(&[], generation), "stale");
-        // Nor does one made before the change is written.
-        assert!(!circuits.refresh(&[], circuits.generation()), "pending");
-        assert_eq!(circuits.open_webhooks().len(), 2);
-
-        // Written, and the ledger has closed both since (probes elsewhere):
-        // closed here too, and failures count from zero again.
-        circuits.take_pending();
-        assert!(circuits.refresh(&[], circuits.generation()));
-        assert_eq!(
-            (circuits.gate(a), circuits.gate(b)),
-            (Gate::Closed, Gate::Closed)
+        circuits.refresh(&[row(c, chrono::Duration::seconds(30))], generation);
+        assert!(matches!(circuits.gate(a), Gate::Open { .. }), "mine");
+        assert_eq!(circuits.gate(b), Gate::Closed, "closed elsewhere");
+        assert!(
+            matches!(circuits.gate(c), Gate::Open { .. }),
+            "opened elsewhere"
         );
+        // Nor does a read begun later, while the change is not written.
+        circuits.refresh(&[], circuits.generation());
+        assert!(matches!(circuits.gate(a), Gate::Open { .. }), "pending");
+        assert_eq!(circuits.gate(c), Gate::Closed);
+
+        // Written, and the ledger has closed it since (a probe elsewhere):
+        // closed here too, and failures count from zero again.
+        assert_eq!(circuits.take_pending().len(), 1);
+        circuits.refresh(&[], circuits.generation());
+        assert_eq!(circuits.gate(a), Gate::Closed);
+        assert!(circuits.open_webhooks().is_empty());
         for _ in 0..FAILURES_TO_OPEN - 1 {
             assert!(!circuits.outcome(a, false, false));
         }
