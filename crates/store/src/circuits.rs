@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use courier_model::SubscriptionId;
 use sqlx::{Database, Executor, IntoArguments};
 
-use crate::dialect::{Bind, Columns, Conn, Dialect, Row};
+use crate::dialect::{Bind, Conn, Dialect, Row};
 use crate::rows::corrupt;
 use crate::{PgStore, Result, SqliteStore, Store, dispatch};
 
@@ -89,9 +89,10 @@ pub(crate) trait CircuitSql: Dialect {
     /// subscription, lease_until, now: gives back an unused probe, if the
     /// lease is still this one.
     const RELEASE_PROBE: &'static str;
-    /// subscription, now, created_before: whether a held delivery due at
-    /// `now` was created before then (a read, where claiming would write).
-    const ANY_EXPIRED: &'static str;
+    /// now, created_before: the enabled webhooks with an open circuit and
+    /// a held delivery due at `now` created before `created_before` (a
+    /// read, where claiming would write).
+    const EXPIRED_HELD: &'static str;
 }
 
 impl CircuitSql for PgStore {
@@ -112,9 +113,11 @@ impl CircuitSql for PgStore {
     const CLOSE_CIRCUIT: &'static str = "DELETE FROM webhook_circuits WHERE subscription_id = $1";
     const RELEASE_PROBE: &'static str = "UPDATE webhook_circuits SET probe_until = NULL, \
          updated_at = $3 WHERE subscription_id = $1 AND probe_until = $2";
-    const ANY_EXPIRED: &'static str = "SELECT COUNT(*) AS n FROM (SELECT 1 FROM deliveries \
-         WHERE subscription_id = $1 AND held_until IS NOT NULL AND held_until <= $2 \
-         AND created_at < $3 AND status IN ('pending', 'retrying') LIMIT 1) x";
+    const EXPIRED_HELD: &'static str = "SELECT c.subscription_id FROM webhook_circuits c \
+         JOIN subscriptions s ON s.id = c.subscription_id AND s.status = 'enabled' \
+         WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.subscription_id = c.subscription_id \
+         AND d.held_until IS NOT NULL AND d.held_until <= $1 AND d.created_at < $2 \
+         AND d.status IN ('pending', 'retrying'))";
 }
 
 impl CircuitSql for SqliteStore {
@@ -133,9 +136,11 @@ impl CircuitSql for SqliteStore {
     const CLOSE_CIRCUIT: &'static str = "DELETE FROM webhook_circuits WHERE subscription_id = ?1";
     const RELEASE_PROBE: &'static str = "UPDATE webhook_circuits SET probe_until = NULL, \
          updated_at = ?3 WHERE subscription_id = ?1 AND probe_until = ?2";
-    const ANY_EXPIRED: &'static str = "SELECT COUNT(*) AS n FROM (SELECT 1 FROM deliveries \
-         WHERE subscription_id = ?1 AND held_until IS NOT NULL AND held_until <= ?2 \
-         AND created_at < ?3 AND status IN ('pending', 'retrying') LIMIT 1) x";
+    const EXPIRED_HELD: &'static str = "SELECT c.subscription_id FROM webhook_circuits c \
+         JOIN subscriptions s ON s.id = c.subscription_id AND s.status = 'enabled' \
+         WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.subscription_id = c.subscription_id \
+         AND d.held_until IS NOT NULL AND d.held_until <= ?1 AND d.created_at < ?2 \
+         AND d.status IN ('pending', 'retrying'))";
 }
 
 fn millis(d: Duration) -> i64 {
@@ -245,19 +250,19 @@ where
         Self::finish_write(conn, done.map(|_| ()).map_err(Into::into)).await
     }
 
-    async fn any_expired(
+    async fn expired_held(
         &self,
-        subscription: SubscriptionId,
         now: DateTime<Utc>,
         created_before: DateTime<Utc>,
-    ) -> Result<bool> {
-        let row = sqlx::query::<Self::Db>(Self::ANY_EXPIRED)
-            .bind(Self::uuid(subscription.0))
+    ) -> Result<Vec<SubscriptionId>> {
+        sqlx::query::<Self::Db>(Self::EXPIRED_HELD)
             .bind(Self::ts(&now))
             .bind(Self::ts(&created_before))
-            .fetch_one(self.reads())
-            .await?;
-        Ok(row.count("n")? > 0)
+            .fetch_all(self.reads())
+            .await?
+            .iter()
+            .map(|row| Ok(SubscriptionId(Self::uuid_of(row, "subscription_id")?)))
+            .collect()
     }
 }
 
@@ -336,17 +341,16 @@ impl Store {
         dispatch!(self, s => s.close_circuit(subscription).await)
     }
 
-    /// Whether the subscription has held deliveries due at `now` that were
-    /// created before `created_before`: what [`Store::claim_expired`] would
-    /// claim, asked without a write (a failing webhook's held deliveries
-    /// are looked at every second, and mostly none has expired).
-    pub async fn any_expired_held(
+    /// The enabled webhooks whose circuit is open and which have held
+    /// deliveries due at `now` created before `created_before`: those
+    /// [`Store::claim_expired`] would claim, found with one read for all
+    /// (open circuits are looked at every second, and mostly none has any).
+    pub async fn expired_held_of_open_circuits(
         &self,
-        subscription: SubscriptionId,
         now: DateTime<Utc>,
         created_before: DateTime<Utc>,
-    ) -> Result<bool> {
-        dispatch!(self, s => s.any_expired(subscription, now, created_before).await)
+    ) -> Result<Vec<SubscriptionId>> {
+        dispatch!(self, s => s.expired_held(now, created_before).await)
     }
 
     /// Gives back a probe taken until `lease_until` and not used (its

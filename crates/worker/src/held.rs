@@ -88,15 +88,17 @@ impl Pipeline {
             self.metrics
                 .held
                 .set(i64::try_from(total).unwrap_or(i64::MAX));
-            // Giving up runs beside the releases, one round at a time.
-            if expired.elapsed() >= EXPIRE_EVERY && !expiring.swap(true, Ordering::AcqRel) {
+            // Giving up runs beside the releases, one round at a time, while
+            // some circuit is open.
+            if expired.elapsed() >= EXPIRE_EVERY
+                && !self.endpoints.circuits().open_webhooks().is_empty()
+                && !expiring.swap(true, Ordering::AcqRel)
+            {
                 expired = Instant::now();
                 let pipeline = Arc::clone(&self);
                 let expiring = Arc::clone(&expiring);
                 tasks.spawn(async move {
-                    for webhook in pipeline.endpoints.circuits().open_webhooks() {
-                        pipeline.give_up_expired(webhook).await;
-                    }
+                    pipeline.give_up_expired().await;
                     expiring.store(false, Ordering::Release);
                 });
             }
@@ -251,31 +253,37 @@ impl Pipeline {
         }
     }
 
-    /// Dead-letters the held deliveries of an open circuit whose retry
-    /// schedule ran out while they waited, then marks them dead for
-    /// `circuit_open`, a batch at a time until none is left. A worker that
-    /// dies in between leaves them claimed, and one that finds the circuit
-    /// still open dead-letters them again later: a dead letter may come
-    /// twice, never not at all.
-    async fn give_up_expired(&self, subscription: SubscriptionId) {
+    /// Gives up the held deliveries of open circuits whose retry schedule
+    /// ran out while they waited. Which webhooks have any is one read (a
+    /// claim is a write, and SQLite's one writer is the ledger's too).
+    async fn give_up_expired(&self) {
         let Ok(span) = chrono::Duration::from_std(self.config.retry.span()) else {
             return;
         };
-        // Mostly none has expired: a read says so without the write a claim
-        // is (SQLite's one writer is the ledger's too).
         let now = Utc::now();
-        match self
+        let webhooks = match self
             .store
-            .any_expired_held(subscription, now, now - span)
+            .expired_held_of_open_circuits(now, now - span)
             .await
         {
-            Ok(true) => {}
-            Ok(false) => return,
+            Ok(webhooks) => webhooks,
             Err(error) => {
                 tracing::warn!(error = %error_chain(&error), "reading expired held deliveries failed");
                 return;
             }
+        };
+        for webhook in webhooks {
+            self.give_up_expired_of(webhook, span).await;
         }
+    }
+
+    /// Dead-letters the webhook's held deliveries whose retry schedule
+    /// (`span`) ran out while they waited, then marks them dead for
+    /// `circuit_open`, a batch at a time until none is left. A worker that
+    /// dies in between leaves them claimed, and one that finds the circuit
+    /// still open dead-letters them again later: a dead letter may come
+    /// twice, never not at all.
+    async fn give_up_expired_of(&self, subscription: SubscriptionId, span: chrono::Duration) {
         loop {
             let now = Utc::now();
             let lease = self.claim_lease();

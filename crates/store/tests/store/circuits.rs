@@ -15,6 +15,7 @@ on_both_backends!(
     a_circuit_opens_once_and_one_claim_at_a_time_takes_its_probe,
     circuits_of_disabled_or_deleted_webhooks_are_not_listed,
     a_delivery_given_up_behind_an_open_circuit_says_why,
+    held_deliveries_past_their_schedule_are_found_for_open_circuits_only,
 );
 
 const SECOND: StdDuration = StdDuration::from_secs(1);
@@ -191,4 +192,60 @@ async fn a_delivery_given_up_behind_an_open_circuit_says_why(db: TestDb) {
     // Redelivered by hand: no longer dead, so no reason.
     store.reopen_delivery(&ws, held).await.unwrap().unwrap();
     assert_eq!(reason(held).await, None);
+}
+
+async fn held_deliveries_past_their_schedule_are_found_for_open_circuits_only(db: TestDb) {
+    let store = &db.store;
+    let ws = workspace(store).await;
+    let open = stored_subscription(store, &ws).await;
+    let closed = stored_subscription(store, &ws).await;
+    let mut disabled = stored_subscription(store, &ws).await;
+    let (op, deliveries) = fan_out(&event(&ws), &[open.id, closed.id, disabled.id]);
+    let t = now();
+    let ops: Vec<_> = std::iter::once(op)
+        .chain(deliveries.iter().map(|&(d, _)| hold(d, 1, t)))
+        .collect();
+    store.apply(&ops).await.unwrap();
+    for sub in [&open, &disabled] {
+        assert!(store.open_circuit(sub.id, 5, t, SECOND).await.unwrap());
+    }
+    disabled.status = SubscriptionStatus::Disabled;
+    assert!(store.update_subscription(&disabled).await.unwrap());
+
+    // Created before the cut-off and due: only the open circuit's (a
+    // closed circuit's are attempted, a disabled webhook's are not given
+    // up as dead).
+    let after = t + Duration::seconds(1);
+    let found = store.expired_held_of_open_circuits(t, after).await.unwrap();
+    assert_eq!(found, [open.id]);
+    assert!(
+        store
+            .expired_held_of_open_circuits(t, t - Duration::hours(1))
+            .await
+            .unwrap()
+            .is_empty(),
+        "none that old"
+    );
+
+    // Held until later (a receiver's Retry-After, or a claim): not before
+    // then, however old.
+    let later = t + Duration::hours(1);
+    store
+        .apply(&[hold(deliveries[0].0, 1, later)])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .expired_held_of_open_circuits(t, after)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .expired_held_of_open_circuits(later, after)
+            .await
+            .unwrap(),
+        [open.id]
+    );
 }
