@@ -75,6 +75,12 @@ event_types! {
         "A sales channel or carrier integration was connected, changed or disconnected.";
     WebhookTest => "webhook.test", "WEBHOOK_TEST",
         "A test event sent on demand to check that an endpoint receives and verifies webhooks.";
+    WebhookFailing => "webhook.failing", "WEBHOOK_FAILING",
+        "Operational: one of the workspace's webhooks failed several attempts in a row (sent once per failing episode).";
+    WebhookDisabled => "webhook.disabled", "WEBHOOK_DISABLED",
+        "Operational: courier disabled one of the workspace's webhooks, because its endpoint kept failing or answered 410 Gone; its deliveries are paused.";
+    WebhookRecovered => "webhook.recovered", "WEBHOOK_RECOVERED",
+        "Operational: a webhook reported failing delivered successfully again.";
 }
 
 impl EventType {
@@ -89,6 +95,15 @@ impl EventType {
             "order.status" | "ORDER_STATUS" => Ok(EventType::OrderStatusChanged),
             _ => Err(UnknownEventType(value.to_owned())),
         }
+    }
+
+    /// The types courier publishes itself about the workspace's webhooks
+    /// (subscribe an operational webhook to them).
+    pub fn is_operational(self) -> bool {
+        matches!(
+            self,
+            EventType::WebhookFailing | EventType::WebhookDisabled | EventType::WebhookRecovered
+        )
     }
 
     fn known_names() -> String {

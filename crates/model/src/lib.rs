@@ -10,6 +10,7 @@ pub mod event;
 pub mod event_type;
 pub mod ids;
 pub mod message;
+pub mod notice;
 pub mod outcome;
 pub mod retry;
 pub mod signing;
@@ -24,7 +25,8 @@ pub use outcome::{AttemptResult, Decision, DeliveryStatus, ErrorKind, classify};
 pub use retry::{RetryPolicy, RetryPolicyError, parse_retry_after};
 pub use signing::{SecretError, WebhookSecret, sign_headers};
 pub use subscription::{
-    Channel, Subscription, SubscriptionIndex, SubscriptionStatus, ValidationError, validate_name,
+    Channel, Disabled, DisabledReason, RateLimit, Subscription, SubscriptionIndex,
+    SubscriptionStatus, ValidationError, WebhookSettings, validate_name,
 };
 pub use url::{UrlError, WebhookUrl};
 

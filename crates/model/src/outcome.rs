@@ -19,8 +19,12 @@ pub enum DeliveryStatus {
     /// Attempts exhausted (or the failure is final); the message sits in the
     /// dead queue for inspection and replay.
     Dead,
-    /// The subscription was deleted or disabled before the delivery finished.
+    /// The subscription was deleted before the delivery finished (or was
+    /// re-enabled without replaying what it missed).
     Canceled,
+    /// Its webhook is disabled: no attempt is made, nothing is lost;
+    /// re-enabling the webhook replays it.
+    Paused,
 }
 
 impl DeliveryStatus {
@@ -30,6 +34,7 @@ impl DeliveryStatus {
         Self::Succeeded,
         Self::Dead,
         Self::Canceled,
+        Self::Paused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +44,7 @@ impl DeliveryStatus {
             Self::Succeeded => "succeeded",
             Self::Dead => "dead",
             Self::Canceled => "canceled",
+            Self::Paused => "paused",
         }
     }
 
@@ -131,6 +137,9 @@ pub enum Decision {
     },
     /// Give up: attempts exhausted, or a failure that retrying cannot fix.
     Dead,
+    /// The endpoint answered `410 Gone`: it wants nothing more. The webhook
+    /// is disabled (reason `gone`) and this delivery paused with the rest.
+    Gone,
 }
 
 /// Decides the fate of attempt number `attempt` (1-based).
@@ -141,7 +150,8 @@ pub enum Decision {
 /// endpoint at a forbidden address is never retried. A 429 or 503 that
 /// says how long to wait (`retry_after`, parsed from its `Retry-After`)
 /// gets that wait, within the policy's bounds, instead of the schedule's;
-/// the attempt still counts.
+/// the attempt still counts. `410 Gone` is [`Decision::Gone`], whatever the
+/// attempt number.
 pub fn classify(
     result: AttemptResult,
     attempt: u32,
@@ -153,6 +163,7 @@ pub fn classify(
         AttemptResult::Response { status } if (200..300).contains(&status) => {
             return Decision::Succeeded;
         }
+        AttemptResult::Response { status: 410 } => return Decision::Gone,
         AttemptResult::Response { status: 408 | 429 } => true,
         AttemptResult::Response { status } if status >= 500 => true,
         AttemptResult::Response { .. } => retry_client_errors,
@@ -180,6 +191,25 @@ pub fn classify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gone_is_gone_at_any_attempt() {
+        let policy = RetryPolicy::default();
+        for attempt in [1, 5, policy.max_attempts] {
+            for retry_client_errors in [true, false] {
+                assert_eq!(
+                    classify(
+                        AttemptResult::Response { status: 410 },
+                        attempt,
+                        &policy,
+                        retry_client_errors,
+                        Some(Duration::from_secs(5)),
+                    ),
+                    Decision::Gone
+                );
+            }
+        }
+    }
 
     #[test]
     fn which_results_say_the_endpoint_is_up() {

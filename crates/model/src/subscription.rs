@@ -132,6 +132,52 @@ impl SubscriptionStatus {
     }
 }
 
+/// Why a webhook is disabled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisabledReason {
+    /// Someone switched it off (API, GraphQL, console, CLI).
+    Manual,
+    /// Its endpoint kept failing, with no success, for
+    /// `endpoints.disable_after`.
+    Failing,
+    /// Its endpoint answered `410 Gone`: it asked not to be sent anything
+    /// more.
+    Gone,
+}
+
+impl DisabledReason {
+    pub const ALL: &'static [DisabledReason] = &[Self::Manual, Self::Failing, Self::Gone];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Manual => "manual",
+            Self::Failing => "failing",
+            Self::Gone => "gone",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|r| r.as_str() == value)
+    }
+
+    /// What a person reads about it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Manual => "switched off by hand",
+            Self::Failing => "its endpoint kept failing",
+            Self::Gone => "its endpoint answered 410 Gone",
+        }
+    }
+}
+
+/// When and why a webhook was disabled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disabled {
+    pub reason: DisabledReason,
+    pub at: DateTime<Utc>,
+}
+
 /// A customer's endpoint and what it wants to receive.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Subscription {
@@ -150,8 +196,43 @@ pub struct Subscription {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
     pub status: SubscriptionStatus,
+    /// Why and since when it is disabled: set exactly when `status` is
+    /// disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<Disabled>,
+    /// What this webhook sets for itself instead of courier's defaults.
+    #[serde(default)]
+    pub settings: WebhookSettings,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A webhook's own settings; `None` (or empty) takes courier's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookSettings {
+    /// Free text for the people who manage it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Request timeout, instead of `delivery.timeout_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u32>,
+    /// Attempts before a delivery is dead, instead of `retry.max_attempts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Extra request headers sent with every attempt (never courier's own
+    /// `webhook-*` or content headers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+    /// Requests per second the endpoint is sent at most, across replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A request-rate limit: `per_second` on average, up to `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
 }
 
 impl Subscription {
@@ -159,6 +240,21 @@ impl Subscription {
 
     pub fn validate_name(name: &str) -> Result<(), ValidationError> {
         validate_name("name", name, Self::MAX_NAME_LEN)
+    }
+
+    /// Disables it for `reason` at `at` (no change if already disabled: the
+    /// first reason stands).
+    pub fn disable(&mut self, reason: DisabledReason, at: DateTime<Utc>) {
+        if self.status == SubscriptionStatus::Enabled {
+            self.status = SubscriptionStatus::Disabled;
+            self.disabled = Some(Disabled { reason, at });
+        }
+    }
+
+    /// Enables it again.
+    pub fn enable(&mut self) {
+        self.status = SubscriptionStatus::Enabled;
+        self.disabled = None;
     }
 
     pub fn validate_event_types(types: &[EventType]) -> Result<(), ValidationError> {
@@ -171,10 +267,15 @@ impl Subscription {
         Ok(())
     }
 
-    /// The matching rule of DESIGN.md.
+    /// The matching rule of DESIGN.md: enabled, and listening to the event.
     pub fn matches(&self, event: &Event) -> bool {
-        self.status == SubscriptionStatus::Enabled
-            && self.workspace_id == event.workspace_id
+        self.status == SubscriptionStatus::Enabled && self.listens_to(event)
+    }
+
+    /// Whether the event is one it asked for, enabled or not: a disabled
+    /// webhook's deliveries of such events are kept, paused.
+    pub fn listens_to(&self, event: &Event) -> bool {
+        self.workspace_id == event.workspace_id
             && self.event_types.contains(&event.event_type)
             && self.accepts_channel(event.channel.as_ref())
     }
@@ -197,9 +298,10 @@ impl Subscription {
     }
 }
 
-/// Enabled subscriptions indexed by (workspace, event type) and then by
-/// channel, so that matching an event costs its matches, not every
-/// subscription of the workspace.
+/// Subscriptions (enabled and disabled) indexed by (workspace, event type)
+/// and then by channel, so that matching an event costs its matches, not
+/// every subscription of the workspace. Disabled ones are there so that
+/// their deliveries are recorded, paused, instead of never existing.
 #[derive(Debug, Default)]
 pub struct SubscriptionIndex {
     by_key: HashMap<(WorkspaceId, EventType), Listeners>,
@@ -224,11 +326,8 @@ impl SubscriptionIndex {
         index
     }
 
-    /// Adds one subscription (a disabled one is left out).
+    /// Adds one subscription.
     pub fn insert(&mut self, sub: Subscription) {
-        if sub.status != SubscriptionStatus::Enabled {
-            return;
-        }
         let sub = Arc::new(sub);
         for &ty in &sub.event_types {
             let listeners = self
@@ -251,7 +350,7 @@ impl SubscriptionIndex {
         self.len += 1;
     }
 
-    /// Enabled subscriptions indexed.
+    /// Subscriptions indexed.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -260,6 +359,8 @@ impl SubscriptionIndex {
         self.len == 0
     }
 
+    /// The subscriptions that listen to the event
+    /// ([`Subscription::listens_to`]), disabled ones included.
     pub fn matching(&self, event: &Event) -> Vec<Arc<Subscription>> {
         let key = (event.workspace_id.clone(), event.event_type);
         let Some(listeners) = self.by_key.get(&key) else {
@@ -305,6 +406,11 @@ mod tests {
             } else {
                 SubscriptionStatus::Disabled
             },
+            disabled: (!enabled).then_some(Disabled {
+                reason: DisabledReason::Manual,
+                at: now,
+            }),
+            settings: WebhookSettings::default(),
             created_at: now,
             updated_at: now,
         }
@@ -351,10 +457,13 @@ mod tests {
         assert_eq!(names(&event("a", OrderCanceled, None)), [all_channels.id]);
         assert!(names(&event("a", ShipmentCreated, None)).is_empty());
         assert_eq!(names(&event("b", OrderCreated, None)), [other_ws.id]);
+        // The disabled one still listens: its deliveries are kept, paused.
+        assert!(disabled.listens_to(&event("a", OrderCreated, None)));
 
-        // The index agrees with the rule for every case.
+        // The index agrees with the rule for every case, and holds the
+        // disabled one too.
         let index = SubscriptionIndex::new(subs.iter().map(|s| (*s).clone()));
-        assert_eq!(index.len(), 4);
+        assert_eq!(index.len(), 5);
         for e in [
             event("a", OrderCreated, Some("amazon")),
             event("a", OrderCreated, Some("ebay")),
@@ -365,7 +474,12 @@ mod tests {
             event("b", OrderCreated, Some("x")),
             event("c", OrderCreated, None),
         ] {
-            let mut from_index: Vec<_> = index.matching(&e).iter().map(|s| s.id).collect();
+            let mut from_index: Vec<_> = index
+                .matching(&e)
+                .iter()
+                .filter(|s| s.status == SubscriptionStatus::Enabled)
+                .map(|s| s.id)
+                .collect();
             let mut expected = names(&e);
             from_index.sort();
             expected.sort();

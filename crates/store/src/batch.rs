@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
-use courier_model::{DeliveryId, Event, SubscriptionId};
+use courier_model::{DeliveryId, DeliveryStatus, Event, SubscriptionId};
 use uuid::Uuid;
 
 use crate::dialect::{Conn, Dialect, finish};
@@ -116,16 +116,23 @@ fn apply_in<D: Dialect>(
                 WriteOp::Hold { .. } => {
                     sorted_results.extend(hold_run::<D>(conn, run, &now, &mut born_held).await?)
                 }
-                WriteOp::Cancel { .. } => {
-                    let ids: Vec<Uuid> = run
-                        .iter()
-                        .filter_map(|op| match op {
-                            WriteOp::Cancel { delivery_id } => Some(delivery_id.0),
-                            _ => None,
-                        })
-                        .collect();
-                    D::cancel(conn, &ids, &now).await?;
-                    sorted_results.extend(run.iter().map(|_| WriteResult::Canceled));
+                WriteOp::Cancel { .. } | WriteOp::Pause { .. } => {
+                    let pause = matches!(run[0], WriteOp::Pause { .. });
+                    let ids: Vec<Uuid> =
+                        run.iter()
+                            .filter_map(|op| match op {
+                                WriteOp::Cancel { delivery_id }
+                                | WriteOp::Pause { delivery_id } => Some(delivery_id.0),
+                                _ => None,
+                            })
+                            .collect();
+                    let (to, result) = if pause {
+                        (DeliveryStatus::Paused, WriteResult::Paused)
+                    } else {
+                        (DeliveryStatus::Canceled, WriteResult::Canceled)
+                    };
+                    D::stop(conn, &ids, to, &now).await?;
+                    sorted_results.extend(run.iter().map(|_| result.clone()));
                 }
             }
         }
@@ -173,10 +180,19 @@ async fn fan_out_run<D: Dialect>(
     let fan_outs: Vec<(&Event, &[(DeliveryId, SubscriptionId)])> = run
         .iter()
         .filter_map(|op| match op {
-            WriteOp::FanOut { event, deliveries } => Some((&**event, deliveries.as_slice())),
+            WriteOp::FanOut {
+                event, deliveries, ..
+            } => Some((&**event, deliveries.as_slice())),
             _ => None,
         })
         .collect();
+    let paused = run.iter().flat_map(|op| match op {
+        WriteOp::FanOut { event, paused, .. } => paused
+            .iter()
+            .map(|delivery| (&**event, delivery))
+            .collect::<Vec<_>>(),
+        _ => Vec::new(),
+    });
 
     // One row per distinct event: the first op naming an event speaks for
     // it, as it would have when applied first.
@@ -215,6 +231,26 @@ async fn fan_out_run<D: Dialect>(
                 },
             );
         }
+    }
+    // A disabled webhook's deliveries are born paused: never published.
+    for (event, (delivery, subscription)) in paused {
+        if !seen.insert(delivery.0) {
+            continue;
+        }
+        D::push_delivery(
+            &mut deliveries,
+            NewDelivery {
+                id: delivery.0,
+                event,
+                subscription: subscription.0,
+                status: DeliveryStatus::Paused.as_str(),
+                attempts: 0,
+                last_response_status: None,
+                last_attempt_at: None,
+                next_attempt_at: None,
+                held_until: None,
+            },
+        );
     }
     if !seen.is_empty() {
         for id in D::insert_deliveries(conn, deliveries, now, conflicts).await? {

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::ops::DerefMut;
 
 use chrono::{DateTime, Utc};
-use courier_model::{Event, EventData};
+use courier_model::{DeliveryStatus, Event, EventData};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Pool, Transaction, Type};
 use uuid::Uuid;
 
@@ -214,10 +214,12 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
         now: &Self::Ts,
     ) -> impl Future<Output = Result<HashSet<Uuid>>> + Send;
 
-    /// Cancels the deliveries not finished yet.
-    fn cancel(
+    /// Moves the deliveries not finished yet (pending or retrying) to `to`
+    /// (canceled or paused), no longer held nor due.
+    fn stop(
         conn: &mut Conn<Self>,
         ids: &[Uuid],
+        to: DeliveryStatus,
         now: &Self::Ts,
     ) -> impl Future<Output = Result<()>> + Send;
 }

@@ -18,6 +18,7 @@ mod console;
 mod dialect;
 mod error;
 mod ledger;
+mod lifecycle;
 mod postgres;
 mod queries;
 mod rows;
@@ -37,6 +38,7 @@ pub use circuits::{CircuitRow, DeadReason};
 pub use console::{ConsoleSession, PortalLink, SessionKind, WebhookHealth};
 pub use error::{Result, StoreError};
 pub use ledger::{Ledger, LedgerOptions};
+pub use lifecycle::{Disabling, EndedEpisode, LifecycleCounts, OpenEpisode, PausedDeliveries};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -74,6 +76,9 @@ pub enum WriteOp {
     FanOut {
         event: std::sync::Arc<Event>,
         deliveries: Vec<(DeliveryId, SubscriptionId)>,
+        /// Deliveries to disabled webhooks: recorded `paused`, never
+        /// published nor attempted until the webhook is enabled again.
+        paused: Vec<(DeliveryId, SubscriptionId)>,
     },
     /// Record one attempt and the delivery's new state.
     Attempt(AttemptWrite),
@@ -86,8 +91,11 @@ pub enum WriteOp {
         attempt: u32,
         until: DateTime<Utc>,
     },
-    /// Mark a delivery canceled (its subscription was deleted or disabled).
+    /// Mark a delivery canceled (its subscription was deleted).
     Cancel { delivery_id: DeliveryId },
+    /// Mark a delivery paused (its subscription is disabled): kept,
+    /// unattempted, until the webhook is enabled again.
+    Pause { delivery_id: DeliveryId },
 }
 
 impl WriteOp {
@@ -98,6 +106,7 @@ impl WriteOp {
             WriteOp::Attempt(_) => 1,
             WriteOp::Hold { .. } => 2,
             WriteOp::Cancel { .. } => 3,
+            WriteOp::Pause { .. } => 4,
         }
     }
 }
@@ -119,6 +128,7 @@ pub enum WriteResult {
         held: bool,
     },
     Canceled,
+    Paused,
 }
 
 /// An attempt and the delivery state it leads to.
@@ -442,7 +452,16 @@ impl Store {
         &self,
         each: &mut (dyn FnMut(Subscription) + Send),
     ) -> Result<usize> {
-        dispatch!(self, s => s.for_each_enabled_subscription(each).await)
+        dispatch!(self, s => s.for_each_subscription(true, each).await)
+    }
+
+    /// As [`Store::for_each_enabled_subscription`], disabled ones too: the
+    /// matching index keeps them, so their deliveries are recorded paused.
+    pub async fn for_each_subscription(
+        &self,
+        each: &mut (dyn FnMut(Subscription) + Send),
+    ) -> Result<usize> {
+        dispatch!(self, s => s.for_each_subscription(false, each).await)
     }
 
     /// Changes whenever a subscription is created, updated or deleted, in

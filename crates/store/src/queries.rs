@@ -29,6 +29,12 @@ const ENABLED_SUBSCRIPTIONS: &str = concat!(
     " FROM subscriptions s WHERE s.status = 'enabled' ORDER BY s.id"
 );
 
+const ALL_SUBSCRIPTIONS: &str = concat!(
+    "SELECT ",
+    rows::subscription_columns!(),
+    " FROM subscriptions s ORDER BY s.id"
+);
+
 const SUBSCRIPTIONS_VERSION: &str = "SELECT version FROM subscriptions_version";
 
 const DELIVERY_COUNTS: &str =
@@ -43,6 +49,8 @@ where
     for<'a> &'a str: Bind<'a, Self::Db>,
     for<'a> Option<&'a str>: Bind<'a, Self::Db>,
     for<'a> i64: Bind<'a, Self::Db>,
+    for<'a> Option<i64>: Bind<'a, Self::Db>,
+    for<'a> String: Bind<'a, Self::Db>,
     for<'a> Option<Self::Uuid>: Bind<'a, Self::Db>,
     for<'a> Option<Self::Ts>: Bind<'a, Self::Db>,
 {
@@ -94,7 +102,8 @@ where
             .bind(sub.previous_secret_expires_at.as_ref().map(Self::ts))
             .bind(sub.status.as_str())
             .bind(Self::ts(&sub.created_at))
-            .bind(Self::ts(&sub.updated_at))
+            .bind(Self::ts(&sub.updated_at));
+        let done = rows::bind_lifecycle::<Self>(done, sub)
             .execute(&mut *conn)
             .await
             .map_err(|e| refused(e, "subscription"));
@@ -153,7 +162,8 @@ where
             .bind(sub.previous_secret.as_ref().map(|s| s.expose()))
             .bind(sub.previous_secret_expires_at.as_ref().map(Self::ts))
             .bind(sub.status.as_str())
-            .bind(Self::ts(&sub.updated_at))
+            .bind(Self::ts(&sub.updated_at));
+        let done = rows::bind_lifecycle::<Self>(done, sub)
             .execute(&mut *conn)
             .await;
         let done = Self::finish_write(conn, done.map_err(Into::into)).await?;
@@ -175,13 +185,20 @@ where
         Ok(Self::rows_affected(&done) > 0)
     }
 
-    /// Streams every enabled subscription into `each`, one row at a time,
-    /// so a large set is never held twice in memory. Returns how many.
-    async fn for_each_enabled_subscription(
+    /// Streams every subscription (or only the enabled ones) into `each`,
+    /// one row at a time, so a large set is never held twice in memory.
+    /// Returns how many.
+    async fn for_each_subscription(
         &self,
+        enabled_only: bool,
         each: &mut (dyn FnMut(Subscription) + Send),
     ) -> Result<usize> {
-        let mut rows = sqlx::query::<Self::Db>(ENABLED_SUBSCRIPTIONS).fetch(self.reads());
+        let query = if enabled_only {
+            ENABLED_SUBSCRIPTIONS
+        } else {
+            ALL_SUBSCRIPTIONS
+        };
+        let mut rows = sqlx::query::<Self::Db>(query).fetch(self.reads());
         let mut n = 0;
         while let Some(row) = rows.try_next().await? {
             each(rows::subscription::<Self>(&row)?);
@@ -509,6 +526,8 @@ where
     for<'a> &'a str: Bind<'a, D::Db>,
     for<'a> Option<&'a str>: Bind<'a, D::Db>,
     for<'a> i64: Bind<'a, D::Db>,
+    for<'a> Option<i64>: Bind<'a, D::Db>,
+    for<'a> String: Bind<'a, D::Db>,
     for<'a> Option<D::Uuid>: Bind<'a, D::Db>,
     for<'a> Option<D::Ts>: Bind<'a, D::Db>,
 {

@@ -11,12 +11,13 @@
 use std::fmt::Display;
 
 use courier_model::{
-    Channel, DeliveryId, DeliveryStatus, ErrorKind, Event, EventId, EventType, Subscription,
-    SubscriptionId, SubscriptionStatus, WebhookSecret, WebhookUrl, WorkspaceId,
+    Channel, DeliveryId, DeliveryStatus, Disabled, DisabledReason, ErrorKind, Event, EventId,
+    EventType, RateLimit, Subscription, SubscriptionId, SubscriptionStatus, WebhookSecret,
+    WebhookSettings, WebhookUrl, WorkspaceId,
 };
 use uuid::Uuid;
 
-use crate::dialect::{Columns, Dialect, Row};
+use crate::dialect::{Bind, Columns, Dialect, Row};
 use crate::{
     ApiKeyRecord, AttemptRecord, DeadReason, DeliveryLogEntry, DeliveryRecord, HeldDelivery,
     Result, StoreError, Workspace,
@@ -30,6 +31,11 @@ macro_rules! subscription_columns {
          s.event_types AS s_event_types, s.channels AS s_channels, s.secret AS s_secret, \
          s.previous_secret AS s_previous_secret, \
          s.previous_secret_expires_at AS s_previous_secret_expires_at, s.status AS s_status, \
+         s.disabled_reason AS s_disabled_reason, s.disabled_at AS s_disabled_at, \
+         s.description AS s_description, s.timeout_ms AS s_timeout_ms, \
+         s.max_attempts AS s_max_attempts, s.headers AS s_headers, \
+         s.rate_limit_per_second AS s_rate_limit_per_second, \
+         s.rate_limit_burst AS s_rate_limit_burst, \
          s.created_at AS s_created_at, s.updated_at AS s_updated_at"
     };
 }
@@ -120,6 +126,33 @@ pub(crate) fn workspace<D: Dialect>(row: &Row<D>) -> Result<Workspace> {
     })
 }
 
+/// Binds, after what a subscription INSERT or UPDATE binds first, its
+/// lifecycle and settings columns in their order there: disabled reason
+/// and time, description, timeout, max attempts, headers (a JSON array of
+/// pairs), rate limit and burst.
+pub(crate) fn bind_lifecycle<'q, D: Dialect>(
+    query: sqlx::query::Query<'q, D::Db, <D::Db as sqlx::Database>::Arguments>,
+    sub: &'q Subscription,
+) -> sqlx::query::Query<'q, D::Db, <D::Db as sqlx::Database>::Arguments>
+where
+    for<'a> Option<&'a str>: Bind<'a, D::Db>,
+    for<'a> Option<i64>: Bind<'a, D::Db>,
+    for<'a> String: Bind<'a, D::Db>,
+    for<'a> Option<D::Ts>: Bind<'a, D::Db>,
+{
+    let settings = &sub.settings;
+    let headers = serde_json::to_string(&settings.headers).expect("pairs of strings serialize");
+    query
+        .bind(sub.disabled.map(|d| d.reason.as_str()))
+        .bind(sub.disabled.as_ref().map(|d| D::ts(&d.at)))
+        .bind(settings.description.as_deref())
+        .bind(settings.timeout_ms.map(i64::from))
+        .bind(settings.max_attempts.map(i64::from))
+        .bind(headers)
+        .bind(settings.rate_limit.map(|r| i64::from(r.per_second)))
+        .bind(settings.rate_limit.map(|r| i64::from(r.burst)))
+}
+
 /// Reads the `s_*` columns of [`subscription_columns`].
 pub(crate) fn subscription<D: Dialect>(row: &Row<D>) -> Result<Subscription> {
     let event_types = D::list_of(row, "s_event_types")?
@@ -135,6 +168,61 @@ pub(crate) fn subscription<D: Dialect>(row: &Row<D>) -> Result<Subscription> {
         .map(|s| WebhookSecret::parse(&s).map_err(|e| corrupt("subscriptions.previous_secret", e)))
         .transpose()?;
     let status = row.text("s_status")?;
+    let status = SubscriptionStatus::parse(&status)
+        .ok_or_else(|| corrupt("subscriptions.status", format!("unknown status {status:?}")))?;
+    let disabled = match (status, row.opt_text("s_disabled_reason")?) {
+        (SubscriptionStatus::Enabled, _) => None,
+        (SubscriptionStatus::Disabled, reason) => {
+            // Disabled before reasons were recorded, or by hand in SQL:
+            // someone switched it off.
+            let reason = match reason {
+                None => DisabledReason::Manual,
+                Some(r) => DisabledReason::parse(&r).ok_or_else(|| {
+                    corrupt(
+                        "subscriptions.disabled_reason",
+                        format!("unknown reason {r:?}"),
+                    )
+                })?,
+            };
+            let at = match D::opt_ts_of(row, "s_disabled_at")? {
+                Some(at) => at,
+                None => D::ts_of(row, "s_updated_at")?,
+            };
+            Some(Disabled { reason, at })
+        }
+    };
+    let positive = |col: &str, name: &str| -> Result<Option<u32>> {
+        D::opt_int(row, col)?
+            .map(|v| {
+                u32::try_from(v)
+                    .ok()
+                    .filter(|v| *v > 0)
+                    .ok_or_else(|| corrupt(name, format!("{v} is not a positive 32-bit number")))
+            })
+            .transpose()
+    };
+    let headers: Vec<(String, String)> = serde_json::from_str(&row.text("s_headers")?)
+        .map_err(|e| corrupt("subscriptions.headers", e))?;
+    let rate_limit = match (
+        positive(
+            "s_rate_limit_per_second",
+            "subscriptions.rate_limit_per_second",
+        )?,
+        positive("s_rate_limit_burst", "subscriptions.rate_limit_burst")?,
+    ) {
+        (Some(per_second), burst) => Some(RateLimit {
+            per_second,
+            burst: burst.unwrap_or(per_second),
+        }),
+        (None, _) => None,
+    };
+    let settings = WebhookSettings {
+        description: row.opt_text("s_description")?,
+        timeout_ms: positive("s_timeout_ms", "subscriptions.timeout_ms")?,
+        max_attempts: positive("s_max_attempts", "subscriptions.max_attempts")?,
+        headers,
+        rate_limit,
+    };
     Ok(Subscription {
         id: SubscriptionId(D::uuid_of(row, "s_id")?),
         workspace_id: workspace_id("subscriptions.workspace_id", row.text("s_workspace_id")?)?,
@@ -146,8 +234,9 @@ pub(crate) fn subscription<D: Dialect>(row: &Row<D>) -> Result<Subscription> {
             .map_err(|e| corrupt("subscriptions.secret", e))?,
         previous_secret,
         previous_secret_expires_at: D::opt_ts_of(row, "s_previous_secret_expires_at")?,
-        status: SubscriptionStatus::parse(&status)
-            .ok_or_else(|| corrupt("subscriptions.status", format!("unknown status {status:?}")))?,
+        status,
+        disabled,
+        settings,
         created_at: D::ts_of(row, "s_created_at")?,
         updated_at: D::ts_of(row, "s_updated_at")?,
     })

@@ -25,7 +25,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use courier_model::{Event, EventData};
+use courier_model::{DeliveryStatus, Event, EventData};
 use serde_json::{Value, json};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
@@ -259,7 +259,10 @@ impl Dialect for SqliteStore {
 
     const INSERT_SUBSCRIPTION: &'static str = "INSERT INTO subscriptions (id, workspace_id, name, \
          url, event_types, channels, secret, previous_secret, previous_secret_expires_at, status, \
-         created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+         created_at, updated_at, disabled_reason, disabled_at, description, timeout_ms, \
+         max_attempts, headers, rate_limit_per_second, rate_limit_burst) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
+         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)";
     const SELECT_SUBSCRIPTION: &'static str = concat!(
         "SELECT ",
         rows::subscription_columns!(),
@@ -279,7 +282,10 @@ impl Dialect for SqliteStore {
     );
     const UPDATE_SUBSCRIPTION: &'static str = "UPDATE subscriptions SET name = ?3, url = ?4, \
          event_types = ?5, channels = ?6, secret = ?7, previous_secret = ?8, \
-         previous_secret_expires_at = ?9, status = ?10, updated_at = ?11 \
+         previous_secret_expires_at = ?9, status = ?10, updated_at = ?11, \
+         disabled_reason = ?12, disabled_at = ?13, description = ?14, timeout_ms = ?15, \
+         max_attempts = ?16, headers = ?17, rate_limit_per_second = ?18, \
+         rate_limit_burst = ?19 \
          WHERE id = ?1 AND workspace_id = ?2";
     const DELETE_SUBSCRIPTION: &'static str =
         "DELETE FROM subscriptions WHERE id = ?1 AND workspace_id = ?2";
@@ -587,16 +593,22 @@ impl Dialect for SqliteStore {
         .collect()
     }
 
-    /// One statement per delivery: cancels are rare.
-    async fn cancel(conn: &mut SqliteConnection, ids: &[Uuid], now: &String) -> Result<()> {
+    /// One statement per delivery: cancels and pauses are rare.
+    async fn stop(
+        conn: &mut SqliteConnection,
+        ids: &[Uuid],
+        to: DeliveryStatus,
+        now: &String,
+    ) -> Result<()> {
         for id in ids {
             sqlx::query(
-                "UPDATE deliveries SET status = 'canceled', next_attempt_at = NULL, \
+                "UPDATE deliveries SET status = ?3, next_attempt_at = NULL, \
                  held_until = NULL, updated_at = ?2 \
                  WHERE id = ?1 AND status IN ('pending', 'retrying')",
             )
             .bind(id.to_string())
             .bind(now)
+            .bind(to.as_str())
             .execute(&mut *conn)
             .await?;
         }

@@ -15,4 +15,5 @@ mod events;
 mod fan_out;
 mod held;
 mod ledger;
+mod lifecycle;
 mod subscriptions;

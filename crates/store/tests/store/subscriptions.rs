@@ -2,7 +2,8 @@
 
 use chrono::Duration;
 use courier_model::{
-    EventType, Subscription, SubscriptionStatus, WebhookSecret, WebhookUrl, WorkspaceId,
+    DisabledReason, EventType, RateLimit, Subscription, SubscriptionStatus, WebhookSecret,
+    WebhookSettings, WebhookUrl, WorkspaceId,
 };
 use courier_store::{StoreError, Workspace};
 
@@ -135,8 +136,18 @@ async fn subscriptions_round_trip_and_page(db: TestDb) {
     updated.previous_secret = Some(updated.secret.clone());
     updated.previous_secret_expires_at = Some(now() + Duration::hours(24));
     updated.secret = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-    updated.status = SubscriptionStatus::Disabled;
     updated.updated_at = now() + Duration::seconds(1);
+    updated.disable(DisabledReason::Gone, updated.updated_at);
+    updated.settings = WebhookSettings {
+        description: Some("Orders to the ERP.\nOwner: ops".into()),
+        timeout_ms: Some(2500),
+        max_attempts: Some(3),
+        headers: vec![("X-Tenant".into(), "acme".into())],
+        rate_limit: Some(RateLimit {
+            per_second: 50,
+            burst: 10,
+        }),
+    };
     assert!(store.update_subscription(&updated).await.unwrap());
     assert_eq!(
         store.get_subscription(&ws, updated.id).await.unwrap(),

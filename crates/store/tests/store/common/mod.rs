@@ -192,6 +192,8 @@ pub fn subscription(ws: &WorkspaceId, types: &[EventType], channels: &[&str]) ->
         previous_secret: None,
         previous_secret_expires_at: None,
         status: SubscriptionStatus::Enabled,
+        disabled: None,
+        settings: Default::default(),
         created_at: at,
         updated_at: at,
     }
@@ -227,6 +229,7 @@ pub fn fan_out(
     let op = WriteOp::FanOut {
         event: Arc::new(event.clone()),
         deliveries: deliveries.clone(),
+        paused: Vec::new(),
     };
     (op, deliveries)
 }
