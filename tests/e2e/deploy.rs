@@ -64,6 +64,8 @@ const CONFIG_KEYS: &[&str] = &[
     "delivery.retry_client_errors",
     "delivery.subscription_refresh_ms",
     "delivery.shutdown_grace_ms",
+    "endpoints.disable_after_seconds",
+    "endpoints.failing_after_attempts",
     "retry.initial_delay_ms",
     "retry.multiplier",
     "retry.max_delay_ms",

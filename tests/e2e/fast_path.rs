@@ -240,6 +240,7 @@ async fn a_redelivered_event_gets_what_its_dead_worker_owed(db: Db) {
             WriteOp::FanOut {
                 event: std::sync::Arc::new(event.clone()),
                 deliveries: vec![(d1, first.id), (d2, second.id)],
+                paused: Vec::new(),
             },
             WriteOp::Attempt(AttemptWrite {
                 delivery_id: d1,

@@ -46,6 +46,10 @@ retry_client_errors = true
 subscription_refresh_ms = 5000
 shutdown_grace_ms = 15000
 
+[endpoints]
+disable_after_seconds = 432000
+failing_after_attempts = 5
+
 [retry]
 initial_delay_ms = 5000
 multiplier = 5.0
@@ -84,6 +88,7 @@ pub struct Settings {
     pub api: ApiSettings,
     pub console: ConsoleSettings,
     pub delivery: DeliverySettings,
+    pub endpoints: EndpointSettings,
     pub retry: RetryPolicy,
     pub log: LogSettings,
 }
@@ -162,6 +167,18 @@ pub struct DeliverySettings {
     pub retry_client_errors: bool,
     pub subscription_refresh_ms: u64,
     pub shutdown_grace_ms: u64,
+}
+
+/// What courier does about an endpoint that keeps failing.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSettings {
+    /// A webhook with no success for this long, while its attempts kept
+    /// failing, is disabled (reason `failing`); 5 days by default.
+    pub disable_after_seconds: u64,
+    /// Failed attempts in a row after which `webhook.failing` is published
+    /// (once per failing episode).
+    pub failing_after_attempts: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -270,6 +287,18 @@ impl Settings {
                 "must be at least 100",
             ));
         }
+        if self.endpoints.disable_after_seconds == 0 {
+            return Err(invalid(
+                "endpoints.disable_after_seconds",
+                "must be at least 1 (432000, five days, is the default)",
+            ));
+        }
+        if self.endpoints.failing_after_attempts == 0 {
+            return Err(invalid(
+                "endpoints.failing_after_attempts",
+                "must be at least 1",
+            ));
+        }
         self.retry.validate().map_err(|e| SettingsError::Invalid {
             // The policy's own message names the key; keep one source.
             key: "retry",
@@ -366,6 +395,10 @@ impl Settings {
             retry_client_errors: d.retry_client_errors,
             subscription_refresh: Duration::from_millis(d.subscription_refresh_ms),
             shutdown_grace: Duration::from_millis(d.shutdown_grace_ms),
+            endpoints: courier_worker::EndpointPolicy {
+                disable_after: Duration::from_secs(self.endpoints.disable_after_seconds),
+                failing_after: self.endpoints.failing_after_attempts,
+            },
         }
     }
 }

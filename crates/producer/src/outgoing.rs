@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use courier_model::{DeliveryMessage, WebhooksChanged};
+use courier_model::{DeliveryMessage, Event, EventError, WebhooksChanged};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
@@ -36,6 +36,9 @@ pub enum OutgoingKind {
     Poison,
     /// "Webhooks changed", on the control exchange.
     Notice,
+    /// An event courier publishes itself (an operational notice about a
+    /// webhook), on the events exchange like any upstream's.
+    Event,
 }
 
 /// One message, addressed: where it goes, with which properties.
@@ -119,6 +122,21 @@ impl Topology {
             body: Cow::Borrowed(body),
             properties: BasicProperties::default().with_headers(headers),
         }
+    }
+
+    /// An event of courier's own, published as an upstream publishes one:
+    /// routed by its type, labelled with its id.
+    pub fn event(&self, event: &Event) -> Result<Outgoing<'static>, EventError> {
+        Ok(Outgoing {
+            kind: OutgoingKind::Event,
+            exchange: self.events_exchange(),
+            routing_key: Cow::Borrowed(event.event_type.as_str()),
+            body: Cow::Owned(event.to_vec()?),
+            properties: json_properties()
+                .with_message_id(event.id.as_str().into())
+                .with_type(event.event_type.as_str().into())
+                .with_timestamp(event.occurred_at.timestamp().max(0) as u64),
+        })
     }
 
     /// Tells every worker that webhooks changed.

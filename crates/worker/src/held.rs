@@ -149,19 +149,41 @@ impl Pipeline {
             Gate::CooledDown => return self.probe(subscription, endpoint, tasks).await,
         }
         while !stop.is_cancelled() {
+            // No more than its rate limit lets through now (see
+            // `crate::rate`): a rate-limited webhook's drainer waits for
+            // its next token, holding no worker slot meanwhile.
+            let rate_room = match self.rates.take_up_to(subscription, CLAIM_AT_MOST) {
+                None => None,
+                Some(Ok(room)) => Some(room),
+                Some(Err(wait)) => {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => continue,
+                    }
+                }
+            };
             // In line for a worker slot, then an endpoint slot, like the
             // delivery stage; then whatever more of both is free right now.
+            let unused = |taken: usize| {
+                if let Some(room) = rate_room {
+                    self.rates
+                        .give_back(subscription, room.saturating_sub(taken));
+                }
+            };
             let Ok(worker_slot) = Arc::clone(&self.http_slots).acquire_owned().await else {
-                return;
+                return unused(0);
             };
             let slot = match self.endpoints.acquire(endpoint, subscription).await {
                 Ok(slot) => slot,
-                Err(NoSlot::Busy) => continue,
-                Err(NoSlot::Slow { .. } | NoSlot::Open { .. }) => return,
+                Err(NoSlot::Busy) => {
+                    unused(0);
+                    continue;
+                }
+                Err(NoSlot::Slow { .. } | NoSlot::Open { .. }) => return unused(0),
             };
             let more_workers: Vec<_> =
                 std::iter::from_fn(|| Arc::clone(&self.http_slots).try_acquire_owned().ok())
-                    .take(CLAIM_AT_MOST - 1)
+                    .take(rate_room.unwrap_or(CLAIM_AT_MOST).min(CLAIM_AT_MOST) - 1)
                     .collect();
             let slots: Vec<Slot> = std::iter::once(slot)
                 .chain(
@@ -181,9 +203,10 @@ impl Pipeline {
                 Ok(held) => held,
                 Err(error) => {
                     tracing::warn!(error = %error_chain(&error), "claiming held deliveries failed");
-                    return;
+                    return unused(0);
                 }
             };
+            unused(held.len());
             let all_claimed = held.len() < slots.len();
             for ((held, slot), worker_slot) in held.into_iter().zip(slots).zip(workers) {
                 let pipeline = Arc::clone(self);

@@ -20,6 +20,7 @@ mod limits;
 mod log;
 pub mod metrics;
 mod pipeline;
+mod rate;
 mod subscriptions;
 
 use std::sync::Arc;
@@ -78,6 +79,16 @@ pub struct WorkerConfig {
     /// On shutdown, how long in-flight deliveries may take to finish before
     /// they are handed back to the broker unacked.
     pub shutdown_grace: Duration,
+    pub endpoints: EndpointPolicy,
+}
+
+/// When a failing endpoint is reported and when its webhook is disabled.
+#[derive(Clone, Copy, Debug)]
+pub struct EndpointPolicy {
+    /// No success for this long while attempts kept failing: disabled.
+    pub disable_after: Duration,
+    /// Failed attempts in a row before `webhook.failing` is published.
+    pub failing_after: u32,
 }
 
 impl WorkerConfig {
@@ -134,6 +145,9 @@ impl Worker {
             ledger,
             publisher,
             client,
+            episodes: pipeline::Episodes::default(),
+            rates: rate::RateLimits::default(),
+            lifecycle_metrics: pipeline::LifecycleMetrics::new(&metrics),
             metrics: Arc::clone(&metrics),
             stopping: stopping.clone(),
         });
@@ -231,12 +245,13 @@ impl Worker {
         };
 
         let releases = Arc::clone(&self.pipeline).release_held(stop.clone());
+        let lifecycle = Arc::clone(&self.pipeline).watch_lifecycle(stop.clone());
         let circuits = Arc::clone(&self.pipeline).sync_circuits(stop.clone());
         let depths = queue_depths(&self.connection, &topology, &self.metrics, stop.clone());
         let control = watch_changes(&self.connection, &topology, &self.pipeline, stop.clone());
 
         let guard = stop.clone().drop_guard();
-        let (fanout, deliveries, (), (), (), (), ()) = tokio::join!(
+        let (fanout, deliveries, (), (), (), (), (), ()) = tokio::join!(
             async {
                 let r = fanout.await;
                 stop.cancel();
@@ -249,6 +264,7 @@ impl Worker {
             },
             refresher,
             releases,
+            lifecycle,
             circuits,
             depths,
             control

@@ -278,6 +278,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for metrics kept beside these.
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut buffer = Vec::new();

@@ -39,7 +39,7 @@ pub struct SubscriptionCache {
 }
 
 impl SubscriptionCache {
-    /// Reloads every enabled subscription from the ledger and swaps the
+    /// Reloads every subscription (disabled ones too) from the ledger and swaps the
     /// index in one step, so a fan-out sees either the old set or the new.
     /// Rows stream straight into the new index: a large set is never held
     /// twice. Returns how many it loaded.
@@ -49,7 +49,7 @@ impl SubscriptionCache {
         let version = store.subscriptions_fingerprint().await?;
         let mut index = SubscriptionIndex::default();
         store
-            .for_each_enabled_subscription(&mut |sub| index.insert(sub))
+            .for_each_subscription(&mut |sub| index.insert(sub))
             .await?;
         let len = index.len();
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());

@@ -37,7 +37,8 @@ impl Pipeline {
             event.webhook_body(),
         );
         self.metrics.in_flight.inc();
-        let outcome = self.client.send(&subscription.url, webhook).await;
+        // With the webhook's own headers and timeout, if it sets them.
+        let outcome = self.client.send_for(subscription, webhook).await;
         self.metrics.in_flight.dec();
         slot.observe(outcome.duration);
         if slot.outcome(outcome.result.endpoint_healthy()) {
@@ -56,10 +57,15 @@ impl Pipeline {
             .retry_after
             .as_deref()
             .and_then(|v| parse_retry_after(v, Utc::now()));
+        // The deployment's schedule, with the webhook's own attempt count.
+        let retry = self
+            .config
+            .retry
+            .with_max_attempts(subscription.settings.max_attempts);
         let decision = classify(
             outcome.result,
             msg.attempt,
-            &self.config.retry,
+            &retry,
             self.config.retry_client_errors,
             asked_wait,
         );
@@ -78,7 +84,12 @@ impl Pipeline {
                 (DeliveryStatus::Retrying, Some(jittered))
             }
             Decision::Dead => (DeliveryStatus::Dead, None),
+            // Paused with the webhook's other deliveries.
+            Decision::Gone => (DeliveryStatus::Paused, None),
         };
+        if decision == Decision::Gone {
+            self.webhook_gone(subscription, msg).await;
+        }
         let (response_status, error_kind) = match outcome.result {
             AttemptResult::Response { status } => (Some(status), None),
             AttemptResult::Failed { kind } => (None, Some(kind)),

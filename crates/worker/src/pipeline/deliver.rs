@@ -12,7 +12,7 @@ use lapin::message::Delivery;
 use tracing::Instrument;
 
 use super::attempt::delivery_span;
-use super::owed::{NextStep, next_step};
+use super::owed::{NextStep, WebhookState, next_step};
 use super::{Pipeline, StepError};
 use crate::consumer::Handled;
 use crate::error_chain;
@@ -46,11 +46,18 @@ impl Pipeline {
     }
 
     async fn try_deliver(&self, msg: &DeliveryMessage, redelivered: bool) -> Result<(), StepError> {
-        let Some((event, subscription)) = self.owed(msg, redelivered).await? else {
+        let Some((event, subscription)) = self.owed(msg, redelivered, false).await? else {
             return Ok(());
         };
-        // A busy endpoint's deliveries wait in the ledger, not in this
-        // worker's slots, where they would starve every other endpoint.
+        // Over its rate limit, or a busy endpoint: the delivery waits in
+        // the ledger, not in this worker's slots, where it would starve
+        // every other endpoint.
+        if let Err(wait) = self
+            .rates
+            .take(subscription.id, subscription.settings.rate_limit)
+        {
+            return Ok(self.hold_for(msg, wait).await?);
+        }
         match self
             .endpoints
             .acquire(subscription.url.as_str(), subscription.id)
@@ -71,7 +78,17 @@ impl Pipeline {
         msg: &DeliveryMessage,
         slot: Slot,
     ) -> Result<(), StepError> {
-        match self.owed(msg, false).await? {
+        match self.owed(msg, false, true).await? {
+            Some((_, subscription))
+                if let Err(wait) = self
+                    .rates
+                    .admit_claimed(subscription.id, subscription.settings.rate_limit) =>
+            {
+                // Claimed beyond the webhook's rate: back to the ledger,
+                // due when its next token is.
+                drop(slot);
+                Ok(self.hold_for(msg, wait).await?)
+            }
             Some((event, subscription)) => {
                 self.attempt_and_record(msg, &event, &subscription, slot, Carrier::Ledger)
                     .await
@@ -89,6 +106,7 @@ impl Pipeline {
         &self,
         msg: &DeliveryMessage,
         redelivered: bool,
+        claimed: bool,
     ) -> Result<Option<(Event, Subscription)>, StepError> {
         let Some(DeliveryContext {
             delivery,
@@ -110,10 +128,12 @@ impl Pipeline {
             return Ok(None);
         };
 
-        let enabled = subscription
-            .as_ref()
-            .is_some_and(|s| s.status == SubscriptionStatus::Enabled);
-        match next_step(&delivery, enabled, msg.attempt, redelivered) {
+        let webhook = match &subscription {
+            None => WebhookState::Deleted,
+            Some(s) if s.status == SubscriptionStatus::Enabled => WebhookState::Enabled,
+            Some(_) => WebhookState::Disabled,
+        };
+        match next_step(&delivery, webhook, msg.attempt, redelivered, claimed) {
             NextStep::Attempt => {}
             NextStep::AlreadyMade { resend_follow_up } => {
                 if resend_follow_up {
@@ -143,7 +163,26 @@ impl Pipeline {
                 about!(
                     info,
                     About::Delivery(msg),
-                    "webhook deleted or disabled; delivery canceled"
+                    "webhook deleted; delivery canceled"
+                );
+                return Ok(None);
+            }
+            NextStep::HeldInLedger => {
+                tracing::debug!("the ledger holds the delivery; a stale message makes no attempt");
+                return Ok(None);
+            }
+            NextStep::Pause => {
+                let op = WriteOp::Pause {
+                    delivery_id: msg.delivery_id,
+                };
+                self.durably("pausing the delivery", About::Delivery(msg), || {
+                    self.ledger.write(op.clone())
+                })
+                .await?;
+                about!(
+                    info,
+                    About::Delivery(msg),
+                    "webhook disabled; delivery paused until it is enabled again"
                 );
                 return Ok(None);
             }

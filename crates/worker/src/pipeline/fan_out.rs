@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::Utc;
-use courier_model::{DeliveryId, DeliveryMessage, Event, SubscriptionId};
+use courier_model::{DeliveryId, DeliveryMessage, Event, SubscriptionId, SubscriptionStatus};
 use courier_producer::PublishError;
 use courier_store::{StoreError, WriteOp, WriteResult};
 use futures_util::StreamExt;
@@ -131,12 +131,26 @@ impl Pipeline {
         if let Some(n) = reloaded {
             self.count_reload("catch_up", n);
         }
-        let matches = self.subscriptions.matching(event);
+        let (matches, disabled): (Vec<_>, Vec<_>) = self
+            .subscriptions
+            .matching(event)
+            .into_iter()
+            .partition(|s| s.status == SubscriptionStatus::Enabled);
+        // A disabled webhook's deliveries are recorded paused: nothing is
+        // sent until it is enabled again, and nothing is lost meanwhile.
+        let paused: Vec<(DeliveryId, SubscriptionId)> = disabled
+            .iter()
+            .map(|s| (DeliveryId::derive(&event.id, s.id), s.id))
+            .collect();
         if matches.is_empty() {
             // Nothing to deliver. The event is recorded all the same, so
             // that "why did my webhook not fire?" has an answer.
-            self.record_fan_out(event, Vec::new(), Vec::new(), &[], redelivered)
+            let paused_count = paused.len();
+            self.record_fan_out(event, Vec::new(), paused, Vec::new(), &[], redelivered)
                 .await?;
+            if paused_count > 0 {
+                return Ok(paused_count);
+            }
             self.metrics
                 .events_unmatched
                 .with_label_values(&[event.event_type.as_str()])
@@ -206,7 +220,7 @@ impl Pipeline {
         drop(room);
         // The attempts under way keep going while the fan-out commits.
         let mut late = Vec::new();
-        let record = self.record_fan_out(event, deliveries, settled, &claimed, redelivered);
+        let record = self.record_fan_out(event, deliveries, paused, settled, &claimed, redelivered);
         tokio::pin!(record);
         loop {
             tokio::select! {
@@ -235,6 +249,7 @@ impl Pipeline {
         &self,
         event: &Arc<Event>,
         deliveries: Vec<(DeliveryId, SubscriptionId)>,
+        paused: Vec<(DeliveryId, SubscriptionId)>,
         settled: Vec<First>,
         claimed: &[DeliveryMessage],
         redelivered: bool,
@@ -244,6 +259,7 @@ impl Pipeline {
         ops.push(WriteOp::FanOut {
             event: Arc::clone(event),
             deliveries,
+            paused,
         });
         ops.extend(First::ops(&attempted, &held));
         let lease_until = Utc::now() + self.claim_lease();

@@ -34,6 +34,14 @@ impl Pipeline {
             let Ok(Ok(worker_slot)) = tokio::time::timeout(QUICK, worker_slot).await else {
                 return First::Queue(msg);
             };
+            // Over its rate limit: held, and released at the rate.
+            if self
+                .rates
+                .take(subscription.id, subscription.settings.rate_limit)
+                .is_err()
+            {
+                return First::Hold(msg);
+            }
             let slot = match self
                 .endpoints
                 .acquire_quick(subscription.url.as_str(), subscription.id)

@@ -29,6 +29,7 @@ impl Pipeline {
             Decision::Succeeded => "success",
             Decision::Retry { .. } => "retry",
             Decision::Dead => "dead",
+            Decision::Gone => "gone",
         };
         let event_type = event.event_type.as_str();
         self.metrics
@@ -51,7 +52,7 @@ impl Pipeline {
                 .dead_lettered
                 .with_label_values(&[event_type])
                 .inc(),
-            Decision::Retry { .. } => {}
+            Decision::Retry { .. } | Decision::Gone => {}
         }
         // Every attempt is in the ledger and in the metrics. A log line per
         // success would be most of the log at any real rate and cost CPU on
@@ -75,13 +76,19 @@ impl Pipeline {
                 "attempt recorded",
             );
         }
-        match (attempted.decision, attempted.next_delay) {
+        let sent = match (attempted.decision, attempted.next_delay) {
             // Held: the ledger makes the next attempt when it is due.
             (Decision::Retry { .. }, _) if attempted.write.held_until.is_some() => Ok(()),
             (Decision::Retry { .. }, Some(delay)) => self.schedule_retry(msg, delay).await,
             (Decision::Dead, _) => self.dead_letter(msg).await,
             _ => Ok(()),
+        };
+        // What follows is durable (or will be sent again): now what the
+        // attempt means for the webhook.
+        if sent.is_ok() {
+            self.after_attempt(msg, event, attempted).await;
         }
+        sent
     }
 
     /// Publishes again the follow-up of attempt `msg.attempt`, which the
@@ -115,10 +122,21 @@ impl Pipeline {
     /// message carries it meanwhile, so a backlog waiting for one endpoint
     /// costs the broker nothing.
     pub(super) async fn hold(&self, msg: &DeliveryMessage) -> Result<(), StoreError> {
+        self.hold_for(msg, Duration::ZERO).await
+    }
+
+    /// Holds the delivery as [`Pipeline::hold`] does, due only after
+    /// `wait` (its webhook's rate limit has no token before then).
+    pub(super) async fn hold_for(
+        &self,
+        msg: &DeliveryMessage,
+        wait: Duration,
+    ) -> Result<(), StoreError> {
+        let until = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
         let op = WriteOp::Hold {
             delivery_id: msg.delivery_id,
             attempt: msg.attempt,
-            until: Utc::now(),
+            until,
         };
         let result = self
             .durably("holding the delivery", About::Delivery(msg), || {
@@ -127,7 +145,7 @@ impl Pipeline {
             .await?;
         self.count_holds(std::iter::once(&result));
         if result == (WriteResult::Held { held: true }) {
-            tracing::debug!("endpoint busy or failing; delivery held");
+            tracing::debug!("endpoint busy, failing or at its rate limit; delivery held");
         } else {
             tracing::debug!("attempt made or not owed any more; nothing to hold");
         }

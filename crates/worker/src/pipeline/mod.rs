@@ -19,6 +19,7 @@ mod deliver;
 mod fan_out;
 mod first_attempt;
 mod follow_up;
+mod lifecycle;
 mod owed;
 
 use std::sync::Arc;
@@ -31,11 +32,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use attempt::delivery_span;
+pub(crate) use lifecycle::{Episodes, LifecycleMetrics};
 
 use crate::consumer::Handled;
 use crate::limits::EndpointLimits;
 use crate::log::{About, about};
 use crate::metrics::Metrics;
+use crate::rate::RateLimits;
 use crate::subscriptions::SubscriptionCache;
 use crate::{WorkerConfig, error_chain};
 
@@ -58,6 +61,8 @@ pub struct Pipeline {
     pub(crate) client: WebhookClient,
     pub(crate) subscriptions: SubscriptionCache,
     pub(crate) endpoints: EndpointLimits,
+    /// Each webhook's rate limit, this replica's share of it.
+    pub(crate) rates: RateLimits,
     /// Bounds the attempts in flight across both stages.
     pub(crate) http_slots: Arc<Semaphore>,
     /// Bounds the first attempts fan-outs make at once, one permit per
@@ -68,6 +73,9 @@ pub struct Pipeline {
     /// them waiting for their commit.
     pub(crate) first_attempt_room: Arc<Semaphore>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Open failing episodes, as far as this worker knows them.
+    pub(crate) episodes: Episodes,
+    pub(crate) lifecycle_metrics: LifecycleMetrics,
     /// Cancelled on shutdown: ends the waits for a database to come back.
     pub(crate) stopping: CancellationToken,
 }

@@ -19,18 +19,36 @@ pub(super) enum NextStep {
     AlreadyMade { resend_follow_up: bool },
     /// The delivery succeeded, died or was canceled: nothing more to do.
     Finished,
-    /// Its webhook was deleted or disabled: the delivery is canceled.
+    /// Its webhook is disabled: the delivery is paused, kept for when it is
+    /// enabled again.
+    Pause,
+    /// The ledger holds the delivery and makes its attempts: this message
+    /// is a stale one (say, a retry that was under way when the webhook
+    /// was disabled, arriving after its paused deliveries were replayed).
+    /// Attempting it too would send the receiver the attempt twice.
+    HeldInLedger,
+    /// Its webhook was deleted: the delivery is canceled.
     Cancel,
 }
 
-/// The step for attempt `attempt` of `delivery`, whose webhook is
-/// `webhook_enabled` (false when deleted or disabled); `redelivered` when
-/// the broker handed the message out before.
+/// What the ledger says of a delivery's webhook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum WebhookState {
+    Enabled,
+    Disabled,
+    Deleted,
+}
+
+/// The step for attempt `attempt` of `delivery`, whose webhook is in
+/// `webhook` state; `redelivered` when the broker handed the message out
+/// before; `claimed` when the ask comes not from a message but from the
+/// ledger's own claim of the held delivery.
 pub(super) fn next_step(
     delivery: &DeliveryRecord,
-    webhook_enabled: bool,
+    webhook: WebhookState,
     attempt: u32,
     redelivered: bool,
+    claimed: bool,
 ) -> NextStep {
     if delivery.attempts >= attempt {
         return NextStep::AlreadyMade {
@@ -40,10 +58,14 @@ pub(super) fn next_step(
     if delivery.status.is_final() {
         return NextStep::Finished;
     }
-    if !webhook_enabled {
-        return NextStep::Cancel;
+    match webhook {
+        WebhookState::Enabled if delivery.held_until.is_some() && !claimed => {
+            NextStep::HeldInLedger
+        }
+        WebhookState::Enabled => NextStep::Attempt,
+        WebhookState::Disabled => NextStep::Pause,
+        WebhookState::Deleted => NextStep::Cancel,
     }
-    NextStep::Attempt
 }
 
 /// What a redelivered event still needs, from what the ledger holds of its
@@ -79,6 +101,7 @@ mod tests {
     use chrono::Utc;
     use courier_model::{DeliveryId, EventType, SubscriptionId, WorkspaceId};
 
+    use super::WebhookState::{Deleted, Disabled, Enabled};
     use super::*;
 
     fn record(status: DeliveryStatus, attempts: u32) -> DeliveryRecord {
@@ -105,23 +128,72 @@ mod tests {
     #[test]
     fn an_attempt_not_yet_made_is_owed_while_the_webhook_is_enabled() {
         let retrying = record(DeliveryStatus::Retrying, 2);
-        assert_eq!(next_step(&retrying, true, 3, false), NextStep::Attempt);
-        assert_eq!(next_step(&retrying, true, 3, true), NextStep::Attempt);
-        assert_eq!(next_step(&retrying, false, 3, false), NextStep::Cancel);
+        assert_eq!(
+            next_step(&retrying, Enabled, 3, false, false),
+            NextStep::Attempt
+        );
+        assert_eq!(
+            next_step(&retrying, Enabled, 3, true, false),
+            NextStep::Attempt
+        );
+        assert_eq!(
+            next_step(&retrying, Disabled, 3, false, false),
+            NextStep::Pause
+        );
+        assert_eq!(
+            next_step(&retrying, Deleted, 3, false, false),
+            NextStep::Cancel
+        );
         let pending = record(DeliveryStatus::Pending, 0);
-        assert_eq!(next_step(&pending, true, 1, false), NextStep::Attempt);
+        assert_eq!(
+            next_step(&pending, Enabled, 1, false, false),
+            NextStep::Attempt
+        );
+        assert_eq!(
+            next_step(&pending, Disabled, 1, false, false),
+            NextStep::Pause
+        );
+        // Replayed after its webhook was enabled again: owed its attempt.
+        let paused = record(DeliveryStatus::Paused, 2);
+        assert_eq!(
+            next_step(&paused, Enabled, 3, false, false),
+            NextStep::Attempt
+        );
+        assert_eq!(
+            next_step(&paused, Disabled, 3, false, false),
+            NextStep::Pause
+        );
+        // Replayed paused deliveries are held: the ledger makes their
+        // attempts, and a stale message for one makes none.
+        let replayed = DeliveryRecord {
+            held_until: Some(Utc::now()),
+            ..record(DeliveryStatus::Retrying, 2)
+        };
+        assert_eq!(
+            next_step(&replayed, Enabled, 3, true, false),
+            NextStep::HeldInLedger
+        );
+        assert_eq!(
+            next_step(&replayed, Disabled, 3, false, false),
+            NextStep::Pause
+        );
+        // The ledger's own claim of it makes the attempt.
+        assert_eq!(
+            next_step(&replayed, Enabled, 3, false, true),
+            NextStep::Attempt
+        );
     }
 
     #[test]
     fn a_made_attempt_resends_its_follow_up_only_for_its_own_redelivered_message() {
         let retrying = record(DeliveryStatus::Retrying, 2);
         let made = |resend_follow_up| NextStep::AlreadyMade { resend_follow_up };
-        assert_eq!(next_step(&retrying, true, 2, true), made(true));
-        assert_eq!(next_step(&retrying, true, 2, false), made(false));
+        assert_eq!(next_step(&retrying, Enabled, 2, true, false), made(true));
+        assert_eq!(next_step(&retrying, Enabled, 2, false, false), made(false));
         // An older message: a later attempt's record speaks for it.
-        assert_eq!(next_step(&retrying, true, 1, true), made(false));
+        assert_eq!(next_step(&retrying, Enabled, 1, true, false), made(false));
         // Made is made, whatever became of the webhook since.
-        assert_eq!(next_step(&retrying, false, 2, true), made(true));
+        assert_eq!(next_step(&retrying, Disabled, 2, true, false), made(true));
     }
 
     #[test]
@@ -135,8 +207,14 @@ mod tests {
             // count, but the reopen it follows makes the delivery retrying;
             // one that still finds it final was overtaken.
             let done = record(status, 3);
-            assert_eq!(next_step(&done, true, 4, false), NextStep::Finished);
-            assert_eq!(next_step(&done, false, 4, true), NextStep::Finished);
+            assert_eq!(
+                next_step(&done, Enabled, 4, false, false),
+                NextStep::Finished
+            );
+            assert_eq!(
+                next_step(&done, Deleted, 4, true, false),
+                NextStep::Finished
+            );
         }
     }
 
