@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_model::{AttemptResult, ErrorKind, WebhookUrl};
+use courier_model::{AttemptResult, ErrorKind, Subscription, WebhookUrl};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
@@ -42,10 +42,20 @@ pub struct HttpOutcome {
 /// decides what it sends, courier decides what it stores.
 pub const MAX_KEPT_HEADER_BYTES: usize = 128;
 
+/// What one request sets for itself instead of the client's defaults.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SendOptions {
+    /// The request's timeout, connect to last byte; never longer than the
+    /// client's ([`HttpOptions::timeout`], `delivery.timeout_ms`): what the
+    /// deployment sized its worker slots and delivery leases on.
+    pub timeout: Option<Duration>,
+}
+
 #[derive(Clone, Debug)]
 pub struct WebhookClient {
     client: reqwest::Client,
     allow_private_networks: bool,
+    timeout: Duration,
 }
 
 /// The HTTP client could not be built (its TLS backend failed to start).
@@ -108,16 +118,64 @@ impl WebhookClient {
         Ok(Self {
             client: builder.build().map_err(ClientError)?,
             allow_private_networks: options.allow_private_networks,
+            timeout: options.timeout,
         })
+    }
+
+    /// The longest a request may take ([`HttpOptions::timeout`]).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// POSTs a signed webhook to `url` and reports what happened. Never
     /// fails: every failure is an outcome to record.
     pub async fn send(&self, url: &WebhookUrl, webhook: SignedWebhook) -> HttpOutcome {
-        self.post(url, webhook.headers, webhook.body).await
+        self.send_with(url, webhook, SendOptions::default()).await
     }
 
-    async fn post(&self, url: &WebhookUrl, headers: HeaderMap, body: Vec<u8>) -> HttpOutcome {
+    /// [`Self::send`], with the request's own options.
+    pub async fn send_with(
+        &self,
+        url: &WebhookUrl,
+        webhook: SignedWebhook,
+        options: SendOptions,
+    ) -> HttpOutcome {
+        let timeout = options
+            .timeout
+            .map_or(self.timeout, |t| t.min(self.timeout));
+        self.post(url, webhook.headers, webhook.body, timeout).await
+    }
+
+    /// POSTs a webhook signed for `subscription` to its URL with its own
+    /// settings: its headers after courier's (never replacing them, see
+    /// [`SignedWebhook::with_headers`]) and its timeout (at most the
+    /// client's).
+    pub async fn send_for(
+        &self,
+        subscription: &Subscription,
+        webhook: SignedWebhook,
+    ) -> HttpOutcome {
+        let settings = &subscription.settings;
+        let options = SendOptions {
+            timeout: settings
+                .timeout_ms
+                .map(|ms| Duration::from_millis(u64::from(ms))),
+        };
+        self.send_with(
+            &subscription.url,
+            webhook.with_headers(&settings.headers),
+            options,
+        )
+        .await
+    }
+
+    async fn post(
+        &self,
+        url: &WebhookUrl,
+        headers: HeaderMap,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> HttpOutcome {
         let started = Instant::now();
         let failed = |kind: ErrorKind, error: String| HttpOutcome {
             result: AttemptResult::Failed { kind },
@@ -146,6 +204,7 @@ impl WebhookClient {
             .post(url.as_url().clone())
             .headers(headers)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .timeout(timeout)
             .body(body)
             .send()
             .await;
@@ -345,6 +404,7 @@ mod tests {
                     &WebhookUrl::parse(url).unwrap(),
                     HeaderMap::new(),
                     b"{}".to_vec(),
+                    client.timeout(),
                 )
                 .await;
             assert_eq!(
@@ -379,7 +439,9 @@ mod tests {
             .unwrap()
             .port();
         let url = WebhookUrl::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
-        let outcome = client.post(&url, HeaderMap::new(), b"{}".to_vec()).await;
+        let outcome = client
+            .post(&url, HeaderMap::new(), b"{}".to_vec(), client.timeout())
+            .await;
         assert_eq!(
             outcome.result,
             AttemptResult::Failed {
@@ -387,5 +449,141 @@ mod tests {
             }
         );
         assert!(outcome.error.unwrap().contains("refused"));
+    }
+
+    /// A one-connection HTTP server: answers each request after `delay`
+    /// with 204 and hands over the request head, lower-cased.
+    async fn receiver(delay: Duration) -> (WebhookUrl, tokio::sync::mpsc::Receiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url =
+            WebhookUrl::parse(&format!("http://{}/hook", listener.local_addr().unwrap())).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = tx
+                        .send(String::from_utf8_lossy(&head).to_ascii_lowercase())
+                        .await;
+                    tokio::time::sleep(delay).await;
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        (url, rx)
+    }
+
+    fn subscription(url: WebhookUrl, timeout_ms: Option<u32>) -> Subscription {
+        let now = chrono::Utc::now();
+        Subscription {
+            id: courier_model::SubscriptionId::generate(),
+            workspace_id: courier_model::WorkspaceId::parse("acme").unwrap(),
+            name: "erp".into(),
+            url,
+            event_types: vec![courier_model::EventType::OrderCreated],
+            channels: vec![],
+            secret: courier_model::WebhookSecret::generate(),
+            previous_secret: None,
+            previous_secret_expires_at: None,
+            status: courier_model::SubscriptionStatus::Enabled,
+            disabled: None,
+            settings: courier_model::WebhookSettings {
+                timeout_ms,
+                headers: vec![
+                    ("X-Api-Key".into(), "k-1".into()),
+                    ("Webhook-Signature".into(), "v1,forged".into()),
+                    ("Content-Type".into(), "text/plain".into()),
+                ],
+                ..Default::default()
+            },
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn local_client(timeout: Duration) -> WebhookClient {
+        WebhookClient::new(&HttpOptions {
+            timeout,
+            allow_private_networks: true,
+            max_in_flight: 4,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_webhooks_headers_go_along_but_never_replace_courier_headers() {
+        let (url, mut heads) = receiver(Duration::ZERO).await;
+        let sub = subscription(url, None);
+        let at = chrono::Utc::now();
+        let webhook = SignedWebhook::new(&sub, "d-1", at, b"{}".to_vec());
+        let signature = webhook.headers()["webhook-signature"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase();
+        let outcome = local_client(Duration::from_secs(5))
+            .send_for(&sub, webhook)
+            .await;
+        assert_eq!(outcome.result, AttemptResult::Response { status: 204 });
+        let head = heads.recv().await.unwrap();
+        let lines: Vec<&str> = head.lines().collect();
+        let count = |prefix: &str| lines.iter().filter(|l| l.starts_with(prefix)).count();
+        assert!(lines.contains(&"x-api-key: k-1"), "{head}");
+        assert!(lines.contains(&"content-type: application/json"), "{head}");
+        assert_eq!(count("content-type:"), 1, "{head}");
+        assert!(
+            lines.contains(&format!("webhook-signature: {signature}").as_str()),
+            "{head}"
+        );
+        assert_eq!(count("webhook-signature:"), 1, "{head}");
+    }
+
+    #[tokio::test]
+    async fn a_webhooks_timeout_applies_but_never_exceeds_the_clients() {
+        let (url, _heads) = receiver(Duration::from_secs(3)).await;
+        let client = local_client(Duration::from_secs(10));
+        let sub = subscription(url.clone(), Some(200));
+        let started = Instant::now();
+        let webhook = SignedWebhook::new(&sub, "d-1", chrono::Utc::now(), b"{}".to_vec());
+        let outcome = client.send_for(&sub, webhook).await;
+        assert_eq!(
+            outcome.result,
+            AttemptResult::Failed {
+                kind: ErrorKind::Timeout
+            }
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // Longer than the client's: the client's holds.
+        let client = local_client(Duration::from_millis(300));
+        let sub = subscription(url, Some(60_000));
+        let started = Instant::now();
+        let webhook = SignedWebhook::new(&sub, "d-2", chrono::Utc::now(), b"{}".to_vec());
+        let outcome = client.send_for(&sub, webhook).await;
+        assert_eq!(
+            outcome.result,
+            AttemptResult::Failed {
+                kind: ErrorKind::Timeout
+            }
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -10,9 +10,37 @@ mod signed;
 
 pub use client::{
     ClientError, HttpOptions, HttpOutcome, MAX_KEPT_HEADER_BYTES, RESPONSE_EXCERPT_BYTES,
-    WebhookClient, is_public,
+    SendOptions, WebhookClient, is_public,
 };
 pub use signed::SignedWebhook;
 
 /// The `user-agent` of every webhook request.
 pub const USER_AGENT: &str = concat!("courier/", env!("CARGO_PKG_VERSION"));
+
+/// Header names a webhook's own headers may not use (compared
+/// case-insensitively): courier's signature headers (every `webhook-*`
+/// name, the Standard Webhooks namespace), the headers that frame the body
+/// (`content-type`, `content-length`, `content-encoding`,
+/// `transfer-encoding`), the ones that steer the connection (`host`,
+/// `connection`, `keep-alive`, `te`, `trailer`, `upgrade`, `expect`, any
+/// `proxy-*`) and `user-agent`, which says the request is courier's.
+/// `authorization` is allowed: receivers often want a token besides the
+/// signature.
+pub fn is_reserved_header(name: &str) -> bool {
+    const RESERVED: &[&str] = &[
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "host",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "user-agent",
+    ];
+    let name = name.to_ascii_lowercase();
+    name.starts_with("webhook-") || name.starts_with("proxy-") || RESERVED.contains(&name.as_str())
+}

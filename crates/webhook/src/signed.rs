@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use courier_model::{Subscription, sign_headers};
-use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// A signed webhook: `webhook-id`, `webhook-timestamp` and
 /// `webhook-signature` (one `v1,` signature per secret the subscription
@@ -39,6 +39,27 @@ impl SignedWebhook {
         Self { headers, body }
     }
 
+    /// Adds a webhook's own headers (`WebhookSettings::headers`) after
+    /// courier's: a name courier sets itself ([`crate::is_reserved_header`]:
+    /// the signature, content and connection headers, the user agent) or
+    /// one that is not a valid header is left out, so extra headers never
+    /// replace or forge courier's. A name given twice keeps both values.
+    pub fn with_headers(mut self, extra: &[(String, String)]) -> Self {
+        for (name, value) in extra {
+            if crate::is_reserved_header(name) {
+                continue;
+            }
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) else {
+                continue;
+            };
+            self.headers.append(name, value);
+        }
+        self
+    }
+
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
     }
@@ -48,8 +69,9 @@ impl SignedWebhook {
     }
 
     /// Every header courier sets on the request, as sent: the content type,
-    /// the user agent and the three signature headers. (The HTTP client adds
-    /// only transport headers: host, content-length, accept.)
+    /// the user agent, the three signature headers and the webhook's own
+    /// (after [`Self::with_headers`]). (The HTTP client adds only transport
+    /// headers: host, content-length, accept.)
     pub fn header_list(&self) -> Vec<(String, String)> {
         let mut list = vec![
             ("content-type".to_owned(), "application/json".to_owned()),
@@ -94,6 +116,8 @@ mod tests {
             previous_secret_expires_at: previous.as_ref().map(|(_, until)| *until),
             previous_secret: previous.map(|(secret, _)| secret),
             status: SubscriptionStatus::Enabled,
+            disabled: None,
+            settings: Default::default(),
             created_at: now,
             updated_at: now,
         }
@@ -147,5 +171,56 @@ mod tests {
         );
         let after = SignedWebhook::new(&sub, "d-1", at + Duration::hours(2), b"{}".to_vec());
         assert_eq!(header(&after, "webhook-signature").split(' ').count(), 1);
+    }
+
+    #[test]
+    fn extra_headers_never_replace_courier_headers() {
+        let sub = subscription(None);
+        let at = Utc::now();
+        let plain = SignedWebhook::new(&sub, "d-1", at, b"{}".to_vec());
+        let signature = header(&plain, "webhook-signature").to_owned();
+        let extra: Vec<(String, String)> = [
+            ("Webhook-Signature", "v1,forged"),
+            ("webhook-id", "other"),
+            ("Content-Type", "text/plain"),
+            ("user-agent", "not-courier"),
+            ("Host", "evil.example"),
+            ("X-Api-Key", "k-1"),
+            ("Authorization", "Bearer t"),
+            ("x-multi", "a"),
+            ("x-multi", "b"),
+            ("bad name", "v"),
+            ("x-bad-value", "a\nb"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+        let webhook = plain.with_headers(&extra);
+        assert_eq!(header(&webhook, "webhook-signature"), signature);
+        assert_eq!(header(&webhook, "webhook-id"), "d-1");
+        assert_eq!(
+            webhook
+                .headers()
+                .get_all("webhook-signature")
+                .iter()
+                .count(),
+            1
+        );
+        assert_eq!(webhook.headers().get_all("webhook-id").iter().count(), 1);
+        assert!(webhook.headers().get("content-type").is_none());
+        assert!(webhook.headers().get("user-agent").is_none());
+        assert!(webhook.headers().get("host").is_none());
+        assert_eq!(header(&webhook, "x-api-key"), "k-1");
+        assert_eq!(header(&webhook, "authorization"), "Bearer t");
+        assert_eq!(webhook.headers().get_all("x-multi").iter().count(), 2);
+        assert!(webhook.headers().get("x-bad-value").is_none());
+        let list = webhook.header_list();
+        assert_eq!(
+            list.iter()
+                .filter(|(n, _)| n == "content-type")
+                .collect::<Vec<_>>(),
+            [&("content-type".to_owned(), "application/json".to_owned())]
+        );
+        assert!(list.contains(&("x-api-key".to_owned(), "k-1".to_owned())));
     }
 }
