@@ -169,6 +169,7 @@ impl TestEnv {
                 channels: channels.iter().map(|s| s.to_string()).collect(),
                 secret: None,
                 active: true,
+                ..Default::default()
             },
             courier_api::webhooks::UrlPolicy {
                 require_https: false,

@@ -22,15 +22,15 @@
 mod explorer;
 
 use async_graphql::{
-    Context, EmptySubscription, Enum, ErrorExtensions, ID, InputObject, Object, Schema,
-    SimpleObject,
+    Context, EmptySubscription, Enum, ErrorExtensions, ID, InputObject, MaybeUndefined, Object,
+    Schema, SimpleObject,
 };
 use axum::Router;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use courier_model::{EventType, Subscription, SubscriptionId, SubscriptionStatus};
+use courier_model::{DisabledReason, EventType, Subscription, SubscriptionId, SubscriptionStatus};
 use courier_store::{DeliveryFilter, DeliveryLogEntry, EventRecord};
 use serde_json::json;
 
@@ -38,7 +38,7 @@ use crate::auth::{WorkspaceKey, bearer};
 use crate::extract::read_body;
 use crate::service::{PageRequest, Service, status_filter, webhook_filter};
 use crate::views::encode_delivery_cursor;
-use crate::webhooks::{NewWebhook, WebhookPatch};
+use crate::webhooks::{HeaderList, NewWebhook, RateLimitInput, StatusChange, WebhookPatch};
 use crate::{ApiError, ApiState, MAX_BODY_BYTES};
 
 /// Event types as GraphQL enum values (`ORDER_CREATED`); kept in step with
@@ -57,6 +57,9 @@ pub enum GqlEventType {
     RefundRequested,
     IntegrationUpdated,
     WebhookTest,
+    WebhookFailing,
+    WebhookDisabled,
+    WebhookRecovered,
 }
 
 impl From<GqlEventType> for EventType {
@@ -73,6 +76,9 @@ impl From<GqlEventType> for EventType {
             GqlEventType::RefundRequested => EventType::RefundRequested,
             GqlEventType::IntegrationUpdated => EventType::IntegrationUpdated,
             GqlEventType::WebhookTest => EventType::WebhookTest,
+            GqlEventType::WebhookFailing => EventType::WebhookFailing,
+            GqlEventType::WebhookDisabled => EventType::WebhookDisabled,
+            GqlEventType::WebhookRecovered => EventType::WebhookRecovered,
         }
     }
 }
@@ -91,6 +97,9 @@ impl From<EventType> for GqlEventType {
             EventType::RefundRequested => Self::RefundRequested,
             EventType::IntegrationUpdated => Self::IntegrationUpdated,
             EventType::WebhookTest => Self::WebhookTest,
+            EventType::WebhookFailing => Self::WebhookFailing,
+            EventType::WebhookDisabled => Self::WebhookDisabled,
+            EventType::WebhookRecovered => Self::WebhookRecovered,
         }
     }
 }
@@ -135,45 +144,191 @@ fn webhook_id(id: &ID) -> GqlResult<SubscriptionId> {
     SubscriptionId::parse(id.as_str()).map_err(|_| gql_error(ApiError::NotFound("webhook")))
 }
 
-pub struct Webhook(Subscription);
+/// Why a webhook is disabled.
+#[derive(Enum, Copy, Clone, Debug, Eq, PartialEq)]
+#[graphql(name = "WebhookDisabledReason")]
+pub enum GqlDisabledReason {
+    /// Switched off through the API, GraphQL, the console or the CLI.
+    Manual,
+    /// Its endpoint kept failing for `endpoints.disable_after`.
+    Failing,
+    /// Its endpoint answered 410 Gone.
+    Gone,
+}
+
+impl From<DisabledReason> for GqlDisabledReason {
+    fn from(r: DisabledReason) -> Self {
+        match r {
+            DisabledReason::Manual => Self::Manual,
+            DisabledReason::Failing => Self::Failing,
+            DisabledReason::Gone => Self::Gone,
+        }
+    }
+}
+
+/// One extra request header.
+#[derive(SimpleObject)]
+pub struct WebhookHeader {
+    name: String,
+    value: String,
+}
+
+#[derive(InputObject)]
+pub struct WebhookHeaderInput {
+    name: String,
+    value: String,
+}
+
+fn header_list(headers: Vec<WebhookHeaderInput>) -> HeaderList {
+    HeaderList(headers.into_iter().map(|h| (h.name, h.value)).collect())
+}
+
+/// A request-rate limit.
+#[derive(SimpleObject)]
+#[graphql(name = "RateLimit")]
+pub struct GqlRateLimit {
+    /// Requests per second on average, across every worker.
+    per_second: i32,
+    /// Requests sent at once after a quiet spell.
+    burst: i32,
+}
+
+#[derive(InputObject)]
+#[graphql(name = "RateLimitInput")]
+pub struct GqlRateLimitInput {
+    /// 1-10000.
+    per_second: i32,
+    /// 1-10000; perSecond when absent.
+    burst: Option<i32>,
+}
+
+impl From<GqlRateLimitInput> for RateLimitInput {
+    fn from(r: GqlRateLimitInput) -> Self {
+        Self {
+            per_second: r.per_second.into(),
+            burst: r.burst.map(Into::into),
+        }
+    }
+}
+
+/// What `webhookUpdate` did to the webhook's deliveries.
+#[derive(SimpleObject)]
+pub struct WebhookStatusChange {
+    /// Deliveries paused because it was disabled.
+    paused: i32,
+    /// Paused deliveries sent again because it was enabled.
+    replayed: i32,
+    /// Paused deliveries canceled because it was enabled with
+    /// `replayPaused: false`.
+    canceled: i32,
+}
+
+fn count(n: u64) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+pub struct Webhook {
+    sub: Subscription,
+    /// Set on `webhookUpdate`'s answer.
+    change: Option<StatusChange>,
+}
+
+impl Webhook {
+    fn of(sub: Subscription) -> Self {
+        Self { sub, change: None }
+    }
+}
 
 #[Object]
 impl Webhook {
     async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+        ID(self.sub.id.to_string())
     }
     async fn name(&self) -> &str {
-        &self.0.name
+        &self.sub.name
     }
     async fn url(&self) -> &str {
-        self.0.url.as_str()
+        self.sub.url.as_str()
     }
     /// The webhook's (first) event type.
     #[graphql(name = "type")]
     async fn event_type(&self) -> Option<GqlEventType> {
-        self.0.event_types.first().copied().map(Into::into)
+        self.sub.event_types.first().copied().map(Into::into)
     }
     /// Every event type the webhook receives.
     async fn types(&self) -> Vec<GqlEventType> {
-        self.0.event_types.iter().copied().map(Into::into).collect()
+        self.sub
+            .event_types
+            .iter()
+            .copied()
+            .map(Into::into)
+            .collect()
     }
     async fn channels(&self) -> Vec<&str> {
-        self.0.channels.iter().map(|c| c.as_str()).collect()
+        self.sub.channels.iter().map(|c| c.as_str()).collect()
     }
     async fn status(&self) -> WebhookStatus {
-        match self.0.status {
+        match self.sub.status {
             SubscriptionStatus::Enabled => WebhookStatus::Enabled,
             SubscriptionStatus::Disabled => WebhookStatus::Disabled,
         }
     }
     async fn secret(&self) -> &str {
-        self.0.secret.expose()
+        self.sub.secret.expose()
     }
     async fn created_at(&self) -> String {
-        self.0.created_at.to_rfc3339()
+        self.sub.created_at.to_rfc3339()
     }
     async fn updated_at(&self) -> String {
-        self.0.updated_at.to_rfc3339()
+        self.sub.updated_at.to_rfc3339()
+    }
+    /// Why it is disabled; null while enabled.
+    async fn disabled_reason(&self) -> Option<GqlDisabledReason> {
+        self.sub.disabled.map(|d| d.reason.into())
+    }
+    /// Since when it is disabled (RFC 3339); null while enabled.
+    async fn disabled_at(&self) -> Option<String> {
+        self.sub.disabled.map(|d| d.at.to_rfc3339())
+    }
+    /// Free text for the people who manage it.
+    async fn description(&self) -> Option<&str> {
+        self.sub.settings.description.as_deref()
+    }
+    /// Its requests' timeout in milliseconds; null: the deployment's.
+    async fn timeout_ms(&self) -> Option<i32> {
+        self.sub.settings.timeout_ms.map(|t| count(t.into()))
+    }
+    /// Attempts before a delivery is dead; null: the deployment's.
+    async fn max_attempts(&self) -> Option<i32> {
+        self.sub.settings.max_attempts.map(|n| count(n.into()))
+    }
+    /// Extra request headers sent with every attempt.
+    async fn headers(&self) -> Vec<WebhookHeader> {
+        self.sub
+            .settings
+            .headers
+            .iter()
+            .map(|(name, value)| WebhookHeader {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect()
+    }
+    /// Requests per second the endpoint gets at most; null: no limit.
+    async fn rate_limit(&self) -> Option<GqlRateLimit> {
+        self.sub.settings.rate_limit.map(|r| GqlRateLimit {
+            per_second: count(r.per_second.into()),
+            burst: count(r.burst.into()),
+        })
+    }
+    /// On `webhookUpdate`'s answer: how many of its deliveries the change
+    /// paused, replayed or canceled. Null elsewhere.
+    async fn status_change(&self) -> Option<WebhookStatusChange> {
+        self.change.map(|c| WebhookStatusChange {
+            paused: count(c.paused),
+            replayed: count(c.replayed),
+            canceled: count(c.canceled),
+        })
     }
 }
 
@@ -201,7 +356,7 @@ impl WebhookLog {
     async fn created_at(&self) -> String {
         self.0.delivery.created_at.to_rfc3339()
     }
-    /// pending, retrying, succeeded, dead or canceled.
+    /// pending, retrying, succeeded, dead, canceled or paused.
     async fn status(&self) -> &str {
         self.0.delivery.status.as_str()
     }
@@ -279,7 +434,7 @@ pub struct WebhookLogConnection {
 pub struct WebhookLogFilter {
     #[graphql(name = "type")]
     event_type: Option<GqlEventType>,
-    /// pending, retrying, succeeded, dead or canceled.
+    /// pending, retrying, succeeded, dead, canceled or paused.
     status: Option<String>,
     webhook_id: Option<ID>,
 }
@@ -298,7 +453,7 @@ impl Query {
             let page = service.webhooks(500, after).await.map_err(gql_error)?;
             more = page.len() == 500;
             after = page.last().map(|s| s.id);
-            all.extend(page.into_iter().map(Webhook));
+            all.extend(page.into_iter().map(Webhook::of));
         }
         Ok(all)
     }
@@ -311,7 +466,7 @@ impl Query {
             .find_webhook(id)
             .await
             .map_err(gql_error)?
-            .map(Webhook))
+            .map(Webhook::of))
     }
 
     /// One event of the workspace: when courier received it and which
@@ -387,6 +542,16 @@ pub struct WebhookCreateInput {
     secret: Option<String>,
     /// Order channels; absent or empty means all.
     channels: Option<Vec<String>>,
+    /// Free text, at most 1000 characters, line breaks allowed.
+    description: Option<String>,
+    /// Request timeout in milliseconds, 100 to the deployment's
+    /// `delivery.timeout_ms`.
+    timeout_ms: Option<i32>,
+    /// Attempts before a delivery is dead, 1-100.
+    max_attempts: Option<i32>,
+    /// Extra request headers (at most 20; not courier's own).
+    headers: Option<Vec<WebhookHeaderInput>>,
+    rate_limit: Option<GqlRateLimitInput>,
 }
 
 #[derive(InputObject)]
@@ -395,9 +560,29 @@ pub struct WebhookUpdateInput {
     url: Option<String>,
     #[graphql(name = "type")]
     event_type: Option<GqlEventType>,
+    /// DISABLED pauses its deliveries; ENABLED on a disabled webhook
+    /// replays them (or cancels them, with `replayPaused: false`).
     status: Option<WebhookStatus>,
+    /// With `status: ENABLED` on a disabled webhook: send the deliveries
+    /// paused while it was off (true when absent) or cancel them.
+    replay_paused: Option<bool>,
     name: Option<String>,
     channels: Option<Vec<String>>,
+    /// Null clears it (as for every setting below).
+    description: MaybeUndefined<String>,
+    timeout_ms: MaybeUndefined<i32>,
+    max_attempts: MaybeUndefined<i32>,
+    headers: MaybeUndefined<Vec<WebhookHeaderInput>>,
+    rate_limit: MaybeUndefined<GqlRateLimitInput>,
+}
+
+/// A GraphQL setting as a PATCH member: absent, null (clear) or a value.
+fn setting<T, U>(value: MaybeUndefined<T>, map: impl FnOnce(T) -> U) -> Option<Option<U>> {
+    match value {
+        MaybeUndefined::Undefined => None,
+        MaybeUndefined::Null => Some(None),
+        MaybeUndefined::Value(v) => Some(Some(map(v))),
+    }
 }
 
 #[derive(InputObject)]
@@ -424,9 +609,14 @@ impl Mutation {
             channels: input.channels.unwrap_or_default(),
             secret: input.secret,
             active: input.status.is_none_or(WebhookStatus::active),
+            description: input.description,
+            timeout_ms: input.timeout_ms.map(Into::into),
+            max_attempts: input.max_attempts.map(Into::into),
+            headers: input.headers.map(header_list),
+            rate_limit: input.rate_limit.map(Into::into),
         };
         let sub = service(ctx).create_webhook(new).await.map_err(gql_error)?;
-        Ok(Webhook(sub))
+        Ok(Webhook::of(sub))
     }
 
     async fn webhook_update(
@@ -444,12 +634,21 @@ impl Mutation {
             channels: input.channels,
             secret: None,
             active: input.status.map(WebhookStatus::active),
+            replay_paused: input.replay_paused,
+            description: setting(input.description, |d| d),
+            timeout_ms: setting(input.timeout_ms, i64::from),
+            max_attempts: setting(input.max_attempts, i64::from),
+            headers: setting(input.headers, header_list),
+            rate_limit: setting(input.rate_limit, Into::into),
         };
-        let sub = service(ctx)
+        let (sub, change) = service(ctx)
             .update_webhook(id, patch)
             .await
             .map_err(gql_error)?;
-        Ok(Webhook(sub))
+        Ok(Webhook {
+            sub,
+            change: Some(change),
+        })
     }
 
     /// Deletes a webhook (by `id` or `input: {id}`) and returns it as it
@@ -470,7 +669,7 @@ impl Mutation {
         let service = service(ctx);
         let sub = service.webhook(id).await.map_err(gql_error)?;
         service.delete_webhook(id).await.map_err(gql_error)?;
-        Ok(Webhook(sub))
+        Ok(Webhook::of(sub))
     }
 }
 

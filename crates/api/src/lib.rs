@@ -175,9 +175,13 @@ impl ApiState {
         &self.inner.options
     }
 
-    pub fn url_policy(&self) -> webhooks::UrlPolicy {
-        webhooks::UrlPolicy {
+    pub fn url_policy(&self) -> webhooks::WebhookPolicy {
+        webhooks::WebhookPolicy {
             require_https: self.inner.options.require_https,
+            // The client's timeout is `delivery.timeout_ms`: test sends
+            // use the deliveries' client.
+            max_timeout_ms: u32::try_from(self.inner.client.timeout().as_millis())
+                .unwrap_or(u32::MAX),
         }
     }
 
@@ -188,7 +192,8 @@ impl ApiState {
 
 /// `/v1/...`, `/graphql` and `/openapi.json`.
 pub fn router(state: ApiState) -> Router {
-    let (rest, doc) = openapi::rest_router().split_for_parts();
+    let (rest, mut doc) = openapi::rest_router().split_for_parts();
+    openapi::deployment_limits(&mut doc, state.url_policy().max_timeout_ms);
     let doc = Arc::new(doc);
     rest.merge(graphql::router(state.clone()))
         .route(

@@ -211,8 +211,10 @@ impl PartialSchema for DeliveryStatusName {
             .enum_values(Some(DeliveryStatus::ALL.iter().map(|s| s.as_str())))
             .description(Some(
                 "Where a delivery stands: `pending` (no attempt yet), `retrying` (the next \
-                 attempt is scheduled), `succeeded`, `dead` (attempts exhausted) or \
-                 `canceled` (its webhook was deleted or disabled).",
+                 attempt is scheduled), `succeeded`, `dead` (attempts exhausted), \
+                 `canceled` (its webhook was deleted, or re-enabled without replaying what \
+                 it missed) or `paused` (its webhook is disabled: kept, not attempted, \
+                 replayed when it is enabled again).",
             ))
             .into()
     }
@@ -561,6 +563,214 @@ pub(crate) fn published_data() -> RefOr<Schema> {
 /// `null`, for the half of the envelope that is always null.
 pub(crate) fn null() -> RefOr<Schema> {
     ObjectBuilder::new().schema_type(Type::Null).into()
+}
+
+// --- webhook settings and lifecycle -----------------------------------------------
+
+/// The integer schemas: `minimum`..`maximum`, or null (which clears the
+/// setting on PATCH, and is the same as absent on create).
+fn integer_or_null(min: u32, max: u32, description: String) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Array(vec![Type::Integer, Type::Null]))
+        .minimum(Some(min))
+        .maximum(Some(max))
+        .description(Some(description))
+        .into()
+}
+
+/// Starts the description of `timeoutMs`, the schema whose maximum
+/// [`deployment_limits`] sets to the deployment's `delivery.timeout_ms`.
+const TIMEOUT_DESCRIPTION: &str = "The webhook's request timeout in milliseconds, connect to \
+    last byte, instead of the deployment's `delivery.timeout_ms`";
+
+pub(crate) fn timeout_ms() -> RefOr<Schema> {
+    integer_or_null(
+        crate::webhooks::MIN_TIMEOUT_MS,
+        crate::webhooks::MAX_TIMEOUT_MS,
+        format!(
+            "{TIMEOUT_DESCRIPTION}: at least {} and at most `delivery.timeout_ms` (it may \
+             shorten requests, not lengthen them); null: the deployment's.",
+            crate::webhooks::MIN_TIMEOUT_MS
+        ),
+    )
+}
+
+/// Puts this deployment's `delivery.timeout_ms` into the document as the
+/// most `timeoutMs` takes, so that what the document allows is what the
+/// API accepts.
+pub(crate) fn deployment_limits(openapi: &mut utoipa::openapi::OpenApi, max_timeout_ms: u32) {
+    fn visit(node: &mut serde_json::Value, max: u32) {
+        match node {
+            serde_json::Value::Object(map) => {
+                let is_timeout = map
+                    .get("description")
+                    .and_then(|d| d.as_str())
+                    .is_some_and(|d| d.starts_with(TIMEOUT_DESCRIPTION));
+                if is_timeout {
+                    map.insert("maximum".into(), max.into());
+                }
+                map.values_mut().for_each(|child| visit(child, max));
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|c| visit(c, max)),
+            _ => {}
+        }
+    }
+    let max = max_timeout_ms.max(crate::webhooks::MIN_TIMEOUT_MS);
+    let mut doc = serde_json::to_value(&*openapi).expect("the document serializes");
+    visit(&mut doc, max);
+    *openapi = serde_json::from_value(doc).expect("the document reads back");
+}
+
+pub(crate) fn max_attempts() -> RefOr<Schema> {
+    integer_or_null(
+        1,
+        crate::webhooks::MAX_ATTEMPTS,
+        "Attempts before a delivery is dead (the first included), instead of \
+         `retry.max_attempts`, on the deployment's retry schedule; null: the deployment's."
+            .into(),
+    )
+}
+
+pub(crate) fn description() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Array(vec![Type::String, Type::Null]))
+        .max_length(Some(crate::webhooks::MAX_DESCRIPTION_LEN))
+        .pattern(Some(r"^[^\u0000-\u0009\u000b-\u001f\u007f-\u009f]*$"))
+        .description(Some(format!(
+            "Free text for the people who manage the webhook: at most {} characters, no \
+             control characters but line breaks (`\\n`); surrounding whitespace is trimmed, \
+             blank or null clears it.",
+            crate::webhooks::MAX_DESCRIPTION_LEN
+        )))
+        .into()
+}
+
+/// `[Hh][Oo][Ss][Tt]`: `word` in any case, for patterns without flags.
+fn any_case(word: &str) -> String {
+    word.chars()
+        .map(|c| {
+            if c.is_ascii_alphabetic() {
+                format!("[{}{}]", c.to_ascii_uppercase(), c.to_ascii_lowercase())
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A header name a webhook may set: token characters, none of courier's
+/// own (`courier_webhook::is_reserved_header`, written out as a lookahead).
+fn header_name_pattern() -> String {
+    let prefixes = ["webhook-", "proxy-"].map(any_case).join("|");
+    let names = [
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "host",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "user-agent",
+    ]
+    .map(any_case)
+    .join("|");
+    format!(
+        "^(?!(?:{prefixes})|(?:{names})$)[!#$%&'*+.^_`|~0-9A-Za-z-]{{1,{}}}$",
+        crate::webhooks::MAX_HEADER_NAME_LEN
+    )
+}
+
+fn header_object(types: Vec<Type>, description: &str) -> ObjectBuilder {
+    let max = crate::webhooks::MAX_HEADER_VALUE_LEN;
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Array(types))
+        .max_properties(Some(crate::webhooks::MAX_HEADERS))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(header_name_pattern())),
+        ))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(max))
+                .pattern(Some(format!("^[!-~](?:[ -~]{{0,{}}}[!-~])?$", max - 2))),
+        ))
+        .description(Some(description))
+}
+
+pub(crate) fn headers() -> RefOr<Schema> {
+    header_object(
+        vec![Type::Object, Type::Null],
+        "Extra request headers sent with every attempt, name -> value, at most 20: names of \
+         1-256 token characters, values of 1-1024 visible ASCII characters (spaces only \
+         between them). Courier's own headers are refused: `webhook-*` (the signature), \
+         `content-*` framing headers, `host`, `user-agent`, `connection` and the other \
+         hop-by-hop and `proxy-*` headers; `authorization` is allowed. Replaces the whole \
+         set; `{}` or null clears it.",
+    )
+    .into()
+}
+
+pub(crate) fn header_view() -> RefOr<Schema> {
+    header_object(
+        vec![Type::Object],
+        "Extra request headers sent with every attempt, name -> value. Shown where the \
+         secret is (create, get, update); absent from lists.",
+    )
+    .into()
+}
+
+pub(crate) fn rate_limit() -> RefOr<Schema> {
+    let bound = |description: &str| {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1))
+            .maximum(Some(crate::webhooks::MAX_RATE))
+            .description(Some(description))
+    };
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Array(vec![Type::Object, Type::Null]))
+        .property(
+            "perSecond",
+            bound("Requests per second on average, across every worker."),
+        )
+        .required("perSecond")
+        .property(
+            "burst",
+            bound("Requests sent at once after a quiet spell; `perSecond` when absent or null.")
+                .schema_type(SchemaType::Array(vec![Type::Integer, Type::Null])),
+        )
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        .description(Some(
+            "The most requests per second the endpoint gets, across every worker; null: no \
+             limit.",
+        ))
+        .into()
+}
+
+pub(crate) fn webhook_status() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["enabled", "disabled"]))
+        .into()
+}
+
+pub(crate) fn disabled_reason() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Array(vec![Type::String, Type::Null]))
+        .enum_values(Some(
+            courier_model::DisabledReason::ALL
+                .iter()
+                .map(|r| Some(r.as_str()))
+                .chain([None]),
+        ))
+        .into()
 }
 
 #[cfg(test)]

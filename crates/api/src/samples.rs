@@ -60,5 +60,34 @@ pub fn sample_data(ty: EventType) -> Value {
         EventType::WebhookTest => json!({
             "message": "This is a test event sent by courier to check your endpoint."
         }),
+        // Operational events: shaped as `courier_model::notice` builds them.
+        EventType::WebhookFailing => json!({
+            "webhook_id": "0193a6c2-7f1e-7c3a-9d2b-5f4e3c2b1a00",
+            "webhook_name": "ERP orders",
+            "url": "https://erp.example.com/hooks/orders",
+            "failing_since": "2026-12-02T08:00:00.000Z",
+            "consecutive_failures": 5,
+            "last_failure": {
+                "at": "2026-12-02T08:04:10.000Z",
+                "response_status": 503,
+                "error": null
+            }
+        }),
+        EventType::WebhookDisabled => json!({
+            "webhook_id": "0193a6c2-7f1e-7c3a-9d2b-5f4e3c2b1a00",
+            "webhook_name": "ERP orders",
+            "url": "https://erp.example.com/hooks/orders",
+            "reason": "failing",
+            "disabled_at": "2026-12-07T08:00:00.000Z",
+            "failing_since": "2026-12-02T08:00:00.000Z",
+            "paused_deliveries": 42
+        }),
+        EventType::WebhookRecovered => json!({
+            "webhook_id": "0193a6c2-7f1e-7c3a-9d2b-5f4e3c2b1a00",
+            "webhook_name": "ERP orders",
+            "url": "https://erp.example.com/hooks/orders",
+            "failing_since": "2026-12-02T08:00:00.000Z",
+            "recovered_at": "2026-12-02T09:30:00.000Z"
+        }),
     }
 }

@@ -20,7 +20,7 @@ use courier_webhook::SignedWebhook;
 
 use crate::testsend::{TestReport, send_tests};
 use crate::views::{decode_delivery_cursor, page_size};
-use crate::webhooks::{self, NewWebhook, WebhookPatch};
+use crate::webhooks::{self, NewWebhook, StatusChange, WebhookPatch};
 use crate::{ApiError, ApiState, Broker};
 
 /// Most deliveries one recover call replays; call again for more.
@@ -69,7 +69,7 @@ pub fn status_filter(field: &str, text: &str) -> Result<DeliveryStatus, ApiError
     DeliveryStatus::parse(text).ok_or_else(|| {
         ApiError::invalid(
             field,
-            "must be pending, retrying, succeeded, dead or canceled",
+            "must be pending, retrying, succeeded, dead, canceled or paused",
         )
     })
 }
@@ -127,12 +127,15 @@ impl<'a> Service<'a> {
         Ok(sub)
     }
 
+    /// Applies the patch; says too what it did to the webhook's deliveries
+    /// (paused when it was switched off; replayed, or canceled with
+    /// `replay_paused: Some(false)`, when it was switched on again).
     pub async fn update_webhook(
         &self,
         id: SubscriptionId,
         patch: WebhookPatch,
-    ) -> Result<Subscription, ApiError> {
-        let sub = webhooks::update(
+    ) -> Result<(Subscription, StatusChange), ApiError> {
+        let updated = webhooks::update_reporting(
             self.state.store(),
             self.workspace,
             id,
@@ -141,7 +144,13 @@ impl<'a> Service<'a> {
         )
         .await?;
         self.changed();
-        Ok(sub)
+        Ok(updated)
+    }
+
+    /// How many of the webhook's deliveries are paused (kept while it is
+    /// disabled).
+    pub async fn paused_count(&self, id: SubscriptionId) -> Result<u64, ApiError> {
+        Ok(self.state.store().count_paused(self.workspace, id).await?)
     }
 
     /// Its delivery history stays readable.

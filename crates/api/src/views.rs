@@ -124,8 +124,54 @@ pub struct WebhookView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = DateTime<Utc>)]
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    /// `enabled` or `disabled` (`active` says the same).
+    #[schema(schema_with = crate::openapi::webhook_status)]
+    pub status: &'static str,
+    /// Why it is disabled: `manual` (switched off through the API, GraphQL,
+    /// the console or the CLI), `failing` (its endpoint kept failing for
+    /// `endpoints.disable_after`) or `gone` (its endpoint answered 410);
+    /// null while enabled.
+    #[schema(schema_with = crate::openapi::disabled_reason)]
+    pub disabled_reason: Option<&'static str>,
+    /// Since when it is disabled; null while enabled.
+    pub disabled_at: Option<DateTime<Utc>>,
+    /// Free text for the people who manage it.
+    pub description: Option<String>,
+    /// Its requests' timeout in milliseconds; null: `delivery.timeout_ms`.
+    pub timeout_ms: Option<u32>,
+    /// Attempts before a delivery is dead; null: `retry.max_attempts`.
+    pub max_attempts: Option<u32>,
+    /// Extra request headers sent with every attempt, name -> value. Shown
+    /// where the secret is (they may hold credentials); absent from lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::openapi::header_view)]
+    pub headers: Option<crate::webhooks::HeaderList>,
+    /// Requests per second the endpoint gets at most; null: no limit.
+    pub rate_limit: Option<RateLimitView>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// A webhook's request-rate limit.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitView {
+    /// Requests per second on average, across every worker.
+    pub per_second: u32,
+    /// Requests sent at once after a quiet spell.
+    pub burst: u32,
+}
+
+/// A webhook as a PATCH changed it, and what that did to its deliveries.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookUpdated {
+    #[serde(flatten)]
+    pub webhook: WebhookView,
+    /// Deliveries paused (it was switched off), replayed or canceled (it
+    /// was switched on again, with `replayPaused` true or false); zeros
+    /// when `active` did not change.
+    #[serde(rename = "statusChange")]
+    pub status_change: crate::webhooks::StatusChange,
 }
 
 impl WebhookView {
@@ -143,6 +189,17 @@ impl WebhookView {
             active: sub.status == SubscriptionStatus::Enabled,
             secret: with_secret.then(|| sub.secret.expose().to_owned()),
             previous_secret_expires_at: crate::webhooks::previous_secret_expiry(sub, Utc::now()),
+            status: sub.status.as_str(),
+            disabled_reason: sub.disabled.map(|d| d.reason.as_str()),
+            disabled_at: sub.disabled.map(|d| d.at),
+            description: sub.settings.description.clone(),
+            timeout_ms: sub.settings.timeout_ms,
+            max_attempts: sub.settings.max_attempts,
+            headers: with_secret.then(|| crate::webhooks::HeaderList(sub.settings.headers.clone())),
+            rate_limit: sub.settings.rate_limit.map(|r| RateLimitView {
+                per_second: r.per_second,
+                burst: r.burst,
+            }),
             created_at: sub.created_at,
             updated_at: sub.updated_at,
         }

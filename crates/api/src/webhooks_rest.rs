@@ -22,7 +22,9 @@ use crate::error::{Envelope, ErrorEnvelope};
 use crate::extract::{JsonBody, QueryParams};
 use crate::openapi::WorkspaceIdParam;
 use crate::service::{MAX_RECOVER, PageRequest, Service};
-use crate::views::{Page, WebhookEventView, WebhookView, decode_webhook_cursor, page_size};
+use crate::views::{
+    Page, WebhookEventView, WebhookUpdated, WebhookView, decode_webhook_cursor, page_size,
+};
 use crate::webhooks::{NewWebhook, WebhookPatch};
 use crate::{ApiError, ApiState};
 
@@ -118,12 +120,15 @@ pub async fn get_webhook(
     Ok(Envelope::ok(WebhookView::new(&sub, true)))
 }
 
-/// Changes any field; absent fields stay as they are.
+/// Changes any field; absent fields stay as they are. `active: true` on a
+/// disabled webhook replays the deliveries paused while it was off
+/// (`replayPaused: false` cancels them instead); `statusChange` counts them.
 #[utoipa::path(patch, path = "/v1/workspaces/{ws}/webhooks/{id}", tag = "webhooks",
     params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id"),
         ("id" = String, Path, format = "uuid", description = "webhook id")),
     request_body(content = Option<WebhookPatch>, description = "the fields to change; may be empty"),
-    responses((status = 200, description = "the webhook as changed, with its secret", body = Envelope<WebhookView>),
+    responses((status = 200, description = "the webhook as changed, with its secret, and \
+            `statusChange`: how many of its deliveries were paused, replayed or canceled", body = Envelope<WebhookUpdated>),
         (status = 400, description = "the body is not a JSON object of these fields", body = ErrorEnvelope),
         (status = 401, description = "no API key, or one courier does not know", body = ErrorEnvelope),
         (status = 404, description = "no such workspace or webhook for this key", body = ErrorEnvelope),
@@ -136,12 +141,15 @@ pub async fn update_webhook(
     State(state): State<ApiState>,
     Path((ws, id)): Path<(String, String)>,
     JsonBody(patch): JsonBody<WebhookPatch>,
-) -> Result<Json<Envelope<WebhookView>>, ApiError> {
+) -> Result<Json<Envelope<WebhookUpdated>>, ApiError> {
     let ws = key.workspace(&ws)?;
-    let sub = Service::new(&state, &ws)
+    let (sub, status_change) = Service::new(&state, &ws)
         .update_webhook(webhook_id(&id)?, patch)
         .await?;
-    Ok(Envelope::ok(WebhookView::new(&sub, true)))
+    Ok(Envelope::ok(WebhookUpdated {
+        webhook: WebhookView::new(&sub, true),
+        status_change,
+    }))
 }
 
 /// Deletes a webhook: 204, no body. Its delivery history stays readable.

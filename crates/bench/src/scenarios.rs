@@ -655,6 +655,7 @@ async fn webhook(
             channels,
             secret: None,
             active: true,
+            ..Default::default()
         },
         courier_api::webhooks::UrlPolicy {
             require_https: false,

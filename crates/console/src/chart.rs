@@ -53,7 +53,10 @@ pub(crate) fn hours(
         };
         match status {
             DeliveryStatus::Succeeded => hour.succeeded += count,
-            DeliveryStatus::Pending | DeliveryStatus::Retrying => hour.open += count,
+            // Paused deliveries wait for their webhook: still open.
+            DeliveryStatus::Pending | DeliveryStatus::Retrying | DeliveryStatus::Paused => {
+                hour.open += count
+            }
             DeliveryStatus::Dead => hour.dead += count,
             DeliveryStatus::Canceled => hour.canceled += count,
         }

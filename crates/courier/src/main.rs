@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use courier::settings::{LogFormat, Settings};
 use courier::{App, Roles, open_store};
 use courier_api::WebhookView;
-use courier_api::webhooks::{self, NewWebhook, UrlPolicy, WebhookPatch};
+use courier_api::webhooks::{self, NewWebhook, WebhookPatch, WebhookPolicy};
 use courier_model::{SubscriptionId, WorkspaceId};
 use courier_store::{Store, Workspace};
 use tokio_util::sync::CancellationToken;
@@ -261,8 +261,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Workspace(cmd) => workspace(cmd, &open_store(&settings).await?).await,
         Command::Webhook(cmd) => {
-            let policy = UrlPolicy {
+            let policy = WebhookPolicy {
                 require_https: settings.delivery.require_https,
+                max_timeout_ms: u32::try_from(settings.delivery.timeout_ms).unwrap_or(u32::MAX),
             };
             webhook(cmd, &open_store(&settings).await?, policy).await
         }
@@ -327,7 +328,7 @@ fn webhook_id(id: &str) -> anyhow::Result<SubscriptionId> {
     SubscriptionId::parse(id).context("webhook id")
 }
 
-async fn webhook(cmd: WebhookCommand, store: &Store, policy: UrlPolicy) -> anyhow::Result<()> {
+async fn webhook(cmd: WebhookCommand, store: &Store, policy: WebhookPolicy) -> anyhow::Result<()> {
     match cmd {
         WebhookCommand::Create {
             ws,
@@ -345,6 +346,7 @@ async fn webhook(cmd: WebhookCommand, store: &Store, policy: UrlPolicy) -> anyho
                 channels,
                 secret,
                 active: !disabled,
+                ..NewWebhook::default()
             };
             let sub = webhooks::create(store, &workspace_id(&ws)?, input, policy).await?;
             print_json(&WebhookView::new(&sub, true))

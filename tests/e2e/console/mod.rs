@@ -29,11 +29,13 @@ use serde_json::{Value, json};
 mod deliveries;
 mod form;
 mod framing;
+mod replay;
 mod sessions;
 mod switching;
 
 use deliveries::a_webhook_made_in_the_console_delivers_and_is_redelivered;
 use form::the_form_shows_each_error_at_its_field_and_saves_nothing;
+use replay::a_webhook_switched_on_again_sends_what_it_paused;
 use sessions::sessions_see_their_own_workspace_and_portal_links_open_once;
 use switching::a_webhook_is_switched_tested_and_deleted;
 
@@ -41,7 +43,8 @@ crate::on_both_databases!(
     a_webhook_made_in_the_console_delivers_and_is_redelivered,
     a_webhook_is_switched_tested_and_deleted,
     the_form_shows_each_error_at_its_field_and_saves_nothing,
-    sessions_see_their_own_workspace_and_portal_links_open_once
+    sessions_see_their_own_workspace_and_portal_links_open_once,
+    a_webhook_switched_on_again_sends_what_it_paused
 );
 
 const ADMIN_TOKEN: &str = "e2e-console-admin-token-0123456789abcdef";
@@ -139,6 +142,7 @@ async fn webhook(
             channels: Vec::new(),
             secret: None,
             active: true,
+            ..Default::default()
         },
         UrlPolicy {
             require_https: false,

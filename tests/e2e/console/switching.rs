@@ -26,7 +26,7 @@ pub(super) async fn a_webhook_is_switched_tested_and_deleted(db: Db) {
     let console = ConsoleBrowser::start(worker.http_addr).await;
     console.sign_in(&key, "#total-24h").await;
 
-    // Off: an event is recorded, matched by nothing, and nothing arrives.
+    // Off: an event is recorded, its delivery paused, and nothing arrives.
     console.open("/console/w/acme/webhooks").await;
     let switch = switch_of(&hook.id.to_string());
     console.find(&switch).await.click().await;
@@ -41,16 +41,23 @@ pub(super) async fn a_webhook_is_switched_tested_and_deleted(db: Db) {
     );
     let while_off = publish(&publisher, &ws, EventType::OrderCreated).await;
     let event = api.wait_recorded("acme", &key, &while_off).await;
-    assert_eq!(event["matched"], 0, "{event}");
-    assert_eq!(event["deliveries"], json!([]));
+    assert_eq!(event["matched"], 1, "{event}");
+    assert_eq!(event["deliveries"][0]["status"], "paused", "{event}");
     assert_eq!(
         receiver.count(),
         0,
         "nothing reached the switched-off webhook"
     );
 
-    // On again: the next event arrives.
-    console.find(&switch).await.click().await;
+    // On again, canceling what was paused (replay.rs sends it): the next
+    // event arrives, the paused one never.
+    console.click_to_next_page(&switch).await;
+    console.wait_for("#enable-form", WAIT).await;
+    console.find("#replay-cancel").await.click().await;
+    console.click_to_next_page("#confirm-enable").await;
+    console
+        .wait_for_text("p.notice", "1 paused delivery canceled.", WAIT)
+        .await;
     console.wait_for_text(&switch, "On", WAIT).await;
     console.assert_no_console_errors().await;
     let while_on = publish(&publisher, &ws, EventType::OrderCreated).await;

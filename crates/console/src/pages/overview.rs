@@ -56,6 +56,7 @@ pub(crate) async fn overview(
         .map(|sub| Row {
             health: health.iter().find(|h| h.subscription_id == sub.id).cloned(),
             sub,
+            paused: 0,
         })
         .filter(Row::failing)
         .collect();

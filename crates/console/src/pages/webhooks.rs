@@ -12,9 +12,10 @@ use chrono::{DateTime, Duration, Utc};
 use courier_api::ApiError;
 use courier_api::service::Service;
 use courier_api::testsend::TestReport;
-use courier_api::webhooks::{self, NewWebhook, WebhookPatch};
+use courier_api::webhooks::{self, HeaderList, NewWebhook, RateLimitInput, WebhookPatch};
 use courier_model::{
-    DeliveryStatus, EventType, Subscription, SubscriptionId, SubscriptionStatus, ValidationError,
+    DeliveryStatus, Disabled, EventType, Subscription, SubscriptionId, SubscriptionStatus,
+    ValidationError,
 };
 use courier_store::{DeliveryFilter, WebhookHealth};
 use serde::Deserialize;
@@ -35,11 +36,40 @@ pub(crate) fn webhook_id(id: &str) -> Result<SubscriptionId, PageError> {
 pub(crate) struct Row {
     pub sub: Subscription,
     pub health: Option<WebhookHealth>,
+    /// Its paused deliveries (counted for disabled webhooks only).
+    pub paused: u64,
+}
+
+/// "Disabled: its endpoint answered 410 Gone, 2026-12-02 10:00 UTC".
+pub(crate) fn disabled_text(disabled: &Disabled) -> String {
+    format!(
+        "Disabled: {}, {}",
+        disabled.reason.describe(),
+        disabled.at.format("%Y-%m-%d %H:%M UTC")
+    )
+}
+
+/// "1 paused delivery", "12 paused deliveries".
+pub(crate) fn paused_text(n: u64) -> String {
+    if n == 1 {
+        "1 paused delivery".into()
+    } else {
+        format!("{n} paused deliveries")
+    }
 }
 
 impl Row {
     pub(crate) fn active(&self) -> bool {
         self.sub.status == SubscriptionStatus::Enabled
+    }
+
+    /// Why and since when it is off, when it is.
+    pub(crate) fn disabled(&self) -> Option<String> {
+        self.sub.disabled.as_ref().map(disabled_text)
+    }
+
+    pub(crate) fn paused_text(&self) -> String {
+        paused_text(self.paused)
     }
 
     pub(crate) fn events(&self) -> String {
@@ -128,6 +158,8 @@ pub(crate) fn channels_text(sub: &Subscription) -> String {
 pub(crate) struct ListQuery {
     after: Option<String>,
     notice: Option<String>,
+    replayed: Option<u64>,
+    canceled: Option<u64>,
 }
 
 #[derive(Template)]
@@ -136,7 +168,17 @@ struct ListPage {
     chrome: Chrome,
     rows: Vec<Row>,
     next: Option<String>,
-    notice: Option<&'static str>,
+    notice: Option<String>,
+}
+
+/// What switching a webhook on did to its paused deliveries, as a
+/// sentence; empty when it had none.
+fn replay_notice(replayed: Option<u64>, canceled: Option<u64>) -> String {
+    match (replayed, canceled) {
+        (Some(n), _) if n > 0 => format!(" {} sent now.", paused_text(n)),
+        (_, Some(n)) if n > 0 => format!(" {} canceled.", paused_text(n)),
+        _ => String::new(),
+    }
 }
 
 pub(crate) async fn webhooks(
@@ -158,17 +200,30 @@ pub(crate) async fn webhooks(
         .into_iter()
         .map(|h| (h.subscription_id, h))
         .collect();
-    let rows = subs
-        .into_iter()
-        .map(|sub| Row {
+    let mut rows = Vec::with_capacity(subs.len());
+    for sub in subs {
+        // One indexed count per disabled webhook: most are enabled.
+        let paused = if sub.status == SubscriptionStatus::Disabled {
+            service.paused_count(sub.id).await?
+        } else {
+            0
+        };
+        rows.push(Row {
             health: health.remove(&sub.id),
             sub,
-        })
-        .collect();
+            paused,
+        });
+    }
     let notice = match query.notice.as_deref() {
-        Some("deleted") => Some("The webhook was deleted."),
-        Some("activated") => Some("The webhook is active: new events are delivered to it."),
-        Some("deactivated") => Some("The webhook is off: new events are not delivered to it."),
+        Some("deleted") => Some("The webhook was deleted.".to_owned()),
+        Some("activated") => Some(format!(
+            "The webhook is active: new events are delivered to it.{}",
+            replay_notice(query.replayed, query.canceled)
+        )),
+        Some("deactivated") => Some(
+            "The webhook is off: new events are kept, paused, until it is turned on again."
+                .to_owned(),
+        ),
         _ => None,
     };
     page(
@@ -202,7 +257,138 @@ pub(crate) struct WebhookForm {
     pub all_channels: bool,
     pub channels: String,
     pub secret: String,
+    pub description: String,
+    pub timeout_ms: String,
+    pub max_attempts: String,
+    /// One `Name: value` per line.
+    pub headers: String,
+    pub rate_per_second: String,
+    pub rate_burst: String,
+    /// "Disabled: ..." while the webhook is off.
+    pub disabled: Option<String>,
+    /// Its paused deliveries, while it is off.
+    pub paused: u64,
+    /// Turning it on sends the paused deliveries (or cancels them).
+    pub replay: bool,
     pub errors: HashMap<String, String>,
+}
+
+/// The settings' boxes as the form shows them.
+struct SettingsText {
+    description: String,
+    timeout_ms: String,
+    max_attempts: String,
+    headers: String,
+    rate_per_second: String,
+    rate_burst: String,
+}
+
+impl SettingsText {
+    fn of(sub: &Subscription) -> Self {
+        let s = &sub.settings;
+        let number = |n: Option<u32>| n.map(|n| n.to_string()).unwrap_or_default();
+        Self {
+            description: s.description.clone().unwrap_or_default(),
+            timeout_ms: number(s.timeout_ms),
+            max_attempts: number(s.max_attempts),
+            headers: s
+                .headers
+                .iter()
+                .map(|(n, v)| format!("{n}: {v}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            rate_per_second: number(s.rate_limit.map(|r| r.per_second)),
+            rate_burst: number(s.rate_limit.map(|r| r.burst)),
+        }
+    }
+}
+
+/// The settings as posted, read into what the API takes; what cannot be
+/// read at all (a word in a number box, a header line without a colon)
+/// is refused under the API's field name.
+struct PostedSettings {
+    text: SettingsText,
+    description: Option<String>,
+    timeout_ms: Option<i64>,
+    max_attempts: Option<i64>,
+    headers: HeaderList,
+    rate_limit: Option<RateLimitInput>,
+    problems: Vec<ValidationError>,
+}
+
+impl PostedSettings {
+    fn read(form: &FormData) -> Self {
+        // Browsers send a textarea's line breaks as CRLF.
+        let description = form
+            .get("description")
+            .unwrap_or_default()
+            .replace("\r\n", "\n");
+        let text = SettingsText {
+            description: description.clone(),
+            timeout_ms: form.text("timeout_ms").unwrap_or_default().to_owned(),
+            max_attempts: form.text("max_attempts").unwrap_or_default().to_owned(),
+            headers: form
+                .get("headers")
+                .unwrap_or_default()
+                .replace("\r\n", "\n"),
+            rate_per_second: form.text("rate_per_second").unwrap_or_default().to_owned(),
+            rate_burst: form.text("rate_burst").unwrap_or_default().to_owned(),
+        };
+        let mut problems = Vec::new();
+        let mut number = |field: &'static str, text: &str| -> Option<i64> {
+            if text.is_empty() {
+                return None;
+            }
+            let n = text.parse::<i64>().ok();
+            if n.is_none() {
+                problems.push(ValidationError::new(field, "must be a whole number"));
+            }
+            n
+        };
+        let timeout_ms = number("timeoutMs", &text.timeout_ms);
+        let max_attempts = number("maxAttempts", &text.max_attempts);
+        let per_second = number("rateLimit.perSecond", &text.rate_per_second);
+        let burst = number("rateLimit.burst", &text.rate_burst);
+        let rate_limit = match (per_second, burst) {
+            (Some(per_second), burst) => Some(RateLimitInput { per_second, burst }),
+            (None, Some(_)) => {
+                problems.push(ValidationError::new(
+                    "rateLimit.perSecond",
+                    "give the requests per second too, or leave both empty",
+                ));
+                None
+            }
+            (None, None) => None,
+        };
+        let mut headers = Vec::new();
+        for (i, line) in text.headers.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            match line.split_once(':') {
+                Some((name, value)) => {
+                    headers.push((name.trim().to_owned(), value.trim().to_owned()))
+                }
+                None => {
+                    problems.push(ValidationError::new(
+                        "headers",
+                        format!("line {}: write each header as Name: value", i + 1),
+                    ));
+                    break;
+                }
+            }
+        }
+        Self {
+            description: (!description.trim().is_empty()).then_some(description),
+            text,
+            timeout_ms,
+            max_attempts,
+            headers: HeaderList(headers),
+            rate_limit,
+            problems,
+        }
+    }
 }
 
 impl WebhookForm {
@@ -216,8 +402,38 @@ impl WebhookForm {
             all_channels: true,
             channels: String::new(),
             secret: String::new(),
+            description: String::new(),
+            timeout_ms: String::new(),
+            max_attempts: String::new(),
+            headers: String::new(),
+            rate_per_second: String::new(),
+            rate_burst: String::new(),
+            disabled: None,
+            paused: 0,
+            replay: true,
             errors: HashMap::new(),
         }
+    }
+
+    fn with_settings(mut self, text: SettingsText) -> Self {
+        self.description = text.description;
+        self.timeout_ms = text.timeout_ms;
+        self.max_attempts = text.max_attempts;
+        self.headers = text.headers;
+        self.rate_per_second = text.rate_per_second;
+        self.rate_burst = text.rate_burst;
+        self
+    }
+
+    /// Shows the webhook's disabled state and paused deliveries.
+    fn with_state(mut self, sub: &Subscription, paused: u64) -> Self {
+        self.disabled = sub.disabled.as_ref().map(disabled_text);
+        self.paused = paused;
+        self
+    }
+
+    pub(crate) fn paused_text(&self) -> String {
+        paused_text(self.paused)
     }
 
     fn of(sub: &Subscription) -> Self {
@@ -236,11 +452,15 @@ impl WebhookForm {
                 .join(", "),
             secret: String::new(),
             errors: HashMap::new(),
+            ..Self::new_webhook()
         }
+        .with_settings(SettingsText::of(sub))
     }
 
-    /// The form as posted, with the fields the API reads.
+    /// The form as posted, with the fields the API reads (and the
+    /// problems found reading them).
     fn posted(id: Option<String>, form: &FormData) -> (Self, NewWebhook) {
+        let settings = PostedSettings::read(form);
         let events = form.all("events");
         let all_channels = form.get("channels_mode") != Some("some");
         let channels_text = form.get("channels").unwrap_or_default().to_owned();
@@ -255,6 +475,11 @@ impl WebhookForm {
             },
             secret: form.text("secret").map(str::to_owned),
             active: form.checked("active"),
+            description: settings.description,
+            timeout_ms: settings.timeout_ms,
+            max_attempts: settings.max_attempts,
+            headers: Some(settings.headers),
+            rate_limit: settings.rate_limit,
         };
         let chosen: Vec<EventType> = events
             .iter()
@@ -269,8 +494,13 @@ impl WebhookForm {
             all_channels,
             channels: channels_text,
             secret: input.secret.clone().unwrap_or_default(),
+            replay: form.get("replay") != Some("cancel"),
             errors: HashMap::new(),
-        };
+            ..Self::new_webhook()
+        }
+        .with_settings(settings.text);
+        let mut shown = shown;
+        shown.add_errors(settings.problems);
         (shown, input)
     }
 
@@ -322,12 +552,21 @@ fn choices(chosen: &[EventType]) -> Vec<EventChoice> {
         .collect()
 }
 
+/// A disabled webhook's paused deliveries; 0 for an enabled one.
+async fn paused_of(service: &Service<'_>, sub: &Subscription) -> Result<u64, PageError> {
+    Ok(if sub.status == SubscriptionStatus::Disabled {
+        service.paused_count(sub.id).await?
+    } else {
+        0
+    })
+}
+
 #[derive(Template)]
 #[template(path = "webhook_form.html")]
 struct FormPage {
     chrome: Chrome,
     form: WebhookForm,
-    notice: Option<&'static str>,
+    notice: Option<String>,
     /// When the previous secret stops signing, while it still does.
     previous_secret_until: Option<DateTime<Utc>>,
 }
@@ -422,6 +661,8 @@ pub(crate) async fn create_webhook(
 #[derive(Deserialize)]
 pub(crate) struct NoticeQuery {
     notice: Option<String>,
+    replayed: Option<u64>,
+    canceled: Option<u64>,
 }
 
 pub(crate) async fn edit_webhook(
@@ -431,11 +672,14 @@ pub(crate) async fn edit_webhook(
     Query(query): Query<NoticeQuery>,
 ) -> Result<Response, PageError> {
     let ws = session.workspace(&console, &ws).await?;
-    let sub = Service::new(console.api(), &ws)
-        .webhook(webhook_id(&id)?)
-        .await?;
+    let service = Service::new(console.api(), &ws);
+    let sub = service.webhook(webhook_id(&id)?).await?;
+    let paused = paused_of(&service, &sub).await?;
     let notice = match query.notice.as_deref() {
-        Some("saved") => Some("Saved. The change applies to the next event."),
+        Some("saved") => Some(format!(
+            "Saved. The change applies to the next event.{}",
+            replay_notice(query.replayed, query.canceled)
+        )),
         _ => None,
     };
     page(
@@ -443,7 +687,7 @@ pub(crate) async fn edit_webhook(
         &FormPage {
             chrome: Chrome::new(&session, Some(&ws), "webhooks", sub.name.clone()),
             previous_secret_until: webhooks::previous_secret_expiry(&sub, Utc::now()),
-            form: WebhookForm::of(&sub),
+            form: WebhookForm::of(&sub).with_state(&sub, paused),
             notice,
         },
     )
@@ -460,7 +704,10 @@ pub(crate) async fn update_webhook(
     let id = webhook_id(&id)?;
     let service = Service::new(console.api(), &ws);
     let current = service.webhook(id).await?;
-    let (mut shown, input) = WebhookForm::posted(Some(id.to_string()), &form);
+    let (shown, input) = WebhookForm::posted(Some(id.to_string()), &form);
+    let paused = paused_of(&service, &current).await?;
+    let mut shown = shown.with_state(&current, paused);
+    // Every setting as the form shows it: an empty box clears it.
     let patch = WebhookPatch {
         name: Some(input.name.clone()),
         url: Some(input.url.clone()),
@@ -468,14 +715,21 @@ pub(crate) async fn update_webhook(
         channels: Some(input.channels.clone()),
         secret: None,
         active: Some(input.active),
+        replay_paused: Some(shown.replay),
+        description: Some(input.description.clone()),
+        timeout_ms: Some(input.timeout_ms),
+        max_attempts: Some(input.max_attempts),
+        headers: Some(input.headers.clone()),
+        rate_limit: Some(input.rate_limit),
     };
     shown.add_errors(webhooks::check_patch(&patch, console.api().url_policy()));
     shown.check_channels(&input);
     if shown.errors.is_empty() {
         match service.update_webhook(id, patch).await {
-            Ok(_) => {
+            Ok((_, change)) => {
                 return Ok(see_other(&format!(
-                    "/console/w/{ws}/webhooks/{id}?notice=saved"
+                    "/console/w/{ws}/webhooks/{id}?notice=saved{}",
+                    change_query(change)
                 )));
             }
             Err(e) => shown.add_api_error(e)?,
@@ -506,17 +760,69 @@ pub(crate) async fn set_active(
         Some("false") => false,
         _ => return Err(PageError::BadRequest("active must be true or false")),
     };
+    let replay = match form.get("replay") {
+        Some("send") => Some(true),
+        Some("cancel") => Some(false),
+        None => None,
+        _ => return Err(PageError::BadRequest("replay must be send or cancel")),
+    };
+    let id = webhook_id(&id)?;
+    let service = Service::new(console.api(), &ws);
+    if active && replay.is_none() {
+        // Switching on a webhook that kept deliveries paused: ask first
+        // whether to send them.
+        let sub = service.webhook(id).await?;
+        let paused = paused_of(&service, &sub).await?;
+        if paused > 0 {
+            return page(
+                StatusCode::OK,
+                &EnablePage {
+                    chrome: Chrome::new(
+                        &session,
+                        Some(&ws),
+                        "webhooks",
+                        format!("Turn on {}", sub.name),
+                    ),
+                    disabled: sub.disabled.as_ref().map(disabled_text),
+                    paused_text: paused_text(paused),
+                    sub,
+                },
+            );
+        }
+    }
     let patch = WebhookPatch {
         active: Some(active),
+        replay_paused: replay,
         ..WebhookPatch::default()
     };
-    Service::new(console.api(), &ws)
-        .update_webhook(webhook_id(&id)?, patch)
-        .await?;
+    let (_, change) = service.update_webhook(id, patch).await?;
     let notice = if active { "activated" } else { "deactivated" };
     Ok(see_other(&format!(
-        "/console/w/{ws}/webhooks?notice={notice}"
+        "/console/w/{ws}/webhooks?notice={notice}{}",
+        change_query(change)
     )))
+}
+
+/// `&replayed=N` or `&canceled=N` for the page after a change, when the
+/// change replayed or canceled paused deliveries.
+fn change_query(change: webhooks::StatusChange) -> String {
+    if change.replayed > 0 {
+        format!("&replayed={}", change.replayed)
+    } else if change.canceled > 0 {
+        format!("&canceled={}", change.canceled)
+    } else {
+        String::new()
+    }
+}
+
+/// Turning on a webhook with paused deliveries: send them, or cancel them.
+#[derive(Template)]
+#[template(path = "enable.html")]
+struct EnablePage {
+    chrome: Chrome,
+    sub: Subscription,
+    disabled: Option<String>,
+    paused_text: String,
 }
 
 pub(crate) async fn rotate_secret(

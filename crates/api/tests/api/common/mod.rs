@@ -303,6 +303,7 @@ pub async fn seed(store: &Store, ws: &str, sub: &str, ty: EventType, n: usize) -
             .apply(&[WriteOp::FanOut {
                 event: Arc::new(event),
                 deliveries: vec![(id, sub)],
+                paused: Vec::new(),
             }])
             .await
             .unwrap();
