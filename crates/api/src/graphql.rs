@@ -636,8 +636,8 @@ impl Mutation {
             active: input.status.map(WebhookStatus::active),
             replay_paused: input.replay_paused,
             description: setting(input.description, |d| d),
-            timeout_ms: setting(input.timeout_ms, i64::from),
-            max_attempts: setting(input.max_attempts, i64::from),
+            timeout_ms: setting(input.timeout_ms, crate::webhooks::Whole::from),
+            max_attempts: setting(input.max_attempts, crate::webhooks::Whole::from),
             headers: setting(input.headers, header_list),
             rate_limit: setting(input.rate_limit, Into::into),
         };

@@ -57,10 +57,10 @@ pub struct NewWebhook {
     pub description: Option<String>,
     #[serde(default)]
     #[schema(schema_with = crate::openapi::timeout_ms)]
-    pub timeout_ms: Option<i64>,
+    pub timeout_ms: Option<Whole>,
     #[serde(default)]
     #[schema(schema_with = crate::openapi::max_attempts)]
-    pub max_attempts: Option<i64>,
+    pub max_attempts: Option<Whole>,
     #[serde(default)]
     #[schema(schema_with = crate::openapi::headers)]
     pub headers: Option<HeaderList>,
@@ -131,13 +131,13 @@ impl Serialize for HeaderList {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateLimitInput {
     /// Requests per second on average, 1-10000.
-    #[schema(minimum = 1, maximum = 10000)]
-    pub per_second: i64,
+    #[schema(value_type = i64, minimum = 1, maximum = 10000)]
+    pub per_second: Whole,
     /// Requests sent at once after a quiet spell, 1-10000; `perSecond`
     /// when absent or null.
     #[serde(default)]
-    #[schema(minimum = 1, maximum = 10000)]
-    pub burst: Option<i64>,
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 10000)]
+    pub burst: Option<Whole>,
 }
 
 /// `Some(value)` for a member that is there, null included (`Some(None)`):
@@ -149,6 +149,45 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// A JSON number that is a whole number, as JSON Schema's `integer` reads
+/// it: `808` and `808.0` alike (JavaScript and Python clients send either).
+/// Anything else is refused (400), naming the value; range checks come
+/// later, per field, with their own messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Whole(pub i64);
+
+impl From<i64> for Whole {
+    fn from(n: i64) -> Self {
+        Self(n)
+    }
+}
+
+impl From<i32> for Whole {
+    fn from(n: i32) -> Self {
+        Self(i64::from(n))
+    }
+}
+
+impl<'de> Deserialize<'de> for Whole {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let number = serde_json::Number::deserialize(deserializer)?;
+        number
+            .as_i64()
+            .or_else(|| {
+                number
+                    .as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+            })
+            .map(Whole)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid value: {number}, expected a whole number"
+                ))
+            })
+    }
 }
 
 /// A change to a webhook; absent fields stay as they are. Of the
@@ -179,10 +218,10 @@ pub struct WebhookPatch {
     pub description: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(schema_with = crate::openapi::timeout_ms)]
-    pub timeout_ms: Option<Option<i64>>,
+    pub timeout_ms: Option<Option<Whole>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(schema_with = crate::openapi::max_attempts)]
-    pub max_attempts: Option<Option<i64>>,
+    pub max_attempts: Option<Option<Whole>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(schema_with = crate::openapi::headers)]
     pub headers: Option<Option<HeaderList>>,
@@ -301,9 +340,9 @@ pub fn parse_description(text: &str) -> Result<Option<String>, ValidationError> 
     Ok((!text.is_empty()).then(|| text.to_owned()))
 }
 
-pub fn parse_timeout_ms(ms: i64, policy: WebhookPolicy) -> Result<u32, ValidationError> {
+pub fn parse_timeout_ms(ms: Whole, policy: WebhookPolicy) -> Result<u32, ValidationError> {
     let max = policy.max_timeout_ms.max(MIN_TIMEOUT_MS);
-    u32::try_from(ms)
+    u32::try_from(ms.0)
         .ok()
         .filter(|ms| (MIN_TIMEOUT_MS..=max).contains(ms))
         .ok_or_else(|| {
@@ -317,8 +356,8 @@ pub fn parse_timeout_ms(ms: i64, policy: WebhookPolicy) -> Result<u32, Validatio
         })
 }
 
-pub fn parse_max_attempts(n: i64) -> Result<u32, ValidationError> {
-    u32::try_from(n)
+pub fn parse_max_attempts(n: Whole) -> Result<u32, ValidationError> {
+    u32::try_from(n.0)
         .ok()
         .filter(|n| (1..=MAX_ATTEMPTS).contains(n))
         .ok_or_else(|| ValidationError::new("maxAttempts", format!("must be 1-{MAX_ATTEMPTS}")))
@@ -370,7 +409,11 @@ pub fn parse_headers(headers: &HeaderList) -> Result<Vec<(String, String)>, Vali
 
 /// Both halves of a rate limit, each refused under its own name.
 fn check_rate_limit(input: &RateLimitInput) -> [Option<ValidationError>; 2] {
-    let in_range = |n: i64| u32::try_from(n).ok().filter(|n| (1..=MAX_RATE).contains(n));
+    let in_range = |n: Whole| {
+        u32::try_from(n.0)
+            .ok()
+            .filter(|n| (1..=MAX_RATE).contains(n))
+    };
     [
         in_range(input.per_second)
             .is_none()
@@ -386,18 +429,18 @@ pub fn parse_rate_limit(input: &RateLimitInput) -> Result<RateLimit, ValidationE
     if let Some(e) = check_rate_limit(input).into_iter().flatten().next() {
         return Err(e);
     }
-    let per_second = input.per_second as u32;
+    let per_second = input.per_second.0 as u32;
     Ok(RateLimit {
         per_second,
-        burst: input.burst.map_or(per_second, |b| b as u32),
+        burst: input.burst.map_or(per_second, |b| b.0 as u32),
     })
 }
 
 /// The settings' problems, one per field (two for a rate limit).
 fn check_settings(
     description: Option<&str>,
-    timeout_ms: Option<i64>,
-    max_attempts: Option<i64>,
+    timeout_ms: Option<Whole>,
+    max_attempts: Option<Whole>,
     headers: Option<&HeaderList>,
     rate_limit: Option<&RateLimitInput>,
     policy: WebhookPolicy,
@@ -701,4 +744,25 @@ pub async fn rotate_secret(
 pub fn previous_secret_expiry(sub: &Subscription, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     sub.previous_secret_expires_at
         .filter(|until| sub.previous_secret.is_some() && now < *until)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_numbers_are_integers_as_json_schema_reads_them() {
+        let whole = |json: &str| serde_json::from_str::<Whole>(json).map(|w| w.0);
+        assert_eq!(whole("808").unwrap(), 808);
+        assert_eq!(whole("808.0").unwrap(), 808);
+        assert_eq!(whole("-3").unwrap(), -3);
+        assert_eq!(whole("1e3").unwrap(), 1000);
+        for refused in ["808.5", "1e300", "\"808\"", "null"] {
+            let error = whole(refused).unwrap_err().to_string();
+            assert!(
+                error.contains("expected") || error.contains("invalid"),
+                "{refused}: {error}"
+            );
+        }
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use courier_api::webhooks::{self, HeaderList, NewWebhook, RateLimitInput, WebhookPolicy};
+use courier_api::webhooks::{self, HeaderList, NewWebhook, RateLimitInput, WebhookPolicy, Whole};
 use courier_model::EventType;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -290,12 +290,12 @@ async fn settings_validation_names_the_field(app: Arc<App>) {
         events: vec!["order.created".into()],
         active: true,
         description: Some("\u{1b}[31m".into()),
-        timeout_ms: Some(10),
-        max_attempts: Some(0),
+        timeout_ms: Some(Whole(10)),
+        max_attempts: Some(Whole(0)),
         headers: Some(HeaderList(vec![("host".into(), "x".into())])),
         rate_limit: Some(RateLimitInput {
-            per_second: 0,
-            burst: Some(0),
+            per_second: Whole(0),
+            burst: Some(Whole(0)),
         }),
         ..NewWebhook::default()
     };

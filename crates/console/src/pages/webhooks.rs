@@ -12,12 +12,12 @@ use chrono::{DateTime, Duration, Utc};
 use courier_api::ApiError;
 use courier_api::service::Service;
 use courier_api::testsend::TestReport;
-use courier_api::webhooks::{self, HeaderList, NewWebhook, RateLimitInput, WebhookPatch};
+use courier_api::webhooks::{self, HeaderList, NewWebhook, RateLimitInput, WebhookPatch, Whole};
 use courier_model::{
     DeliveryStatus, Disabled, EventType, Subscription, SubscriptionId, SubscriptionStatus,
     ValidationError,
 };
-use courier_store::{DeliveryFilter, WebhookHealth};
+use courier_store::{CircuitRow, DeliveryFilter, WebhookHealth};
 use serde::Deserialize;
 
 use super::{Chrome, page, see_other};
@@ -38,6 +38,8 @@ pub(crate) struct Row {
     pub health: Option<WebhookHealth>,
     /// Its paused deliveries (counted for disabled webhooks only).
     pub paused: u64,
+    /// Its circuit, while open (shared by every worker replica).
+    pub circuit: Option<CircuitRow>,
 }
 
 /// "Disabled: its endpoint answered 410 Gone, 2026-12-02 10:00 UTC".
@@ -134,11 +136,10 @@ impl Row {
         })
     }
 
-    /// The ledger holds deliveries of this endpoint and its latest answer
-    /// was a failure: the workers' circuit for it is open (they hold
-    /// deliveries back while the endpoint keeps failing).
+    /// Its circuit is open: the workers hold its deliveries back while the
+    /// endpoint keeps failing, probing it once per cool-down.
     pub(crate) fn circuit_open(&self) -> bool {
-        self.failing() && self.held() > 0
+        self.circuit.is_some()
     }
 }
 
@@ -200,6 +201,13 @@ pub(crate) async fn webhooks(
         .into_iter()
         .map(|h| (h.subscription_id, h))
         .collect();
+    let ids: Vec<SubscriptionId> = subs.iter().map(|s| s.id).collect();
+    let mut circuits: HashMap<SubscriptionId, CircuitRow> = service
+        .open_circuits(&ids)
+        .await?
+        .into_iter()
+        .map(|c| (c.subscription_id, c))
+        .collect();
     let mut rows = Vec::with_capacity(subs.len());
     for sub in subs {
         // One indexed count per disabled webhook: most are enabled.
@@ -209,6 +217,7 @@ pub(crate) async fn webhooks(
             0
         };
         rows.push(Row {
+            circuit: circuits.remove(&sub.id),
             health: health.remove(&sub.id),
             sub,
             paused,
@@ -309,8 +318,8 @@ impl SettingsText {
 struct PostedSettings {
     text: SettingsText,
     description: Option<String>,
-    timeout_ms: Option<i64>,
-    max_attempts: Option<i64>,
+    timeout_ms: Option<Whole>,
+    max_attempts: Option<Whole>,
     headers: HeaderList,
     rate_limit: Option<RateLimitInput>,
     problems: Vec<ValidationError>,
@@ -335,11 +344,11 @@ impl PostedSettings {
             rate_burst: form.text("rate_burst").unwrap_or_default().to_owned(),
         };
         let mut problems = Vec::new();
-        let mut number = |field: &'static str, text: &str| -> Option<i64> {
+        let mut number = |field: &'static str, text: &str| -> Option<Whole> {
             if text.is_empty() {
                 return None;
             }
-            let n = text.parse::<i64>().ok();
+            let n = text.parse::<i64>().ok().map(Whole);
             if n.is_none() {
                 problems.push(ValidationError::new(field, "must be a whole number"));
             }
