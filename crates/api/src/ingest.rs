@@ -25,7 +25,7 @@ pub struct NewEvent {
     #[schema(schema_with = crate::openapi::new_event_id)]
     pub id: Option<String>,
     #[serde(rename = "type")]
-    #[schema(value_type = crate::openapi::EventTypeName)]
+    #[schema(value_type = crate::openapi::IngestEventTypeName)]
     pub event_type: String,
     #[serde(default)]
     #[schema(schema_with = crate::openapi::channel)]
@@ -67,6 +67,15 @@ pub async fn ingest(
     let ws = key.workspace(&ws)?;
     let event_type = EventType::parse(&input.event_type)
         .map_err(|e| ApiError::invalid("type", e.to_string()))?;
+    if event_type.is_operational() {
+        return Err(ApiError::invalid(
+            "type",
+            format!(
+                "{event_type} is published by courier itself about the workspace's webhooks; \
+                 upstreams cannot send it"
+            ),
+        ));
+    }
     let channel = input.channel.as_deref().map(Channel::parse).transpose()?;
     let id = match input.id {
         Some(id) => EventId::parse(id).map_err(|e| ApiError::invalid("id", e.to_string()))?,

@@ -34,7 +34,7 @@ use crate::{ApiState, admin, deliveries, events, ingest, portal, testsend, webho
             refused with 400, values that break a rule with 422, both naming the field."
     ),
     components(schemas(
-        EventTypeName, DeliveryStatusName, ErrorKindName, DeadReasonName,
+        EventTypeName, IngestEventTypeName, DeliveryStatusName, ErrorKindName, DeadReasonName,
         admin::EventTypeView, admin::WorkspaceView, admin::ApiKeyView,
         crate::views::WebhookView, crate::views::DeliveryView, crate::views::AttemptView,
         crate::views::WebhookEventView, crate::views::DeliveryDetail, crate::views::PageInfo,
@@ -198,6 +198,35 @@ impl PartialSchema for EventTypeName {
 impl ToSchema for EventTypeName {
     fn name() -> std::borrow::Cow<'static, str> {
         "EventType".into()
+    }
+}
+
+/// The event types an upstream may send (`IngestEventType` in the
+/// document): all but courier's own operational ones.
+pub struct IngestEventTypeName;
+
+impl PartialSchema for IngestEventTypeName {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(
+                EventType::ALL
+                    .iter()
+                    .filter(|t| !t.is_operational())
+                    .map(|t| t.as_str()),
+            ))
+            .description(Some(
+                "An event type an upstream may publish: every `EventType` except \
+                 `webhook.failing`, `webhook.disabled` and `webhook.recovered`, which \
+                 courier publishes itself. The GraphQL names are accepted too.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for IngestEventTypeName {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "IngestEventType".into()
     }
 }
 

@@ -29,6 +29,7 @@ const EXACT_DATA: &str = r#"{"order_id": "o-1", "total": 12.50000000000000000001
 on_both_backends!(
     ingest_keeps_data_byte_for_byte => Setup { broker: true, ..DEFAULT },
     ingest_refuses_data_nested_too_deep => Setup { broker: true, ..DEFAULT },
+    ingest_refuses_courier_s_own_event_types => Setup { broker: true, ..DEFAULT },
     test_send_sends_caller_data_as_given => DEFAULT,
     names_refuse_control_characters => DEFAULT,
     json_bodies_are_one_object_and_nothing_else => DEFAULT,
@@ -220,6 +221,24 @@ async fn ingest_keeps_data_byte_for_byte(app: Arc<App>) {
     assert_eq!(event.id.as_str(), "evt_exact");
     assert_eq!(event.data.as_str(), EXACT_DATA);
     assert_data_exact(&event.webhook_body(), EXACT_DATA);
+}
+
+async fn ingest_refuses_courier_s_own_event_types(app: Arc<App>) {
+    let topology = app.topology.clone().unwrap();
+    let (ws, key) = app.tenant().await;
+    let path = format!("/v1/workspaces/{ws}/events");
+    for ty in ["webhook.failing", "webhook.disabled", "WEBHOOK_RECOVERED"] {
+        let body = format!(r#"{{"type": "{ty}", "data": {{}}}}"#);
+        let (status, resp) = app.post(&path, &key, &body).await;
+        let message = assert_error(
+            status,
+            &resp,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("type"),
+        );
+        assert!(message.contains("published by courier itself"), "{message}");
+    }
+    assert_eq!(app.queue_len(&topology.fanout_queue()).await, 0);
 }
 
 async fn ingest_refuses_data_nested_too_deep(app: Arc<App>) {

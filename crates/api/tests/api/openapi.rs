@@ -211,9 +211,17 @@ async fn the_document_states_the_limits() {
         schemas["NewEvent"]["properties"]["id"]["maxLength"],
         EventId::MAX_LEN
     );
+    // Upstreams send every type but courier's own operational ones.
     assert_eq!(
         schemas["NewEvent"]["properties"]["type"]["$ref"],
-        "#/components/schemas/EventType"
+        "#/components/schemas/IngestEventType"
+    );
+    let ingestible = schemas["IngestEventType"]["enum"].as_array().unwrap();
+    assert!(ingestible.contains(&serde_json::json!("order.created")));
+    assert!(!ingestible.contains(&serde_json::json!("webhook.failing")));
+    assert_eq!(
+        schemas["EventType"]["enum"].as_array().unwrap().len(),
+        ingestible.len() + 3
     );
     for list in [
         "/v1/workspaces/{ws}/deliveries",
