@@ -13,8 +13,8 @@ use courier_model::{
     SubscriptionId, WorkspaceId,
 };
 use courier_store::{
-    AttemptRecord, DeliveryCursor, DeliveryFilter, DeliveryLogEntry, DeliveryRecord, EventRecord,
-    WebhookHealth,
+    AttemptRecord, CircuitRow, DeliveryCursor, DeliveryFilter, DeliveryLogEntry, DeliveryRecord,
+    EventRecord, WebhookHealth,
 };
 use courier_webhook::SignedWebhook;
 
@@ -230,6 +230,17 @@ impl<'a> Service<'a> {
             .store()
             .count_deliveries(self.workspace, filter)
             .await?)
+    }
+
+    /// The open circuits of `webhooks` (ids the caller listed from this
+    /// workspace): the ledger's circuits of other webhooks never show.
+    pub async fn open_circuits(
+        &self,
+        webhooks: &[SubscriptionId],
+    ) -> Result<Vec<CircuitRow>, ApiError> {
+        let mut open = self.state.store().open_circuits().await?;
+        open.retain(|c| webhooks.contains(&c.subscription_id));
+        Ok(open)
     }
 
     /// Each webhook's deliveries since `since` by outcome, its latest

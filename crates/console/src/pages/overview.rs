@@ -51,9 +51,15 @@ pub(crate) async fn overview(
         .filter(|s| s.status == SubscriptionStatus::Enabled)
         .count();
     let webhooks = subs.len();
+    let ids: Vec<_> = subs.iter().map(|s| s.id).collect();
+    let circuits = service.open_circuits(&ids).await?;
     let failing = subs
         .into_iter()
         .map(|sub| Row {
+            circuit: circuits
+                .iter()
+                .find(|c| c.subscription_id == sub.id)
+                .cloned(),
             health: health.iter().find(|h| h.subscription_id == sub.id).cloned(),
             sub,
             paused: 0,
