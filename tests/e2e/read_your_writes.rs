@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use courier_model::{Channel, Event, EventType, SubscriptionId, WorkspaceId};
+use courier_model::{Channel, DeliveryStatus, Event, EventType, SubscriptionId, WorkspaceId};
 use courier_tests::{Behavior, Db, Receiver, TestEnv, wait_for};
 use serde_json::json;
 
@@ -82,7 +82,8 @@ async fn changes_apply_to_the_next_event(db: Db) {
     )
     .await;
 
-    // Disable, then publish at once: nothing may be delivered.
+    // Disable, then publish at once: nothing may be delivered; each event
+    // is kept for its webhook, paused.
     let mut after_disable = Vec::new();
     for (round, webhook) in webhooks.iter().enumerate() {
         set_active(&env, &ws, webhook.id, false).await;
@@ -100,12 +101,15 @@ async fn changes_apply_to_the_next_event(db: Db) {
         .await;
         let deliveries = env.store.deliveries_of_event(&ws, id).await.unwrap();
         assert!(
-            deliveries.is_empty(),
+            deliveries.len() == 1
+                && deliveries[0].status == DeliveryStatus::Paused
+                && deliveries[0].attempts == 0,
             "an event published after its webhook was disabled got {deliveries:?}"
         );
     }
 
-    // Enable, then publish at once: delivered again.
+    // Enable (which replays the paused ones), then publish at once:
+    // delivered again.
     for (round, webhook) in webhooks.iter().enumerate() {
         set_active(&env, &ws, webhook.id, true).await;
         publisher.publish(&order(&ws, round)).await.unwrap();
@@ -113,11 +117,11 @@ async fn changes_apply_to_the_next_event(db: Db) {
     wait_for(
         "every event published after its webhook was enabled again",
         Duration::from_secs(60),
-        || async { receiver.distinct() == 2 * ROUNDS },
+        || async { receiver.distinct() == 3 * ROUNDS },
     )
     .await;
     for replica in replicas {
         replica.stop().await.unwrap();
     }
-    assert_eq!(receiver.distinct(), 2 * ROUNDS);
+    assert_eq!(receiver.distinct(), 3 * ROUNDS);
 }
