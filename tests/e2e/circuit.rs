@@ -13,7 +13,8 @@ use crate::{held, publish_orders, subscribe_to_orders, wait_for_ledger};
 
 crate::on_both_databases!(
     a_circuit_one_replica_opened_holds_every_replica,
-    a_failing_endpoints_deliveries_settle_on_their_schedule
+    a_failing_endpoints_deliveries_settle_on_their_schedule,
+    a_webhooks_own_max_attempts_sets_when_its_held_deliveries_die
 );
 
 /// How long requests to the failing endpoint are counted once both
@@ -229,6 +230,60 @@ async fn a_failing_endpoints_deliveries_settle_on_their_schedule(db: Db) {
          the latest dead {latest} after its schedule's end; {} requests to the failing endpoint",
         3 * EVENTS,
         down.count()
+    );
+    worker.stop().await.unwrap();
+}
+
+/// A webhook with max attempts of its own (6: 3 s on the test schedule,
+/// where the deployment's 4 take 1.4 s): its deliveries held behind its
+/// open circuit are given up when its own schedule ran out, not the
+/// deployment's.
+async fn a_webhooks_own_max_attempts_sets_when_its_held_deliveries_die(db: Db) {
+    const EVENTS: usize = 200;
+    let env = TestEnv::new(db).await;
+    let ws = env.workspace("acme").await;
+    let down = Receiver::start(Behavior::Status(503)).await;
+    let mut failing = env.webhook(&ws, &down.url(), &["order.created"], &[]).await;
+    failing.settings.max_attempts = Some(6);
+    assert!(env.store.update_subscription(&failing).await.unwrap());
+    let span = env
+        .settings
+        .worker_config()
+        .retry
+        .with_max_attempts(Some(6))
+        .span();
+    assert_eq!(span, Duration::from_millis(3000));
+
+    let worker = env.start_worker().await;
+    publish_orders(&env, &ws, EVENTS).await;
+    wait_for_ledger(
+        &env,
+        "every delivery dead",
+        Duration::from_secs(30),
+        &[(DeliveryStatus::Dead, EVENTS as u64)],
+    )
+    .await;
+    let dead = env
+        .store
+        .list_deliveries(&ws, &DeliveryFilter::default(), 2 * EVENTS as u32, None)
+        .await
+        .unwrap();
+    let span = chrono::Duration::from_std(span).unwrap();
+    let mut given_up = 0;
+    for entry in &dead {
+        let d = &entry.delivery;
+        if entry.dead_reason == Some(DeadReason::CircuitOpen) {
+            given_up += 1;
+            let lived = d.updated_at - d.created_at;
+            assert!(
+                lived >= span && lived <= span + chrono::Duration::seconds(4),
+                "given up {lived} after its creation; its schedule spans {span}"
+            );
+        }
+    }
+    assert!(
+        given_up > EVENTS / 2,
+        "{given_up} given up behind the circuit"
     );
     worker.stop().await.unwrap();
 }

@@ -66,6 +66,18 @@ pub struct CircuitRow {
     pub probe_until: Option<DateTime<Utc>>,
 }
 
+/// An open circuit's held deliveries due now, as the give-up pass reads
+/// them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenCircuitHeld {
+    pub subscription_id: SubscriptionId,
+    /// The webhook's own max attempts (`None`: the deployment's), which
+    /// sets its retry schedule's span.
+    pub max_attempts: Option<u32>,
+    /// When the oldest of them was created.
+    pub oldest: DateTime<Utc>,
+}
+
 /// Open circuits of enabled webhooks: a disabled webhook is attempted by no
 /// one, and its row waits, harmless, for it to be enabled again (its first
 /// delivery then probes).
@@ -89,10 +101,10 @@ pub(crate) trait CircuitSql: Dialect {
     /// subscription, lease_until, now: gives back an unused probe, if the
     /// lease is still this one.
     const RELEASE_PROBE: &'static str;
-    /// now, created_before: the enabled webhooks with an open circuit and
-    /// a held delivery due at `now` created before `created_before` (a
-    /// read, where claiming would write).
-    const EXPIRED_HELD: &'static str;
+    /// now: for each enabled webhook with an open circuit and held
+    /// deliveries due at `now`, its own max attempts and the oldest of
+    /// those deliveries' creation (a read, where claiming would write).
+    const HELD_OF_OPEN_CIRCUITS: &'static str;
 }
 
 impl CircuitSql for PgStore {
@@ -113,11 +125,13 @@ impl CircuitSql for PgStore {
     const CLOSE_CIRCUIT: &'static str = "DELETE FROM webhook_circuits WHERE subscription_id = $1";
     const RELEASE_PROBE: &'static str = "UPDATE webhook_circuits SET probe_until = NULL, \
          updated_at = $3 WHERE subscription_id = $1 AND probe_until = $2";
-    const EXPIRED_HELD: &'static str = "SELECT c.subscription_id FROM webhook_circuits c \
+    const HELD_OF_OPEN_CIRCUITS: &'static str = "SELECT c.subscription_id, s.max_attempts, \
+         MIN(d.created_at) AS oldest FROM webhook_circuits c \
          JOIN subscriptions s ON s.id = c.subscription_id AND s.status = 'enabled' \
-         WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.subscription_id = c.subscription_id \
-         AND d.held_until IS NOT NULL AND d.held_until <= $1 AND d.created_at < $2 \
-         AND d.status IN ('pending', 'retrying'))";
+         JOIN deliveries d ON d.subscription_id = c.subscription_id \
+         AND d.held_until IS NOT NULL AND d.held_until <= $1 \
+         AND d.status IN ('pending', 'retrying') \
+         GROUP BY c.subscription_id, s.max_attempts";
 }
 
 impl CircuitSql for SqliteStore {
@@ -136,11 +150,13 @@ impl CircuitSql for SqliteStore {
     const CLOSE_CIRCUIT: &'static str = "DELETE FROM webhook_circuits WHERE subscription_id = ?1";
     const RELEASE_PROBE: &'static str = "UPDATE webhook_circuits SET probe_until = NULL, \
          updated_at = ?3 WHERE subscription_id = ?1 AND probe_until = ?2";
-    const EXPIRED_HELD: &'static str = "SELECT c.subscription_id FROM webhook_circuits c \
+    const HELD_OF_OPEN_CIRCUITS: &'static str = "SELECT c.subscription_id, s.max_attempts, \
+         MIN(d.created_at) AS oldest FROM webhook_circuits c \
          JOIN subscriptions s ON s.id = c.subscription_id AND s.status = 'enabled' \
-         WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.subscription_id = c.subscription_id \
-         AND d.held_until IS NOT NULL AND d.held_until <= ?1 AND d.created_at < ?2 \
-         AND d.status IN ('pending', 'retrying'))";
+         JOIN deliveries d ON d.subscription_id = c.subscription_id \
+         AND d.held_until IS NOT NULL AND d.held_until <= ?1 \
+         AND d.status IN ('pending', 'retrying') \
+         GROUP BY c.subscription_id, s.max_attempts";
 }
 
 fn millis(d: Duration) -> i64 {
@@ -250,18 +266,26 @@ where
         Self::finish_write(conn, done.map(|_| ()).map_err(Into::into)).await
     }
 
-    async fn expired_held(
-        &self,
-        now: DateTime<Utc>,
-        created_before: DateTime<Utc>,
-    ) -> Result<Vec<SubscriptionId>> {
-        sqlx::query::<Self::Db>(Self::EXPIRED_HELD)
+    async fn held_of_open_circuits(&self, now: DateTime<Utc>) -> Result<Vec<OpenCircuitHeld>> {
+        sqlx::query::<Self::Db>(Self::HELD_OF_OPEN_CIRCUITS)
             .bind(Self::ts(&now))
-            .bind(Self::ts(&created_before))
             .fetch_all(self.reads())
             .await?
             .iter()
-            .map(|row| Ok(SubscriptionId(Self::uuid_of(row, "subscription_id")?)))
+            .map(|row| {
+                let max_attempts = Self::opt_int(row, "max_attempts")?
+                    .map(|n| {
+                        u32::try_from(n).map_err(|_| {
+                            corrupt("subscriptions.max_attempts", format!("{n} is out of range"))
+                        })
+                    })
+                    .transpose()?;
+                Ok(OpenCircuitHeld {
+                    subscription_id: SubscriptionId(Self::uuid_of(row, "subscription_id")?),
+                    max_attempts,
+                    oldest: Self::ts_of(row, "oldest")?,
+                })
+            })
             .collect()
     }
 }
@@ -342,15 +366,13 @@ impl Store {
     }
 
     /// The enabled webhooks whose circuit is open and which have held
-    /// deliveries due at `now` created before `created_before`: those
-    /// [`Store::claim_expired`] would claim, found with one read for all
-    /// (open circuits are looked at every second, and mostly none has any).
-    pub async fn expired_held_of_open_circuits(
-        &self,
-        now: DateTime<Utc>,
-        created_before: DateTime<Utc>,
-    ) -> Result<Vec<SubscriptionId>> {
-        dispatch!(self, s => s.expired_held(now, created_before).await)
+    /// deliveries due at `now`, with the oldest one's creation and the
+    /// webhook's own max attempts: what tells, in one read for all, whose
+    /// retry schedule ran out and so what [`Store::claim_expired`] would
+    /// claim (open circuits are looked at every second, and mostly none
+    /// has any).
+    pub async fn held_of_open_circuits(&self, now: DateTime<Utc>) -> Result<Vec<OpenCircuitHeld>> {
+        dispatch!(self, s => s.held_of_open_circuits(now).await)
     }
 
     /// Gives back a probe taken until `lease_until` and not used (its

@@ -34,7 +34,7 @@ use serde::Serialize;
 
 use queries::Queries;
 
-pub use circuits::{CircuitRow, DeadReason};
+pub use circuits::{CircuitRow, DeadReason, OpenCircuitHeld};
 pub use console::{ConsoleSession, PortalLink, SessionKind, WebhookHealth};
 pub use error::{Result, StoreError};
 pub use ledger::{Ledger, LedgerOptions};

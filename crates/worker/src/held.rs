@@ -277,26 +277,31 @@ impl Pipeline {
     }
 
     /// Gives up the held deliveries of open circuits whose retry schedule
-    /// ran out while they waited. Which webhooks have any is one read (a
-    /// claim is a write, and SQLite's one writer is the ledger's too).
+    /// (each webhook's own, see
+    /// [`courier_model::RetryPolicy::with_max_attempts`]) ran out
+    /// while they waited. Whose did is one read (a claim is a write, and
+    /// SQLite's one writer is the ledger's too).
     async fn give_up_expired(&self) {
-        let Ok(span) = chrono::Duration::from_std(self.config.retry.span()) else {
-            return;
-        };
         let now = Utc::now();
-        let webhooks = match self
-            .store
-            .expired_held_of_open_circuits(now, now - span)
-            .await
-        {
-            Ok(webhooks) => webhooks,
+        let open = match self.store.held_of_open_circuits(now).await {
+            Ok(open) => open,
             Err(error) => {
-                tracing::warn!(error = %error_chain(&error), "reading expired held deliveries failed");
+                tracing::warn!(error = %error_chain(&error), "reading open circuits' held deliveries failed");
                 return;
             }
         };
-        for webhook in webhooks {
-            self.give_up_expired_of(webhook, span).await;
+        for held in open {
+            let span = self
+                .config
+                .retry
+                .with_max_attempts(held.max_attempts)
+                .span();
+            let Ok(span) = chrono::Duration::from_std(span) else {
+                continue;
+            };
+            if held.oldest < now - span {
+                self.give_up_expired_of(held.subscription_id, span).await;
+            }
         }
     }
 

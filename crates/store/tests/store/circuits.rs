@@ -6,7 +6,7 @@ use std::time::Duration as StdDuration;
 
 use chrono::Duration;
 use courier_model::{DeliveryStatus, SubscriptionStatus};
-use courier_store::{CircuitRow, DeadReason, DeliveryFilter, Store};
+use courier_store::{CircuitRow, DeadReason, DeliveryFilter, OpenCircuitHeld, Store};
 
 use crate::common::{TestDb, event, fan_out, hold, now, stored_subscription, workspace};
 use crate::on_both_backends;
@@ -200,52 +200,71 @@ async fn held_deliveries_past_their_schedule_are_found_for_open_circuits_only(db
     let open = stored_subscription(store, &ws).await;
     let closed = stored_subscription(store, &ws).await;
     let mut disabled = stored_subscription(store, &ws).await;
-    let (op, deliveries) = fan_out(&event(&ws), &[open.id, closed.id, disabled.id]);
+    let mut own_schedule = stored_subscription(store, &ws).await;
+    own_schedule.settings.max_attempts = Some(7);
+    assert!(store.update_subscription(&own_schedule).await.unwrap());
+    let subs = [open.id, closed.id, disabled.id, own_schedule.id];
+    let (first, deliveries) = fan_out(&event(&ws), &subs);
+    let (second, later_ones) = fan_out(&event(&ws), &[open.id]);
     let t = now();
-    let ops: Vec<_> = std::iter::once(op)
+    let ops: Vec<_> = std::iter::once(first)
         .chain(deliveries.iter().map(|&(d, _)| hold(d, 1, t)))
         .collect();
     store.apply(&ops).await.unwrap();
-    for sub in [&open, &disabled] {
+    // The open webhook's second delivery comes in a later commit.
+    store
+        .apply(&[second, hold(later_ones[0].0, 1, t)])
+        .await
+        .unwrap();
+    for sub in [&open, &disabled, &own_schedule] {
         assert!(store.open_circuit(sub.id, 5, t, SECOND).await.unwrap());
     }
     disabled.status = SubscriptionStatus::Disabled;
     assert!(store.update_subscription(&disabled).await.unwrap());
+    let created = |id| async move { store.get_delivery(id).await.unwrap().unwrap().created_at };
+    let oldest = created(deliveries[0].0).await;
+    assert!(created(later_ones[0].0).await > oldest);
 
-    // Created before the cut-off and due: only the open circuit's (a
-    // closed circuit's are attempted, a disabled webhook's are not given
-    // up as dead).
-    let after = t + Duration::seconds(1);
-    let found = store.expired_held_of_open_circuits(t, after).await.unwrap();
-    assert_eq!(found, [open.id]);
+    // Due and held behind an open circuit: the oldest one's creation, and
+    // the webhook's own max attempts. A closed circuit's are attempted, a
+    // disabled webhook's are not given up as dead.
+    let mut found = store.held_of_open_circuits(t).await.unwrap();
+    found.sort_by_key(|h| h.subscription_id != open.id);
+    assert_eq!(
+        found,
+        [
+            OpenCircuitHeld {
+                subscription_id: open.id,
+                max_attempts: None,
+                oldest,
+            },
+            OpenCircuitHeld {
+                subscription_id: own_schedule.id,
+                max_attempts: Some(7),
+                oldest,
+            },
+        ]
+    );
     assert!(
         store
-            .expired_held_of_open_circuits(t, t - Duration::hours(1))
+            .held_of_open_circuits(t - Duration::seconds(1))
             .await
             .unwrap()
             .is_empty(),
-        "none that old"
+        "none due yet"
     );
 
-    // Held until later (a receiver's Retry-After, or a claim): not before
-    // then, however old.
+    // Held until later (a receiver's Retry-After, or a claim): not counted
+    // before then, however old.
     let later = t + Duration::hours(1);
     store
         .apply(&[hold(deliveries[0].0, 1, later)])
         .await
         .unwrap();
-    assert!(
-        store
-            .expired_held_of_open_circuits(t, after)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(
-        store
-            .expired_held_of_open_circuits(later, after)
-            .await
-            .unwrap(),
-        [open.id]
-    );
+    let found = store.held_of_open_circuits(t).await.unwrap();
+    let of_open = found.iter().find(|h| h.subscription_id == open.id).unwrap();
+    assert_eq!(of_open.oldest, created(later_ones[0].0).await);
+    let found = store.held_of_open_circuits(later).await.unwrap();
+    let of_open = found.iter().find(|h| h.subscription_id == open.id).unwrap();
+    assert_eq!(of_open.oldest, oldest);
 }
