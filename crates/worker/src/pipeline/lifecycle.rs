@@ -161,16 +161,14 @@ impl Pipeline {
             Decision::Succeeded => {
                 let open = {
                     let mut map = self.episodes.lock();
-                    match map.get_mut(&webhook) {
-                        None => false,
-                        Some(local) => {
-                            local.in_a_row = 0;
-                            local.since.take().is_some()
-                        }
-                    }
+                    map.get_mut(&webhook).and_then(|local| {
+                        local.in_a_row = 0;
+                        local.since.take()
+                    })
                 };
-                if open {
-                    self.end_episode(&event.workspace_id, webhook, now).await;
+                if let Some(since) = open {
+                    self.end_episode(&event.workspace_id, webhook, since, now)
+                        .await;
                 }
             }
             Decision::Retry { .. } | Decision::Dead => {
@@ -190,6 +188,7 @@ impl Pipeline {
         &self,
         workspace: &WorkspaceId,
         webhook: SubscriptionId,
+        since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) {
         match self.store.end_failing(webhook, now).await {
@@ -203,8 +202,14 @@ impl Pipeline {
             Ok(_) => {}
             Err(error) => {
                 tracing::warn!(webhook_id = %webhook, error = %error_chain(&error), "ending the webhook's failing episode failed; the next success tries again");
-                // Still open as far as the ledger knows.
-                self.episodes.lock().entry(webhook).or_default().since = None;
+                // Still open as far as the ledger knows: the next success
+                // ends it.
+                self.episodes
+                    .lock()
+                    .entry(webhook)
+                    .or_default()
+                    .since
+                    .get_or_insert(since);
             }
         }
     }
