@@ -200,6 +200,39 @@ async fn a_failing_endpoints_deliveries_settle_on_their_schedule(db: Db) {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["data"]["status"], "dead", "{body}");
     assert_eq!(body["data"]["deadReason"], "circuit_open", "{body}");
+    // And GraphQL's delivery log (paged until the given-up one shows).
+    let mut after = String::new();
+    let node = loop {
+        let logs: serde_json::Value = reqwest::Client::new()
+            .post(format!("http://{}/graphql", worker.http_addr))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({
+                "query": format!(
+                    "query {{ webhookLogs(first: 100{after}, filter: {{status: \"dead\"}}) \
+                     {{ edges {{ node {{ id deadReason }} }} pageInfo {{ hasNextPage endCursor }} }} }}"
+                )
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let page = &logs["data"]["webhookLogs"];
+        let edges = page["edges"].as_array().unwrap_or_else(|| panic!("{logs}"));
+        if let Some(edge) = edges
+            .iter()
+            .find(|e| e["node"]["id"] == given_up.to_string())
+        {
+            break edge["node"].clone();
+        }
+        assert_eq!(
+            page["pageInfo"]["hasNextPage"], true,
+            "not in the log: {logs}"
+        );
+        after = format!(", after: {}", page["pageInfo"]["endCursor"]);
+    };
+    assert_eq!(node["deadReason"], "circuit_open", "{node}");
     // As the OpenAPI document says a delivery's deadReason is.
     let document: serde_json::Value =
         reqwest::get(format!("http://{}/openapi.json", worker.http_addr))

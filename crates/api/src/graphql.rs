@@ -363,6 +363,12 @@ impl WebhookLog {
     async fn response_status(&self) -> Option<i32> {
         self.0.delivery.last_response_status.map(i32::from)
     }
+    /// Why a dead delivery died before its attempts ran out: `circuit_open`
+    /// (held behind its webhook's open circuit until its schedule ended);
+    /// null otherwise.
+    async fn dead_reason(&self) -> Option<&str> {
+        self.0.dead_reason.map(|r| r.as_str())
+    }
     async fn attempts(&self) -> i32 {
         i32::try_from(self.0.delivery.attempts).unwrap_or(i32::MAX)
     }
