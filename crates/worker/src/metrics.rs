@@ -206,7 +206,7 @@ impl Metrics {
         );
         let subscriptions_cached = gauge(
             "courier_subscriptions_cached",
-            "Enabled webhooks in this process's matching index.",
+            "Webhooks in this process's matching index (disabled ones too: their deliveries are recorded paused).",
         );
         let held = gauge(
             "courier_deliveries_held",

@@ -85,7 +85,7 @@ impl Pipeline {
         &self.ledger
     }
 
-    /// Reloads the matching index; returns the enabled subscriptions seen.
+    /// Reloads the matching index; returns the subscriptions loaded (disabled ones too).
     /// `trigger` (start, notice, periodic; catch_up for a fan-out's own
     /// check) labels the reload metric.
     pub async fn reload_subscriptions(&self, trigger: &str) -> Result<usize, StoreError> {
