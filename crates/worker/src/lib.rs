@@ -247,7 +247,13 @@ impl Worker {
         let releases = Arc::clone(&self.pipeline).release_held(stop.clone());
         let lifecycle = Arc::clone(&self.pipeline).watch_lifecycle(stop.clone());
         let circuits = Arc::clone(&self.pipeline).sync_circuits(stop.clone());
-        let depths = queue_depths(&self.connection, &topology, &self.metrics, stop.clone());
+        let depths = queue_depths(
+            &self.connection,
+            &topology,
+            &self.metrics,
+            &self.pipeline.rates,
+            stop.clone(),
+        );
         let control = watch_changes(&self.connection, &topology, &self.pipeline, stop.clone());
 
         let guard = stop.clone().drop_guard();
@@ -344,6 +350,7 @@ async fn queue_depths(
     connection: &Connection,
     topology: &Topology,
     metrics: &Metrics,
+    rates: &rate::RateLimits,
     stop: CancellationToken,
 ) {
     use lapin::options::QueueDeclareOptions;
@@ -399,6 +406,12 @@ async fn queue_depths(
                 .queue_messages
                 .with_label_values(&[label])
                 .set(messages);
+            // One consumer of the deliveries queue per replica: the share
+            // of each rate limit this one sends (see `crate::rate`), in
+            // force as soon as it is read.
+            if *label == "deliveries" {
+                rates.set_replicas(usize::try_from(consumers).unwrap_or(1));
+            }
             if matches!(*label, "fanout" | "deliveries") {
                 metrics
                     .queue_consumers

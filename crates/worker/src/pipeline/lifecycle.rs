@@ -19,6 +19,7 @@
 //! reports is in the ledger, the API and the metrics regardless.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -46,6 +47,34 @@ const COUNT_EVERY: Duration = Duration::from_secs(15);
 #[derive(Debug, Default)]
 pub(crate) struct Episodes {
     by_webhook: Mutex<HashMap<SubscriptionId, Local>>,
+    /// Whether the map holds anything: while it does not (every webhook
+    /// healthy, as far as this worker knows), a success takes no lock.
+    any: AtomicBool,
+}
+
+/// The map, locked; says on release whether it holds anything.
+struct Locked<'a> {
+    map: MutexGuard<'a, HashMap<SubscriptionId, Local>>,
+    any: &'a AtomicBool,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = HashMap<SubscriptionId, Local>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.any.store(!self.map.is_empty(), Ordering::Release);
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -59,8 +88,16 @@ struct Local {
 }
 
 impl Episodes {
-    fn lock(&self) -> MutexGuard<'_, HashMap<SubscriptionId, Local>> {
-        self.by_webhook.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            map: self.by_webhook.lock().unwrap_or_else(|e| e.into_inner()),
+            any: &self.any,
+        }
+    }
+
+    /// Whether this worker knows of any failing webhook (no lock).
+    fn any(&self) -> bool {
+        self.any.load(Ordering::Acquire)
     }
 
     /// Takes the ledger's open episodes as the truth about which episodes
@@ -158,6 +195,8 @@ impl Pipeline {
         match attempted.decision {
             // Disabled already, before the attempt was recorded.
             Decision::Gone => {}
+            // The common case: nothing failing anywhere, nothing to do.
+            Decision::Succeeded if !self.episodes.any() => {}
             Decision::Succeeded => {
                 let open = {
                     let mut map = self.episodes.lock();
@@ -368,21 +407,11 @@ impl Pipeline {
             .inc();
     }
 
-    /// Keeps this worker's view of open failing episodes, the replica count
-    /// that shares rate limits, and the lifecycle gauges up to date, until
-    /// `stop`.
+    /// Keeps this worker's view of open failing episodes and the lifecycle
+    /// gauges up to date, until `stop`.
     pub async fn watch_lifecycle(self: Arc<Self>, stop: CancellationToken) {
         let mut counted: Option<tokio::time::Instant> = None;
         loop {
-            // One consumer of the deliveries queue per replica: the share
-            // of each rate limit this one sends (see `crate::rate`).
-            let replicas = self
-                .metrics
-                .queue_consumers
-                .with_label_values(&["deliveries"])
-                .get();
-            self.rates
-                .set_replicas(usize::try_from(replicas).unwrap_or(1));
             match self.store.open_episodes().await {
                 Ok(open) => self.episodes.refresh(&open),
                 Err(error) => {
@@ -418,5 +447,38 @@ impl Pipeline {
                 _ = tokio::time::sleep(LOOK_EVERY) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn successes_take_no_lock_while_no_webhook_is_failing() {
+        let episodes = Episodes::default();
+        assert!(!episodes.any());
+        let webhook = SubscriptionId::generate();
+        episodes.lock().entry(webhook).or_default().in_a_row = 1;
+        assert!(episodes.any());
+
+        // The ledger says an episode is open: kept, with its start.
+        let since = Utc::now();
+        episodes.refresh(&[courier_store::OpenEpisode {
+            subscription_id: webhook,
+            since,
+            reported: true,
+        }]);
+        let local = episodes.lock()[&webhook];
+        assert_eq!(
+            (local.since, local.reported, local.in_a_row),
+            (Some(since), true, 1)
+        );
+
+        // Ended everywhere and no failure in a row here: forgotten.
+        episodes.lock().get_mut(&webhook).unwrap().in_a_row = 0;
+        episodes.refresh(&[]);
+        assert!(!episodes.any());
+        assert!(episodes.lock().is_empty());
     }
 }
