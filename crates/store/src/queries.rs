@@ -151,19 +151,7 @@ where
 
     async fn update_subscription(&self, sub: &Subscription) -> Result<bool> {
         let mut conn = self.writer().await?;
-        let done = sqlx::query::<Self::Db>(Self::UPDATE_SUBSCRIPTION)
-            .bind(Self::uuid(sub.id.0))
-            .bind(sub.workspace_id.as_str())
-            .bind(sub.name.as_str())
-            .bind(sub.url.as_str())
-            .bind(Self::list(rows::event_type_names(&sub.event_types)))
-            .bind(Self::list(rows::channel_names(&sub.channels)))
-            .bind(sub.secret.expose())
-            .bind(sub.previous_secret.as_ref().map(|s| s.expose()))
-            .bind(sub.previous_secret_expires_at.as_ref().map(Self::ts))
-            .bind(sub.status.as_str())
-            .bind(Self::ts(&sub.updated_at));
-        let done = rows::bind_lifecycle::<Self>(done, sub)
+        let done = rows::subscription_update::<Self>(sub)
             .execute(&mut *conn)
             .await;
         let done = Self::finish_write(conn, done.map_err(Into::into)).await?;

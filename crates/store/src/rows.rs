@@ -153,6 +153,33 @@ where
         .bind(settings.rate_limit.map(|r| i64::from(r.burst)))
 }
 
+/// `Dialect::UPDATE_SUBSCRIPTION` with every column of `sub` bound: the
+/// one statement that saves a subscription, alone or in a transaction.
+pub(crate) fn subscription_update<D: Dialect>(
+    sub: &Subscription,
+) -> sqlx::query::Query<'_, D::Db, <D::Db as sqlx::Database>::Arguments>
+where
+    for<'a> &'a str: Bind<'a, D::Db>,
+    for<'a> Option<&'a str>: Bind<'a, D::Db>,
+    for<'a> Option<i64>: Bind<'a, D::Db>,
+    for<'a> String: Bind<'a, D::Db>,
+    for<'a> Option<D::Ts>: Bind<'a, D::Db>,
+{
+    let query = sqlx::query::<D::Db>(D::UPDATE_SUBSCRIPTION)
+        .bind(D::uuid(sub.id.0))
+        .bind(sub.workspace_id.as_str())
+        .bind(sub.name.as_str())
+        .bind(sub.url.as_str())
+        .bind(D::list(event_type_names(&sub.event_types)))
+        .bind(D::list(channel_names(&sub.channels)))
+        .bind(sub.secret.expose())
+        .bind(sub.previous_secret.as_ref().map(|s| s.expose()))
+        .bind(sub.previous_secret_expires_at.as_ref().map(D::ts))
+        .bind(sub.status.as_str())
+        .bind(D::ts(&sub.updated_at));
+    bind_lifecycle::<D>(query, sub)
+}
+
 /// Reads the `s_*` columns of [`subscription_columns`].
 pub(crate) fn subscription<D: Dialect>(row: &Row<D>) -> Result<Subscription> {
     let event_types = D::list_of(row, "s_event_types")?

@@ -71,19 +71,7 @@ where
     ) -> Result<Option<u64>> {
         let mut tx = self.begin().await?;
         let result: Result<Option<u64>> = async {
-            let query = sqlx::query::<Self::Db>(Self::UPDATE_SUBSCRIPTION)
-                .bind(Self::uuid(sub.id.0))
-                .bind(sub.workspace_id.as_str())
-                .bind(sub.name.as_str())
-                .bind(sub.url.as_str())
-                .bind(Self::list(rows::event_type_names(&sub.event_types)))
-                .bind(Self::list(rows::channel_names(&sub.channels)))
-                .bind(sub.secret.expose())
-                .bind(sub.previous_secret.as_ref().map(|s| s.expose()))
-                .bind(sub.previous_secret_expires_at.as_ref().map(Self::ts))
-                .bind(sub.status.as_str())
-                .bind(Self::ts(&sub.updated_at));
-            let done = rows::bind_lifecycle::<Self>(query, sub)
+            let done = rows::subscription_update::<Self>(sub)
                 .execute(&mut *tx)
                 .await?;
             if Self::rows_affected(&done) == 0 {
