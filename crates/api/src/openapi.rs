@@ -690,23 +690,15 @@ fn any_case(word: &str) -> String {
 /// A header name a webhook may set: token characters, none of courier's
 /// own (`courier_webhook::is_reserved_header`, written out as a lookahead).
 fn header_name_pattern() -> String {
-    let prefixes = ["webhook-", "proxy-"].map(any_case).join("|");
-    let names = [
-        "content-type",
-        "content-length",
-        "content-encoding",
-        "transfer-encoding",
-        "host",
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "upgrade",
-        "expect",
-        "user-agent",
-    ]
-    .map(any_case)
-    .join("|");
+    let any_of = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| any_case(n))
+            .collect::<Vec<_>>()
+            .join("|")
+    };
+    let prefixes = any_of(courier_webhook::RESERVED_HEADER_PREFIXES);
+    let names = any_of(courier_webhook::RESERVED_HEADERS);
     format!(
         "^(?!(?:{prefixes})|(?:{names})$)[!#$%&'*+.^_`|~0-9A-Za-z-]{{1,{}}}$",
         crate::webhooks::MAX_HEADER_NAME_LEN

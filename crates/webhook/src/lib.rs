@@ -27,20 +27,28 @@ pub const USER_AGENT: &str = concat!("courier/", env!("CARGO_PKG_VERSION"));
 /// `authorization` is allowed: receivers often want a token besides the
 /// signature.
 pub fn is_reserved_header(name: &str) -> bool {
-    const RESERVED: &[&str] = &[
-        "content-type",
-        "content-length",
-        "content-encoding",
-        "transfer-encoding",
-        "host",
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "upgrade",
-        "expect",
-        "user-agent",
-    ];
     let name = name.to_ascii_lowercase();
-    name.starts_with("webhook-") || name.starts_with("proxy-") || RESERVED.contains(&name.as_str())
+    RESERVED_HEADER_PREFIXES
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+        || RESERVED_HEADERS.contains(&name.as_str())
 }
+
+/// The name prefixes [`is_reserved_header`] refuses, lowercase.
+pub const RESERVED_HEADER_PREFIXES: &[&str] = &["webhook-", "proxy-"];
+
+/// The whole names [`is_reserved_header`] refuses, lowercase.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "user-agent",
+];
