@@ -1,6 +1,7 @@
 //! End-to-end tests: real RabbitMQ, real HTTP receivers on 127.0.0.1, and
 //! every scenario on both ledgers (SQLite and PostgreSQL).
 
+mod api_keys;
 mod broker_errors;
 mod browser;
 mod circuit;

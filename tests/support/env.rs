@@ -194,6 +194,18 @@ impl TestEnv {
         }
     }
 
+    /// Runs `courier ARGS...` (a one-off command) on this environment's
+    /// settings and returns its output.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let binary = courier_binary();
+        Command::new(&binary)
+            .args(args)
+            .envs(self.vars.iter().cloned())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", binary.display()))
+    }
+
     /// Runs `courier serve` as a child process (to be killed).
     pub fn spawn_worker_process(&self) -> WorkerProcess {
         let binary = courier_binary();

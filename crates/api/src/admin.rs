@@ -163,3 +163,87 @@ pub async fn create_api_key(
         }),
     ))
 }
+
+/// A key as listed: never the key itself, which only its creator saw.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeySummary {
+    pub id: String,
+    pub workspace_id: String,
+    pub name: String,
+    pub key_prefix: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The API keys of a workspace, oldest first (admin token).
+#[utoipa::path(get, path = "/v1/workspaces/{ws}/api-keys", tag = "admin",
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id")),
+    responses((status = 200, description = "the workspace's keys (without the keys themselves)",
+            body = Envelope<Vec<ApiKeySummary>>),
+        (status = 401, description = "no admin token, a wrong one, or the admin routes \
+            are closed (no `api.admin_token`)", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace", body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn list_api_keys(
+    _admin: Admin,
+    State(state): State<ApiState>,
+    Path(ws): Path<String>,
+) -> Result<Json<Envelope<Vec<ApiKeySummary>>>, ApiError> {
+    let ws = existing_workspace(&state, &ws).await?;
+    let keys = state.store().list_api_keys(&ws).await?;
+    Ok(Envelope::ok(keys.into_iter().map(summary).collect()))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokedKey {
+    pub id: String,
+    /// Whether every running courier was told at once. When false (the
+    /// broker could not be reached), processes that verified the key in
+    /// the last minute may accept it until their cached answer expires,
+    /// 60 s at most.
+    pub announced: bool,
+}
+
+/// Revokes an API key (admin token): the ledger forgets it, and every
+/// courier process is told at once to stop accepting it.
+#[utoipa::path(delete, path = "/v1/workspaces/{ws}/api-keys/{id}", tag = "admin",
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id"),
+        ("id" = String, Path, description = "the key's id (`key_...`), not the key")),
+    responses((status = 200, description = "revoked", body = Envelope<RevokedKey>),
+        (status = 401, description = "no admin token, a wrong one, or the admin routes \
+            are closed (no `api.admin_token`)", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace, or no such key in it",
+            body = ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn revoke_api_key(
+    _admin: Admin,
+    State(state): State<ApiState>,
+    Path((ws, id)): Path<(String, String)>,
+) -> Result<Json<Envelope<RevokedKey>>, ApiError> {
+    let ws = existing_workspace(&state, &ws).await?;
+    let announced = keys::revoke_api_key(state.store(), state.changes(), &ws, &id)
+        .await?
+        .ok_or(ApiError::NotFound("api key"))?;
+    // This process forgets it whatever the broker said.
+    state.key_cache().revoked(&id);
+    Ok(Envelope::ok(RevokedKey { id, announced }))
+}
+
+async fn existing_workspace(state: &ApiState, ws: &str) -> Result<WorkspaceId, ApiError> {
+    let ws = WorkspaceId::parse(ws).map_err(|_| ApiError::NotFound("workspace"))?;
+    match state.store().get_workspace(&ws).await? {
+        Some(_) => Ok(ws),
+        None => Err(ApiError::NotFound("workspace")),
+    }
+}
+
+fn summary(record: courier_store::ApiKeyRecord) -> ApiKeySummary {
+    ApiKeySummary {
+        id: record.id,
+        workspace_id: record.workspace_id.to_string(),
+        name: record.name,
+        key_prefix: record.key_prefix,
+        created_at: record.created_at,
+    }
+}

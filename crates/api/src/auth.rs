@@ -44,17 +44,25 @@ impl WorkspaceKey {
     }
 
     /// The workspace of a key, or `Unauthorized` for anything that is not
-    /// a key the ledger knows.
+    /// a key the ledger knows. Keys verified lately come from the cache
+    /// (see [`crate::key_cache`]); unknown keys are never cached.
     pub async fn from_token(state: &ApiState, token: &str) -> Result<Self, ApiError> {
         let unknown = || ApiError::Unauthorized("invalid API key".into());
         if !keys::looks_like_key(token) {
             return Err(unknown());
         }
+        let digest = keys::digest(token);
+        let cache = state.key_cache();
+        if let Some(workspace) = cache.get(&digest) {
+            return Ok(Self { workspace });
+        }
+        let since = cache.epoch();
         let record = state
             .store()
-            .find_api_key(&keys::hash_key(token))
+            .find_api_key(&keys::hex(&digest))
             .await?
             .ok_or_else(unknown)?;
+        cache.remember(since, digest, &record.id, record.workspace_id.clone());
         Ok(Self {
             workspace: record.workspace_id,
         })

@@ -3,12 +3,14 @@
 //! the events exchange with confirms, and only then answered with 202: an
 //! accepted event is as durable as one published with courier-producer.
 //! `data` is kept as the text of the request, so receivers get its bytes.
+//! `POST /v1/workspaces/{ws}/events/batch` does the same for up to 1,000
+//! events a request, for upstreams that emit in bulk.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use courier_model::{Channel, Event, EventData, EventId, EventType};
+use courier_model::{Channel, Event, EventData, EventId, EventType, WorkspaceId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -16,7 +18,7 @@ use crate::auth::WorkspaceKey;
 use crate::error::{Envelope, ErrorEnvelope};
 use crate::extract::JsonBody;
 use crate::openapi::WorkspaceIdParam;
-use crate::{ApiError, ApiState, MAX_INGEST_BODY_BYTES};
+use crate::{ApiError, ApiState, Broker, MAX_BATCH_BODY_BYTES, MAX_INGEST_BODY_BYTES};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +67,21 @@ pub async fn ingest(
     JsonBody(input): JsonBody<NewEvent, MAX_INGEST_BODY_BYTES>,
 ) -> Result<(StatusCode, Json<Envelope<Accepted>>), ApiError> {
     let ws = key.workspace(&ws)?;
+    let (event, body) = accept(&ws, input)?;
+    let broker = state.broker()?;
+    publish(&broker, &event, &body).await.map_err(|()| {
+        ApiError::Unavailable("the broker did not accept the event; try again".into())
+    })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Envelope::ok(Accepted {
+            id: event.id.to_string(),
+        }),
+    ))
+}
+
+/// Checks one event as the broker path would and encodes it.
+fn accept(ws: &WorkspaceId, input: NewEvent) -> Result<(Event, Vec<u8>), ApiError> {
     let event_type = EventType::parse(&input.event_type)
         .map_err(|e| ApiError::invalid("type", e.to_string()))?;
     if event_type.is_operational() {
@@ -84,26 +101,170 @@ pub async fn ingest(
     input.data.validate()?;
     let event = Event {
         id,
-        workspace_id: ws,
+        workspace_id: ws.clone(),
         event_type,
         channel,
         occurred_at: input.occurred_at.unwrap_or_else(Utc::now),
         data: input.data,
     };
     let body = event.to_vec()?;
-    let broker = state.broker()?;
+    Ok((event, body))
+}
+
+/// Publishes one encoded event and waits for the broker's confirm; a
+/// failure is logged here and answered as "try again" by the caller.
+async fn publish(broker: &Broker, event: &Event, body: &[u8]) -> Result<(), ()> {
     broker
         .publisher
-        .publish_encoded(&event, &body)
+        .publish_encoded(event, body)
         .await
         .map_err(|e| {
             tracing::error!(event_id = %event.id, error = %courier_model::error_chain(&e), "ingest publish failed");
-            ApiError::Unavailable("the broker did not accept the event; try again".into())
-        })?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Envelope::ok(Accepted {
+        })
+}
+
+/// Events a batch may hold.
+pub const MAX_BATCH_EVENTS: usize = 1000;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewEvents {
+    /// 1 to 1,000 events, each as `POST /v1/workspaces/{ws}/events` takes it.
+    pub events: Vec<NewEvent>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResult {
+    /// Events the broker confirmed.
+    pub accepted: usize,
+    /// Events it did not (then the answer is 503).
+    pub failed: usize,
+    /// One per event, in the order sent.
+    pub events: Vec<BatchEventResult>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchEventResult {
+    /// The event's id: as given, or the one generated.
+    pub id: String,
+    /// Whether the broker confirmed it.
+    pub accepted: bool,
+}
+
+/// The batch route's answer: its results, and an error when some events
+/// were not accepted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchEnvelope {
+    pub data: BatchResult,
+    #[schema(nullable)]
+    pub error: Option<crate::error::ErrorBody>,
+}
+
+/// Publishes up to 1,000 events in one request; 202 once the broker
+/// confirmed every one. All or nothing is checked: one invalid event
+/// refuses the batch, naming it (`events[3].type`), and publishes nothing.
+#[utoipa::path(post, path = "/v1/workspaces/{ws}/events/batch", tag = "events",
+    params(("ws" = inline(WorkspaceIdParam), Path, description = "workspace id")),
+    request_body = NewEvents,
+    responses((status = 202, description = "the broker has every event", body = BatchEnvelope),
+        (status = 400, description = "the body is not a JSON object of these fields", body = ErrorEnvelope),
+        (status = 401, description = "no API key, or one courier does not know", body = ErrorEnvelope),
+        (status = 404, description = "no such workspace for this key", body = ErrorEnvelope),
+        (status = 413, description = "the body is larger than 8 MiB, or an event larger \
+            than 256 KiB", body = ErrorEnvelope),
+        (status = 422, description = "no events or more than 1,000, or an event breaks a \
+            rule (`field` names it, e.g. `events[3].type`); nothing was published",
+            body = ErrorEnvelope),
+        (status = 503, description = "no broker connection, or the broker did not confirm \
+            some events: `data.events` says which were accepted, `error` why the others \
+            were not; send those again with their ids, which deliver nothing twice",
+            body = BatchEnvelope)),
+    security(("bearer" = [])))]
+pub async fn ingest_batch(
+    key: WorkspaceKey,
+    State(state): State<ApiState>,
+    Path(ws): Path<String>,
+    JsonBody(input): JsonBody<NewEvents, MAX_BATCH_BODY_BYTES>,
+) -> Result<(StatusCode, Json<BatchEnvelope>), ApiError> {
+    let ws = key.workspace(&ws)?;
+    if input.events.is_empty() || input.events.len() > MAX_BATCH_EVENTS {
+        return Err(ApiError::invalid(
+            "events",
+            format!(
+                "a batch holds 1 to {MAX_BATCH_EVENTS} events, not {}; split larger ones",
+                input.events.len()
+            ),
+        ));
+    }
+    let events = input
+        .events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| accept(&ws, event).map_err(|e| in_batch(i, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Every publish is sent before any confirm is awaited: one round trip
+    // to the broker for the batch, not one per event.
+    let (confirmed, unavailable) = match state.broker() {
+        Ok(broker) => {
+            let publishes = events.iter().map(|(e, body)| publish(&broker, e, body));
+            (futures_util::future::join_all(publishes).await, None)
+        }
+        Err(error) => (vec![Err(()); events.len()], Some(error)),
+    };
+    let results: Vec<BatchEventResult> = events
+        .iter()
+        .zip(&confirmed)
+        .map(|((event, _), confirmed)| BatchEventResult {
             id: event.id.to_string(),
+            accepted: confirmed.is_ok(),
+        })
+        .collect();
+    let accepted = results.iter().filter(|r| r.accepted).count();
+    let failed = results.len() - accepted;
+    let data = BatchResult {
+        accepted,
+        failed,
+        events: results,
+    };
+    if failed == 0 {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(BatchEnvelope { data, error: None }),
+        ));
+    }
+    let error = unavailable.unwrap_or_else(|| {
+        ApiError::Unavailable(format!(
+            "the broker did not confirm {failed} of {} events; send those again with the \
+             ids in data.events (an id delivers nothing twice)",
+            data.events.len()
+        ))
+    });
+    Ok((
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(BatchEnvelope {
+            error: Some(error.body()),
+            data,
         }),
     ))
+}
+
+/// An event's error, its field named by its place in the batch.
+fn in_batch(index: usize, error: ApiError) -> ApiError {
+    let place = |field: Option<String>| {
+        Some(match field {
+            Some(field) => format!("events[{index}].{field}"),
+            None => format!("events[{index}]"),
+        })
+    };
+    match error {
+        ApiError::Invalid { field, message } => ApiError::Invalid {
+            field: place(field),
+            message,
+        },
+        ApiError::BadRequest { field, message } => ApiError::BadRequest {
+            field: place(field),
+            message,
+        },
+        other => other,
+    }
 }

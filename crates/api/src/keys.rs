@@ -11,6 +11,8 @@ use courier_store::{ApiKeyRecord, Store, StoreError};
 use rand::RngExt;
 use sha2::{Digest, Sha256};
 
+use crate::key_cache::KeyDigest;
+
 const KEY_PREFIX: &str = "ck_";
 /// Characters of the key kept in clear for recognising it: `ck_` plus six,
 /// 36 bits that do not help guess the other 220.
@@ -29,10 +31,23 @@ pub enum ApiKeyError {
 
 /// The stored form of a key: lowercase hex SHA-256.
 pub fn hash_key(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&digest(key))
+}
+
+/// The SHA-256 of a key.
+pub fn digest(key: &str) -> KeyDigest {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// Lowercase hex, the form the ledger stores a digest in.
+pub fn hex(digest: &KeyDigest) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(64);
+    for b in digest {
+        text.push(DIGITS[usize::from(b >> 4)] as char);
+        text.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    text
 }
 
 fn generate_key() -> String {
@@ -67,6 +82,32 @@ pub async fn create_api_key(
             other => ApiKeyError::Store(other),
         })?;
     Ok((key, record))
+}
+
+/// Revokes key `id` of `workspace`: deletes it from the ledger, then tells
+/// every courier process through `changes`. `None` when the workspace has
+/// no such key; otherwise whether the notice was confirmed (false: it was
+/// logged, and caches elsewhere let the key expire within
+/// [`crate::key_cache::MAX_AGE`]).
+pub async fn revoke_api_key(
+    store: &Store,
+    changes: &dyn crate::SubscriptionChanges,
+    workspace: &WorkspaceId,
+    id: &str,
+) -> Result<Option<bool>, StoreError> {
+    if !store.delete_api_key(workspace, id).await? {
+        return Ok(None);
+    }
+    let announced = match changes.key_revoked(workspace, id).await {
+        Ok(()) => true,
+        Err(reason) => {
+            tracing::warn!(workspace_id = %workspace, key_id = id, reason,
+                "revoked an API key but could not tell the other courier processes; \
+                 those that verified it lately accept it for up to a minute more");
+            false
+        }
+    };
+    Ok(Some(announced))
 }
 
 /// Whether `text` could be a key at all; anything else is refused without

@@ -23,6 +23,7 @@ mod events;
 mod extract;
 mod graphql;
 mod ingest;
+pub mod key_cache;
 pub mod keys;
 mod openapi;
 pub mod portal;
@@ -50,13 +51,29 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Ingested events may be as large as the broker accepts them, plus room
 /// for the JSON around `data`.
 pub const MAX_INGEST_BODY_BYTES: usize = courier_model::MAX_EVENT_BYTES + 4 * 1024;
+/// A batch of events: 1,000 events of 8 KiB, or fewer larger ones.
+pub const MAX_BATCH_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 /// Told after every successful webhook create, update, delete and secret
 /// rotation, so that every worker replica reloads its matching index for
 /// the workspace and the change applies to the next event.
 pub trait SubscriptionChanges: Send + Sync + 'static {
     fn changed(&self, workspace: &WorkspaceId);
+
+    /// Tells every API process that key `key_id` of `workspace` was
+    /// revoked, so each forgets it from its cache of verified keys. Resolves
+    /// once the broker confirmed the notice (`Ok`), or with why it could
+    /// not be sent. Without a broker no process caches keys, so there is
+    /// nobody to tell.
+    fn key_revoked(&self, workspace: &WorkspaceId, key_id: &str) -> RevocationNotice {
+        let _ = (workspace, key_id);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
+
+/// What [`SubscriptionChanges::key_revoked`] resolves to.
+pub type RevocationNotice =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
 
 /// For deployments (and tests) where workers reload on their own schedule.
 #[derive(Debug, Default)]
@@ -122,6 +139,8 @@ struct Inner {
     client: WebhookClient,
     options: ApiOptions,
     changes: Arc<dyn SubscriptionChanges>,
+    /// API keys verified lately; see [`key_cache`].
+    keys: Arc<key_cache::KeyCache>,
 }
 
 impl ApiState {
@@ -139,6 +158,7 @@ impl ApiState {
                 client,
                 options,
                 changes,
+                keys: Arc::default(),
             }),
         }
     }
@@ -167,6 +187,12 @@ impl ApiState {
         *self.inner.broker.write().unwrap_or_else(|e| e.into_inner()) = broker.map(Arc::new);
     }
 
+    /// The verified-key cache, for the process's revocation listener to
+    /// forget revoked keys in (and to switch it on).
+    pub fn key_cache(&self) -> &Arc<key_cache::KeyCache> {
+        &self.inner.keys
+    }
+
     pub(crate) fn client(&self) -> &WebhookClient {
         &self.inner.client
     }
@@ -183,6 +209,10 @@ impl ApiState {
             max_timeout_ms: u32::try_from(self.inner.client.timeout().as_millis())
                 .unwrap_or(u32::MAX),
         }
+    }
+
+    pub(crate) fn changes(&self) -> &dyn SubscriptionChanges {
+        &*self.inner.changes
     }
 
     pub(crate) fn changed(&self, workspace: &WorkspaceId) {

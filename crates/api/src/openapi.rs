@@ -80,7 +80,8 @@ pub fn rest_router() -> OpenApiRouter<ApiState> {
     let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(admin::event_types))
         .routes(routes!(admin::create_workspace))
-        .routes(routes!(admin::create_api_key))
+        .routes(routes!(admin::create_api_key, admin::list_api_keys))
+        .routes(routes!(admin::revoke_api_key))
         .routes(routes!(
             webhooks_rest::create_webhook,
             webhooks_rest::list_webhooks
@@ -99,6 +100,7 @@ pub fn rest_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(deliveries::list_attempts))
         .routes(routes!(deliveries::retry_delivery))
         .routes(routes!(ingest::ingest))
+        .routes(routes!(ingest::ingest_batch))
         .routes(routes!(events::get_event))
         .routes(routes!(portal::create_portal_link));
     refer_to_components(router.get_openapi_mut());

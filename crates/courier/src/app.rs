@@ -441,6 +441,7 @@ impl App {
             changes,
             settings.amqp.url.clone(),
             topology,
+            Arc::clone(&self.metrics),
             shutdown,
         ));
         Ok((state, supervisor))
@@ -524,10 +525,17 @@ async fn supervise_api_broker(
     changes: BrokerChanges,
     url: String,
     topology: courier_producer::Topology,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     loop {
         if let Some(current) = &connection {
+            tokio::spawn(watch_key_revocations(
+                Arc::clone(current),
+                topology.clone(),
+                Arc::clone(state.key_cache()),
+                Arc::clone(&metrics),
+            ));
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => {
@@ -572,6 +580,106 @@ async fn supervise_api_broker(
             }
         }
     }
+}
+
+/// Notices from a one-off command (`courier api-key revoke`): a connection
+/// of its own for each notice. Webhook changes made from the command line
+/// are not announced; workers find them at their next ledger check.
+pub struct CommandNotices {
+    url: String,
+    topology: courier_producer::Topology,
+}
+
+impl CommandNotices {
+    pub fn new(settings: &Settings) -> Self {
+        Self {
+            url: settings.amqp.url.clone(),
+            topology: settings.worker_config().topology(),
+        }
+    }
+}
+
+impl courier_api::SubscriptionChanges for CommandNotices {
+    fn changed(&self, _workspace: &courier_model::WorkspaceId) {}
+
+    fn key_revoked(
+        &self,
+        workspace: &courier_model::WorkspaceId,
+        key_id: &str,
+    ) -> courier_api::RevocationNotice {
+        let (url, topology) = (self.url.clone(), self.topology.clone());
+        let notice = courier_model::WebhooksChanged::key_revoked(workspace.clone(), key_id.into());
+        Box::pin(async move {
+            let connection =
+                connect_once(&url, "courier command")
+                    .await
+                    .map_err(|(failure, error)| {
+                        format!(
+                            "cannot reach RabbitMQ at {}: {error} ({})",
+                            redact(&url),
+                            failure.hint()
+                        )
+                    })?;
+            let connection = Arc::new(connection);
+            let changes = BrokerChanges::new(topology);
+            changes.set_connection(Some(Arc::clone(&connection)));
+            let told = changes.announce_revocation(notice).await;
+            courier_producer::bounded("connection.close", connection.close(200, "done".into()))
+                .await;
+            told
+        })
+    }
+}
+
+/// Hears API key revocations on the control exchange for as long as
+/// `connection` lives, and meanwhile lets the API cache verified keys (see
+/// `courier_api::key_cache`): a process that cannot hear revocations
+/// caches nothing.
+async fn watch_key_revocations(
+    connection: Arc<Connection>,
+    topology: courier_producer::Topology,
+    cache: Arc<courier_api::key_cache::KeyCache>,
+    metrics: Arc<Metrics>,
+) {
+    use futures_util::StreamExt;
+    use lapin::options::BasicConsumeOptions;
+    use lapin::types::FieldTable;
+
+    let setup = async {
+        let channel = connection.create_channel().await?;
+        let queue = topology.declare_change_watch(&channel).await?;
+        let options = BasicConsumeOptions {
+            no_ack: true,
+            ..BasicConsumeOptions::default()
+        };
+        let consumer = channel
+            .basic_consume(queue.into(), "".into(), options, FieldTable::default())
+            .await?;
+        Ok::<_, lapin::Error>((channel, consumer))
+    };
+    let (_channel, mut consumer) = match setup.await {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot hear API key revocations; every request reads its key from the ledger");
+            return;
+        }
+    };
+    let listening = cache.listening();
+    metrics.api_key_cache_active.set(1);
+    while let Some(Ok(delivery)) = consumer.next().await {
+        let Ok(notice) = courier_model::WebhooksChanged::from_slice(&delivery.data) else {
+            continue;
+        };
+        if notice.changed == courier_model::WebhooksChangedKind::ApiKeys
+            && let Some(key_id) = notice.key_id
+        {
+            tracing::debug!(workspace_id = %notice.workspace_id, key_id, "API key revoked");
+            cache.revoked(&key_id);
+        }
+    }
+    drop(listening);
+    metrics.api_key_cache_active.set(i64::from(cache.in_use()));
+    tracing::debug!("stopped hearing API key revocations; keys are read from the ledger");
 }
 
 /// Keeps the worker running: connect, run, and when the broker connection
@@ -695,6 +803,22 @@ impl BrokerChanges {
         }
     }
 
+    /// Tells every API process that a key was revoked; `Ok` once the
+    /// broker confirmed it (or no process listens, so none caches keys).
+    async fn announce_revocation(
+        &self,
+        notice: courier_model::WebhooksChanged,
+    ) -> Result<(), String> {
+        let channel = self
+            .channel()
+            .await
+            .ok_or("no broker connection to announce it on")?;
+        match channel.send(&self.topology.webhooks_changed(&notice)).await {
+            Ok(()) | Err(courier_producer::PublishError::Unroutable { .. }) => Ok(()),
+            Err(error) => Err(courier_model::error_chain(&error).to_string()),
+        }
+    }
+
     async fn announce(&self, workspace: courier_model::WorkspaceId) {
         let Some(channel) = self.channel().await else {
             tracing::debug!("no broker connection: workers reload at their next check");
@@ -721,6 +845,16 @@ impl courier_api::SubscriptionChanges for BrokerChanges {
         let this = self.clone();
         let workspace = workspace.clone();
         tokio::spawn(async move { this.announce(workspace).await });
+    }
+
+    fn key_revoked(
+        &self,
+        workspace: &courier_model::WorkspaceId,
+        key_id: &str,
+    ) -> courier_api::RevocationNotice {
+        let this = self.clone();
+        let notice = courier_model::WebhooksChanged::key_revoked(workspace.clone(), key_id.into());
+        Box::pin(async move { this.announce_revocation(notice).await })
     }
 }
 

@@ -9,5 +9,5 @@ pub mod app;
 pub mod receiver;
 pub mod settings;
 
-pub use app::{App, Roles, connect_amqp, open_store, serve};
+pub use app::{App, CommandNotices, Roles, connect_amqp, open_store, serve};
 pub use settings::Settings;

@@ -87,6 +87,19 @@ enum ApiKeyCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// List a workspace's keys (ids, names and prefixes; never the keys).
+    List {
+        #[command(flatten)]
+        ws: WorkspaceArg,
+    },
+    /// Revoke a key by its id (`key_...`): the ledger forgets it and every
+    /// running courier is told to stop accepting it.
+    Revoke {
+        #[command(flatten)]
+        ws: WorkspaceArg,
+        /// The key's id, as `api-key list` shows it.
+        id: String,
+    },
 }
 
 #[derive(Args)]
@@ -244,6 +257,23 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 courier_api::keys::create_api_key(&store, &workspace_id(&ws)?, name.as_deref())
                     .await?;
             print_json(&serde_json::json!({"key": key, "api_key": record}))
+        }
+        Command::ApiKey(ApiKeyCommand::List { ws }) => {
+            let store = open_store(&settings).await?;
+            print_json(&store.list_api_keys(&workspace_id(&ws)?).await?)
+        }
+        Command::ApiKey(ApiKeyCommand::Revoke { ws, id }) => {
+            let store = open_store(&settings).await?;
+            let workspace = workspace_id(&ws)?;
+            let notices = courier::CommandNotices::new(&settings);
+            match courier_api::keys::revoke_api_key(&store, &notices, &workspace, &id).await? {
+                Some(announced) => {
+                    print_json(&serde_json::json!({"revoked": id, "announced": announced}))
+                }
+                None => anyhow::bail!(
+                    "workspace {workspace} has no API key {id}; `courier api-key list -w {workspace}` shows its keys"
+                ),
+            }
         }
         Command::Receive { listen, secret } => {
             let secret = secret

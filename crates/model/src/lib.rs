@@ -20,7 +20,7 @@ pub mod url;
 pub use event::{Event, EventData, EventError, MAX_DATA_DEPTH, MAX_EVENT_BYTES};
 pub use event_type::{EventType, UnknownEventType};
 pub use ids::{DeliveryId, EventId, IdError, SubscriptionId, WorkspaceId};
-pub use message::{DeliveryMessage, MessageError, WebhooksChanged};
+pub use message::{DeliveryMessage, MessageError, WebhooksChanged, WebhooksChangedKind};
 pub use outcome::{AttemptResult, Decision, DeliveryStatus, ErrorKind, classify};
 pub use retry::{RetryPolicy, RetryPolicyError, parse_retry_after};
 pub use signing::{SecretError, WebhookSecret, sign_headers};

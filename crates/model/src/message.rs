@@ -70,23 +70,27 @@ impl DeliveryMessage {
     }
 }
 
-/// "The webhooks of this workspace changed." Broadcast to every worker on
-/// the control exchange after a change, so that each reloads its matching
-/// index before the next event needs it. Only a hint: a fan-out checks the
-/// ledger's webhooks version itself before matching, so a lost notice
-/// delays nothing but that reload.
+/// A change every courier process must hear of, broadcast on the control
+/// exchange. "The webhooks of this workspace changed": each worker reloads
+/// its matching index before the next event needs it; only a hint, since a
+/// fan-out checks the ledger's webhooks version itself before matching, so
+/// a lost notice delays nothing but that reload. "This API key was
+/// revoked": each API forgets it from its cache of verified keys.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhooksChanged {
     pub changed: WebhooksChangedKind,
     pub workspace_id: WorkspaceId,
+    /// The revoked key, for [`WebhooksChangedKind::ApiKeys`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
-/// The only kind of change announced today; a tag, so that other notices
-/// can share the exchange later.
+/// What changed: a tag, so that several kinds of notice share the exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WebhooksChangedKind {
     Webhooks,
+    ApiKeys,
 }
 
 impl WebhooksChanged {
@@ -94,6 +98,16 @@ impl WebhooksChanged {
         Self {
             changed: WebhooksChangedKind::Webhooks,
             workspace_id,
+            key_id: None,
+        }
+    }
+
+    /// The API key `key_id` of `workspace_id` no longer exists.
+    pub fn key_revoked(workspace_id: WorkspaceId, key_id: String) -> Self {
+        Self {
+            changed: WebhooksChangedKind::ApiKeys,
+            workspace_id,
+            key_id: Some(key_id),
         }
     }
 
@@ -117,6 +131,16 @@ mod tests {
         // The shape workers of the previous release parse too.
         assert_eq!(bytes, br#"{"changed":"webhooks","workspace_id":"acme"}"#);
         assert_eq!(WebhooksChanged::from_slice(&bytes).unwrap(), notice);
+        let revoked =
+            WebhooksChanged::key_revoked(WorkspaceId::parse("acme").unwrap(), "key_1".into());
+        assert_eq!(
+            revoked.to_vec(),
+            br#"{"changed":"api_keys","workspace_id":"acme","key_id":"key_1"}"#
+        );
+        assert_eq!(
+            WebhooksChanged::from_slice(&revoked.to_vec()).unwrap(),
+            revoked
+        );
     }
 
     #[test]

@@ -150,6 +150,8 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
 
     const INSERT_API_KEY: &'static str;
     const FIND_API_KEY: &'static str;
+    const LIST_API_KEYS: &'static str;
+    const DELETE_API_KEY: &'static str;
     const LIST_DELIVERIES: &'static str;
     const SELECT_DELIVERY_ENTRY: &'static str;
     const SELECT_EVENT: &'static str;

@@ -485,6 +485,17 @@ impl Store {
         dispatch!(self, s => s.find_api_key(key_hash).await)
     }
 
+    /// The keys of one workspace, oldest first.
+    pub async fn list_api_keys(&self, workspace: &WorkspaceId) -> Result<Vec<ApiKeyRecord>> {
+        dispatch!(self, s => s.list_api_keys(workspace).await)
+    }
+
+    /// Deletes a key of `workspace`; false when it has no key `id` (another
+    /// workspace's key is left alone).
+    pub async fn delete_api_key(&self, workspace: &WorkspaceId, id: &str) -> Result<bool> {
+        dispatch!(self, s => s.delete_api_key(workspace, id).await)
+    }
+
     // --- delivery log ---------------------------------------------------------
 
     /// Deliveries of one workspace, newest first, at most `limit`, strictly

@@ -281,6 +281,10 @@ impl Dialect for PgStore {
          key_hash, key_prefix, created_at) VALUES ($1, $2, $3, $4, $5, $6)";
     const FIND_API_KEY: &'static str =
         "SELECT id, workspace_id, name, key_prefix, created_at FROM api_keys WHERE key_hash = $1";
+    const LIST_API_KEYS: &'static str = "SELECT id, workspace_id, name, key_prefix, created_at \
+         FROM api_keys WHERE workspace_id = $1 ORDER BY created_at, id";
+    const DELETE_API_KEY: &'static str =
+        "DELETE FROM api_keys WHERE workspace_id = $1 AND id = $2";
     const LIST_DELIVERIES: &'static str = concat!(
         rows::delivery_log_select!(),
         "WHERE d.workspace_id = $1 \

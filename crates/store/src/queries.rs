@@ -356,6 +356,28 @@ where
             .transpose()
     }
 
+    async fn list_api_keys(&self, workspace: &WorkspaceId) -> Result<Vec<ApiKeyRecord>> {
+        sqlx::query::<Self::Db>(Self::LIST_API_KEYS)
+            .bind(workspace.as_str())
+            .fetch_all(self.reads())
+            .await?
+            .iter()
+            .map(rows::api_key::<Self>)
+            .collect()
+    }
+
+    async fn delete_api_key(&self, workspace: &WorkspaceId, id: &str) -> Result<bool> {
+        let mut conn = self.writer().await?;
+        let done = sqlx::query::<Self::Db>(Self::DELETE_API_KEY)
+            .bind(workspace.as_str())
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map(|done| Self::rows_affected(&done) == 1)
+            .map_err(crate::StoreError::from);
+        Self::finish_write(conn, done).await
+    }
+
     async fn list_deliveries(
         &self,
         workspace: &WorkspaceId,

@@ -323,6 +323,8 @@ async fn watch_changes(
             notice = consumer.next() => match notice {
                 Some(Ok(delivery)) => {
                     match courier_model::WebhooksChanged::from_slice(&delivery.data) {
+                        // For the API's cache of verified keys, not for workers.
+                        Ok(notice) if notice.changed == courier_model::WebhooksChangedKind::ApiKeys => continue,
                         Ok(notice) => tracing::debug!(workspace_id = %notice.workspace_id, "webhooks changed"),
                         // Reload all the same: a notice is only a hint.
                         Err(error) => tracing::warn!(error = %error, "unreadable change notice"),

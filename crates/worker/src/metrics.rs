@@ -76,6 +76,9 @@ pub struct Metrics {
     pub subscriptions_cached: IntGauge,
     /// Reloads of the matching index (start, change notices, periodic).
     pub subscription_reloads: IntCounterVec,
+    /// 1 while this process's API hears key revocations, and so caches
+    /// the API keys it verified.
+    pub api_key_cache_active: IntGauge,
 }
 
 impl Metrics {
@@ -208,6 +211,10 @@ impl Metrics {
             "courier_subscriptions_cached",
             "Webhooks in this process's matching index (disabled ones too: their deliveries are recorded paused).",
         );
+        let api_key_cache_active = gauge(
+            "courier_api_key_cache_active",
+            "1 while this process hears API key revocations and so caches the keys it verified; 0: every API request reads its key from the ledger.",
+        );
         let held = gauge(
             "courier_deliveries_held",
             "Held deliveries due for an attempt, waiting for room at their endpoint (ledger-wide).",
@@ -274,6 +281,7 @@ impl Metrics {
             messages_acked,
             publish_confirm_seconds,
             subscriptions_cached,
+            api_key_cache_active,
             subscription_reloads,
         }
     }

@@ -15,6 +15,7 @@ use crate::on_both_backends;
 on_both_backends!(
     event_type_catalogue => DEFAULT,
     admin_routes_and_authentication => DEFAULT,
+    keys_are_listed_and_revoked_per_workspace => DEFAULT,
     admin_routes_closed_without_token => Setup { admin_token: None, ..DEFAULT },
 );
 
@@ -112,4 +113,85 @@ async fn admin_routes_closed_without_token(app: Arc<App>) {
 fn keys_are_hashed_with_sha256() {
     assert_eq!(courier_api::keys::hash_key("").len(), 64);
     let _ = NoChanges;
+}
+
+async fn keys_are_listed_and_revoked_per_workspace(app: Arc<App>) {
+    let (ws, key) = app.tenant().await;
+    let (other, other_key) = app.tenant().await;
+    let path = format!("/v1/workspaces/{ws}/api-keys");
+    let (status, body) = app.post(&path, ADMIN, json!({"name": "second"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let second = body["data"]["key"].as_str().unwrap().to_owned();
+
+    let (status, body) = app.get(&path, ADMIN).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let listed = body["data"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{body}");
+    assert_eq!(listed[1]["name"], "second");
+    assert_eq!(listed[1]["keyPrefix"], second[..9]);
+    let text = body.to_string();
+    assert!(
+        !text.contains(&key) && !text.contains(&second),
+        "a list shows no key"
+    );
+    let first_id = listed[0]["id"].as_str().unwrap().to_owned();
+
+    // Admin only; another workspace's key id on this path is not found and
+    // stays valid.
+    let (status, body) = app.get(&path, &key).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, None);
+    let (_, body) = app
+        .get(&format!("/v1/workspaces/{other}/api-keys"), ADMIN)
+        .await;
+    let other_id = body["data"][0]["id"].as_str().unwrap().to_owned();
+    let (status, body) = app
+        .call(
+            Method::DELETE,
+            &format!("{path}/{other_id}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, None);
+    let (status, _) = app
+        .get(&format!("/v1/workspaces/{other}/webhooks"), &other_key)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = app
+        .call(
+            Method::DELETE,
+            &format!("{path}/{first_id}"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, None);
+    let (status, body) = app.get("/v1/workspaces/nope/api-keys", ADMIN).await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, None);
+
+    // Revoked: refused from then on, the other key unaffected.
+    let (status, body) = app
+        .call(
+            Method::DELETE,
+            &format!("{path}/{first_id}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["id"], first_id.as_str());
+    let webhooks = format!("/v1/workspaces/{ws}/webhooks");
+    let (status, body) = app.get(&webhooks, &key).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, None);
+    let (status, _) = app.get(&webhooks, &second).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = app
+        .call(
+            Method::DELETE,
+            &format!("{path}/{first_id}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, None);
 }

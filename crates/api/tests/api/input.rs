@@ -30,6 +30,7 @@ on_both_backends!(
     ingest_keeps_data_byte_for_byte => Setup { broker: true, ..DEFAULT },
     ingest_refuses_data_nested_too_deep => Setup { broker: true, ..DEFAULT },
     ingest_refuses_courier_s_own_event_types => Setup { broker: true, ..DEFAULT },
+    batch_ingest_is_all_or_nothing => Setup { broker: true, ..DEFAULT },
     test_send_sends_caller_data_as_given => DEFAULT,
     names_refuse_control_characters => DEFAULT,
     json_bodies_are_one_object_and_nothing_else => DEFAULT,
@@ -239,6 +240,77 @@ async fn ingest_refuses_courier_s_own_event_types(app: Arc<App>) {
         assert!(message.contains("published by courier itself"), "{message}");
     }
     assert_eq!(app.queue_len(&topology.fanout_queue()).await, 0);
+}
+
+async fn batch_ingest_is_all_or_nothing(app: Arc<App>) {
+    let topology = app.topology.clone().unwrap();
+    let (ws, key) = app.tenant().await;
+    let path = format!("/v1/workspaces/{ws}/events/batch");
+    let fanout = topology.fanout_queue();
+
+    // One bad event refuses the batch, naming it; nothing is published.
+    let refused = [
+        (
+            r#"{"events": [{"type": "order.created", "data": {}}, {"type": "order.nope", "data": {}}]}"#.to_owned(),
+            "events[1].type",
+        ),
+        (
+            r#"{"events": [{"type": "webhook.failing", "data": {}}]}"#.to_owned(),
+            "events[0].type",
+        ),
+        (
+            r#"{"events": [{"type": "order.created", "data": {}, "id": "bad id"}]}"#.to_owned(),
+            "events[0].id",
+        ),
+        (r#"{"events": []}"#.to_owned(), "events"),
+        (
+            format!(
+                r#"{{"events": [{}]}}"#,
+                vec![r#"{"type": "order.created", "data": {}}"#; 1001].join(",")
+            ),
+            "events",
+        ),
+    ];
+    for (body, field) in &refused {
+        let (status, resp) = app.post(&path, &key, body).await;
+        assert_error(status, &resp, StatusCode::UNPROCESSABLE_ENTITY, Some(field));
+    }
+    assert_eq!(app.queue_len(&fanout).await, 0);
+
+    // Accepted: every event confirmed, results in the order sent, data as
+    // it was sent.
+    let body = format!(
+        r#"{{"events": [{{"type": "order.created", "id": "evt_b1", "data": {EXACT_DATA}}},
+            {{"type": "shipment.created", "channel": "web", "data": {{}}}},
+            {{"type": "order.canceled", "id": "evt_b3", "data": {{"n": 3}}}}]}}"#
+    );
+    let (status, resp) = app.post(&path, &key, &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
+    assert!(resp["error"].is_null(), "{resp}");
+    assert_eq!(resp["data"]["accepted"], 3, "{resp}");
+    assert_eq!(resp["data"]["failed"], 0, "{resp}");
+    let results = resp["data"]["events"].as_array().unwrap();
+    assert_eq!(results[0]["id"], "evt_b1");
+    assert_eq!(results[2]["id"], "evt_b3");
+    assert!(results.iter().all(|r| r["accepted"] == true), "{resp}");
+    let generated = results[1]["id"].as_str().unwrap();
+    assert!(generated.starts_with("evt_"), "{generated}");
+
+    let mut published = Vec::new();
+    while let Some(message) = app.take_message(&fanout).await {
+        published.push(Event::from_slice(&message).unwrap());
+    }
+    let mut ids: Vec<&str> = published.iter().map(|e| e.id.as_str()).collect();
+    ids.sort_unstable();
+    let mut want = vec!["evt_b1", generated, "evt_b3"];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+    let first = published
+        .iter()
+        .find(|e| e.id.as_str() == "evt_b1")
+        .unwrap();
+    assert_eq!(first.data.as_str(), EXACT_DATA);
+    assert!(published.iter().all(|e| e.workspace_id.as_str() == ws));
 }
 
 async fn ingest_refuses_data_nested_too_deep(app: Arc<App>) {

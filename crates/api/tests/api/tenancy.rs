@@ -100,6 +100,11 @@ async fn every_route_hides_other_workspaces(app: Arc<App>) {
             Some(json!({"type": "order.created", "data": {}})),
         ),
         (
+            Method::POST,
+            format!("/v1/workspaces/{ws_b}/events/batch"),
+            Some(json!({"events": [{"type": "order.created", "data": {}}]})),
+        ),
+        (
             Method::GET,
             format!("/v1/workspaces/{ws_b}/events/{event}"),
             None,
@@ -110,7 +115,9 @@ async fn every_route_hides_other_workspaces(app: Arc<App>) {
             Some(json!({})),
         ),
     ];
-    assert_eq!(routes.len() + 3, served_routes().len());
+    // The admin routes take no workspace key: event types, workspaces, and
+    // creating, listing and revoking keys.
+    assert_eq!(routes.len() + 5, served_routes().len());
     for (method, path, body) in &routes {
         // Another tenant's key: 404, as if the workspace did not exist.
         let (status, resp) = app
@@ -141,7 +148,9 @@ async fn every_route_hides_other_workspaces(app: Arc<App>) {
             // A link to A's own console, nothing of B's.
             assert_eq!(status, StatusCode::CREATED, "{resp}");
             assert_eq!(resp["data"]["workspaceId"], ws_a.as_str());
-        } else if own.ends_with("/events") && !own.contains("/webhooks/") {
+        } else if (own.ends_with("/events") || own.ends_with("/events/batch"))
+            && !own.contains("/webhooks/")
+        {
             // Ingest into A works without a broker only as far as 503.
             assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{resp}");
         } else {

@@ -346,6 +346,8 @@ pub fn served_routes() -> Vec<(&'static str, &'static str)> {
         ("get", "/v1/event-types"),
         ("post", "/v1/workspaces"),
         ("post", "/v1/workspaces/{ws}/api-keys"),
+        ("get", "/v1/workspaces/{ws}/api-keys"),
+        ("delete", "/v1/workspaces/{ws}/api-keys/{id}"),
         ("get", "/v1/workspaces/{ws}/webhooks"),
         ("post", "/v1/workspaces/{ws}/webhooks"),
         ("get", "/v1/workspaces/{ws}/webhooks/{id}"),
@@ -360,6 +362,7 @@ pub fn served_routes() -> Vec<(&'static str, &'static str)> {
         ("get", "/v1/workspaces/{ws}/deliveries/{id}/attempts"),
         ("post", "/v1/workspaces/{ws}/deliveries/{id}/retry"),
         ("post", "/v1/workspaces/{ws}/events"),
+        ("post", "/v1/workspaces/{ws}/events/batch"),
         ("get", "/v1/workspaces/{ws}/events/{id}"),
         ("post", "/v1/workspaces/{ws}/portal-links"),
     ]
