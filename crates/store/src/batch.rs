@@ -2,10 +2,10 @@
 //! [`WriteOp`]s, see `ledger.rs`) becomes a few set-based statements in one
 //! transaction. Every statement is a round trip (to PostgreSQL's server, or
 //! to the thread of SQLite's connection), so a batch is applied as a few
-//! statements per run of ops rather than a few per op; each backend's
-//! statements take a run's rows as arrays it unrolls (PostgreSQL `UNNEST`,
-//! SQLite `json_each`). Results still come out in input order and match
-//! applying the ops one at a time.
+//! statements per run of ops rather than a few per op: PostgreSQL's take a
+//! run's rows as arrays they unroll (`UNNEST`), SQLite's bind them as the
+//! rows of a multi-row VALUES, in chunks of a few fixed sizes. Results
+//! still come out in input order and match applying the ops one at a time.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

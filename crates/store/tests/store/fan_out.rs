@@ -20,6 +20,7 @@ on_both_backends!(
     fan_out_and_first_attempts_in_one_batch,
     cancel_leaves_final_deliveries_alone,
     delivery_context_with_and_without_subscription,
+    a_large_batch_is_recorded_row_for_row,
 );
 
 async fn fan_out_is_idempotent(db: TestDb) {
@@ -542,4 +543,81 @@ async fn delivery_context_with_and_without_subscription(db: TestDb) {
         .unwrap()
         .unwrap();
     assert_eq!(context.event, plain);
+}
+
+/// A batch larger than any one insert statement (SQLite inserts its rows in
+/// chunks of 256, 64, 16, 4 and 1): 347 events with one delivery each, half
+/// of them attempted in the same batch, every row as written.
+async fn a_large_batch_is_recorded_row_for_row(db: TestDb) {
+    let store = &db.store;
+    let ws = workspace(store).await;
+    let sub = SubscriptionId::generate();
+    let events: Vec<_> = (0..347)
+        .map(|i| {
+            let mut e = event(&ws);
+            e.channel = None;
+            e.data = EventData::from_value(&serde_json::json!({"order_id": format!("o-{i}")}));
+            e
+        })
+        .collect();
+    let mut ops = Vec::new();
+    let mut deliveries = Vec::new();
+    for e in &events {
+        let (op, d) = fan_out(e, &[sub]);
+        ops.push(op);
+        deliveries.push(d[0].0);
+    }
+    let attempts: Vec<AttemptWrite> = deliveries
+        .iter()
+        .step_by(2)
+        .map(|&d| AttemptWrite {
+            error_kind: Some(ErrorKind::Timeout),
+            ..failed_attempt(d, 1)
+        })
+        .collect();
+    ops.extend(attempts.iter().cloned().map(WriteOp::Attempt));
+    let results = store.apply(&ops).await.unwrap();
+    assert_eq!(results.len(), 347 + 174);
+    assert!(
+        results[347..]
+            .iter()
+            .all(|r| *r == WriteResult::Attempt { recorded: true })
+    );
+    assert_eq!(
+        counts(store.delivery_counts().await.unwrap()),
+        HashMap::from([
+            (DeliveryStatus::Retrying, 174),
+            (DeliveryStatus::Pending, 173)
+        ])
+    );
+    for i in [0, 255, 256, 319, 320, 335, 336, 339, 340, 343, 344, 346] {
+        let recorded = store.get_event(&ws, &events[i].id).await.unwrap().unwrap();
+        assert_eq!(recorded.event, events[i]);
+        let delivery = store.get_delivery(deliveries[i]).await.unwrap().unwrap();
+        assert_eq!(delivery.event_id, events[i].id);
+        assert_eq!(delivery.subscription_id, sub);
+        let tried = store.list_attempts(deliveries[i]).await.unwrap();
+        if i % 2 == 0 {
+            let attempt = &attempts[i / 2];
+            assert_eq!(delivery.attempts, 1);
+            assert_eq!(delivery.last_response_status, Some(503));
+            assert_eq!(delivery.next_attempt_at, attempt.next_attempt_at);
+            assert_eq!(tried.len(), 1);
+            assert_eq!(
+                (
+                    tried[0].started_at,
+                    tried[0].error_kind,
+                    tried[0].error.as_deref()
+                ),
+                (
+                    attempt.started_at,
+                    Some(ErrorKind::Timeout),
+                    Some("HTTP 503")
+                )
+            );
+        } else {
+            assert_eq!(delivery.status, DeliveryStatus::Pending);
+            assert!(tried.is_empty());
+        }
+    }
 }
