@@ -253,12 +253,21 @@ impl BenchEnv {
         Ok(command)
     }
 
-    /// Starts `courier serve` as worker number `n` and waits until it
-    /// consumes from both work queues.
-    pub async fn spawn_courier(&self, n: usize) -> anyhow::Result<CourierProcess> {
+    /// Starts `courier serve` as worker number `n`, its HTTP server (API,
+    /// metrics) on `listen` (`http://host:port`) or on a port of its
+    /// choosing.
+    pub async fn spawn_courier(
+        &self,
+        n: usize,
+        listen: Option<&str>,
+    ) -> anyhow::Result<CourierProcess> {
         let log = self.log_path(&format!("serve{n}"));
-        let child = self
-            .command(&log)?
+        let mut command = self.command(&log)?;
+        if let Some(base) = listen {
+            let address = base.trim_start_matches("http://");
+            command.env("COURIER__HTTP__LISTEN", address);
+        }
+        let child = command
             .arg("serve")
             .spawn()
             .with_context(|| format!("could not start {}", self.services.courier.display()))?;

@@ -10,6 +10,7 @@
 
 mod bare;
 mod env;
+mod ingest;
 mod receiver;
 mod report;
 mod scenarios;
@@ -44,19 +45,35 @@ enum Scenario {
     ScaleOut,
     /// lapin + quorum queue + reqwest alone (runs once, not per database).
     BareBound,
+    /// throughput-1's events POSTed to HTTP ingest, one per request, from
+    /// 64 keep-alive clients.
+    #[value(name = "ingest-1")]
+    Ingest1,
+    /// fanout-10's events through HTTP ingest.
+    #[value(name = "ingest-10")]
+    Ingest10,
+    /// throughput-1's events through the batch ingest route (--batch each).
+    IngestBatch,
+    /// latency's rate through HTTP ingest: request-to-202 and
+    /// send-to-receipt percentiles.
+    IngestLatency,
 }
 
 impl Scenario {
     /// Run order: each scenario that is reported relative to another runs
     /// right after it (the load of a shared machine drifts over minutes).
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 11] = [
         Scenario::BareBound,
         Scenario::Throughput1,
+        Scenario::Ingest1,
+        Scenario::IngestBatch,
         Scenario::ScaleOut,
         Scenario::ManySubscriptions,
         Scenario::Fanout10,
+        Scenario::Ingest10,
         Scenario::BadNeighbour,
         Scenario::Latency,
+        Scenario::IngestLatency,
     ];
 }
 
@@ -105,6 +122,9 @@ struct Cli {
     /// Size of each published event in bytes (JSON envelope included).
     #[arg(long, default_value_t = 1024)]
     payload_bytes: usize,
+    /// ingest-batch: events per request (the route takes up to 1,000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    batch: u64,
     /// A scenario that has not drained this long after its last publish
     /// reports "timed out" with what arrived.
     #[arg(long, default_value_t = 120)]
@@ -234,6 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         subscriptions: cli.subscriptions.max(1),
         workspaces: cli.workspaces.max(1),
         payload_bytes: cli.payload_bytes,
+        batch: cli.batch,
         drain_timeout: Duration::from_secs(cli.drain_timeout_secs.max(1)),
         ready_timeout: Duration::from_secs(cli.ready_timeout_secs.max(1)),
     };
@@ -330,6 +351,7 @@ impl Run<'_> {
                 "subscriptions": sizes.subscriptions,
                 "workspaces": sizes.workspaces,
                 "payload_bytes": sizes.payload_bytes,
+                "batch": sizes.batch,
                 "drain_timeout_s": sizes.drain_timeout.as_secs(),
             },
             "repeat": cli.repeat,
@@ -371,6 +393,10 @@ async fn run_round(
                 }
                 Scenario::BadNeighbour => scenarios::bad_neighbour(services, sizes, db).await,
                 Scenario::ScaleOut => scenarios::scale_out(services, sizes, db).await,
+                Scenario::Ingest1 => scenarios::ingest_1(services, sizes, db).await,
+                Scenario::Ingest10 => scenarios::ingest_10(services, sizes, db).await,
+                Scenario::IngestBatch => scenarios::ingest_batch(services, sizes, db).await,
+                Scenario::IngestLatency => scenarios::ingest_latency(services, sizes, db).await,
                 Scenario::BareBound => unreachable!("handled above"),
             };
             if let Some(error) = &outcome.error {
@@ -406,39 +432,58 @@ fn compare(outcomes: &mut [Outcome]) {
             o.events_pct_of_bare = pct(o.events_per_s, bare_events);
             o.deliveries_pct_of_bare = pct(o.deliveries_per_s, bare_deliveries);
         }
-        let baseline = match scenario.as_str() {
-            "many-subscriptions" | "scale-out" => {
-                find(outcomes, "throughput-1", &db).map(|(_, d)| ("throughput-1", d, 1.0, 1.0))
-            }
-            "bad-neighbour" => {
-                find(outcomes, "fanout-10", &db).map(|(_, d)| ("fanout-10", d, 8.0, 10.0))
-            }
-            _ => None,
-        };
+        let baseline = baseline_of(&scenario);
+        let base = baseline.and_then(|(name, _, _)| {
+            let i = outcomes
+                .iter()
+                .position(|o| o.scenario == name && o.db == db)?;
+            Some((name, outcomes[i].deliveries_per_s, cost(&outcomes[i])))
+        });
         let o = &mut outcomes[i];
-        match baseline {
-            Some((name, base, ours_per, base_per)) => {
+        match (baseline, base) {
+            (Some((_, ours_per, base_per)), Some((name, rate, base_cost))) => {
+                let key = name.replace('-', "_");
                 let per_endpoint = pct(
                     o.deliveries_per_s.map(|d| d / ours_per),
-                    base.map(|d| d / base_per),
+                    rate.map(|d| d / base_per),
                 );
                 if let Some(p) = per_endpoint {
-                    o.extra(&format!("pct_of_{}", name.replace('-', "_")), p);
+                    o.extra(&format!("pct_of_{key}"), p);
+                }
+                if scenario.starts_with("ingest")
+                    && let (Some(ours), Some(theirs)) = (cost(o), base_cost)
+                    && theirs > 0.0
+                {
+                    o.extra(&format!("cpu_x_of_{key}"), ours / theirs);
                 }
             }
-            None if matches!(
-                scenario.as_str(),
-                "many-subscriptions" | "scale-out" | "bad-neighbour"
-            ) =>
-            {
-                let name = if scenario == "bad-neighbour" {
-                    "fanout-10"
-                } else {
-                    "throughput-1"
-                };
-                o.remark(format!("run {name} too for a comparison"));
-            }
-            None => {}
+            (Some((name, _, _)), None) => o.remark(format!("run {name} too for a comparison")),
+            (None, _) => {}
         }
     }
+}
+
+/// The scenario a scenario is compared with, and the deliveries per healthy
+/// endpoint of each (ours, theirs).
+fn baseline_of(scenario: &str) -> Option<(&'static str, f64, f64)> {
+    match scenario {
+        "many-subscriptions" | "scale-out" | "ingest-1" | "ingest-batch" => {
+            Some(("throughput-1", 1.0, 1.0))
+        }
+        "ingest-10" => Some(("fanout-10", 1.0, 1.0)),
+        // Two of its ten endpoints are the bad neighbours.
+        "bad-neighbour" => Some(("fanout-10", 8.0, 10.0)),
+        _ => None,
+    }
+}
+
+/// courier's and the database's CPU seconds per 1,000 deliveries: what an
+/// ingested delivery costs against a published one.
+fn cost(o: &report::Outcome) -> Option<f64> {
+    let database = o
+        .extra
+        .get("database_cpu_s_per_1000")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.0);
+    o.cpu_s_per_1000.map(|courier| courier + database)
 }

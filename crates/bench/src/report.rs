@@ -146,7 +146,24 @@ fn describe(o: &Outcome) -> Vec<String> {
         }
         notes.push(note);
     }
-    if o.scenario == "latency" {
+    if let Some(requests) = f("ingest_requests_per_s") {
+        notes.push(format!(
+            "ingest {requests:.0} req/s of {} event(s), ms to 202 p50 {} p99 {} max {}",
+            f("events_per_request").unwrap_or(1.0),
+            ms(f("ingest_p50_ms")),
+            ms(f("ingest_p99_ms")),
+            ms(f("ingest_max_ms")),
+        ));
+    }
+    for (key, name) in [
+        ("cpu_x_of_throughput_1", "throughput-1"),
+        ("cpu_x_of_fanout_10", "fanout-10"),
+    ] {
+        if let Some(x) = f(key) {
+            notes.push(format!("courier+db CPU {x:.2}x {name}'s"));
+        }
+    }
+    if o.scenario == "latency" || o.scenario == "ingest-latency" {
         notes.push(format!(
             "ms p50 {} p95 {} p99 {} max {} at {}/s",
             ms(f("latency_p50_ms")),

@@ -15,6 +15,7 @@ use futures_util::stream::{self, BoxStream};
 use serde_json::json;
 
 use crate::env::{BenchEnv, CourierProcess, Db, PartsCpu, Services};
+use crate::ingest;
 use crate::receiver::{Behavior, Receivers, Recorder, Window};
 use crate::report::{Outcome, Status};
 
@@ -36,6 +37,8 @@ pub struct Sizes {
     pub workspaces: u64,
     /// Size of one published event, JSON envelope included.
     pub payload_bytes: usize,
+    /// ingest-batch: events per request.
+    pub batch: u64,
     /// How long after the last publish the receivers may take to get
     /// everything before the scenario reports "timed out".
     pub drain_timeout: Duration,
@@ -59,13 +62,33 @@ pub fn padding(payload_bytes: usize) -> anyhow::Result<String> {
 }
 
 /// What publishing achieved.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Published {
     pub accepted: u64,
     pub failed: u64,
     pub first_error: Option<String>,
     pub start_us: u64,
     pub end_us: u64,
+}
+
+/// 0..count, at once or `rate` per second.
+pub fn paced(count: u64, rate: Option<f64>) -> BoxStream<'static, u64> {
+    match rate {
+        None => stream::iter(0..count).boxed(),
+        Some(rate) => {
+            let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            // Catch up after a stall so the average rate holds.
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            stream::unfold((0u64, interval), move |(seq, mut interval)| async move {
+                if seq >= count {
+                    return None;
+                }
+                interval.tick().await;
+                Some((seq, (seq + 1, interval)))
+            })
+            .boxed()
+        }
+    }
 }
 
 /// Publishes `events` events (`data.seq` = 0..events, `data.t_us` = the
@@ -80,22 +103,7 @@ pub async fn publish(
     pad: &str,
     deadline: Duration,
 ) -> Published {
-    let seqs: BoxStream<'static, u64> = match rate {
-        None => stream::iter(0..events).boxed(),
-        Some(rate) => {
-            let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-            // Catch up after a stall so the average rate holds.
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            stream::unfold((0u64, interval), move |(seq, mut interval)| async move {
-                if seq >= events {
-                    return None;
-                }
-                interval.tick().await;
-                Some((seq, (seq + 1, interval)))
-            })
-            .boxed()
-        }
-    };
+    let seqs = paced(events, rate);
     let mut published = Published {
         start_us: recorder.now_us(),
         ..Published::default()
@@ -191,6 +199,17 @@ struct Shape {
     /// the workers drain that backlog: what they can do with the whole
     /// machine, none of it taken by the producer.
     backlog: bool,
+    via: Via,
+}
+
+/// How the events reach courier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// Published to the events exchange with confirms, as courier-producer does.
+    Amqp,
+    /// POSTed to courier's HTTP ingest, this many events per request (1:
+    /// the single-event route).
+    Http { per_request: u64 },
 }
 
 pub async fn throughput_1(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
@@ -206,6 +225,7 @@ pub async fn throughput_1(services: &Services, sizes: &Sizes, db: Db) -> Outcome
             events: sizes.events,
             rate: None,
             backlog: false,
+            via: Via::Amqp,
         },
     )
     .await
@@ -226,6 +246,7 @@ pub async fn scale_out(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
         events: sizes.events,
         rate: None,
         backlog,
+        via: Via::Amqp,
     };
     let mut live = run(services, sizes, db, shape(2, false)).await;
     let one = run(services, sizes, db, shape(1, true)).await;
@@ -279,6 +300,7 @@ pub async fn fanout_10(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
             events: sizes.fanout_events,
             rate: None,
             backlog: false,
+            via: Via::Amqp,
         },
     )
     .await
@@ -300,6 +322,7 @@ pub async fn bad_neighbour(services: &Services, sizes: &Sizes, db: Db) -> Outcom
             events: sizes.fanout_events,
             rate: None,
             backlog: false,
+            via: Via::Amqp,
         },
     )
     .await
@@ -318,9 +341,58 @@ pub async fn latency(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
             events: (sizes.rate * sizes.duration.as_secs_f64()).round() as u64,
             rate: Some(sizes.rate),
             backlog: false,
+            via: Via::Amqp,
         },
     )
     .await
+}
+
+/// throughput-1's load through HTTP ingest, one event per request.
+pub async fn ingest_1(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
+    let shape = http_shape("ingest-1", 1, sizes.events, None, 1);
+    run(services, sizes, db, shape).await
+}
+
+/// fanout-10's load through HTTP ingest, one event per request.
+pub async fn ingest_10(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
+    let shape = http_shape("ingest-10", 10, sizes.fanout_events, None, 1);
+    run(services, sizes, db, shape).await
+}
+
+/// throughput-1's load through the batch route, `sizes.batch` events a
+/// request.
+pub async fn ingest_batch(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
+    let shape = http_shape("ingest-batch", 1, sizes.events, None, sizes.batch);
+    run(services, sizes, db, shape).await
+}
+
+/// latency's fixed rate through HTTP ingest: request-to-202 and
+/// send-to-receipt percentiles.
+pub async fn ingest_latency(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
+    let events = (sizes.rate * sizes.duration.as_secs_f64()).round() as u64;
+    let shape = http_shape("ingest-latency", 1, events, Some(sizes.rate), 1);
+    run(services, sizes, db, shape).await
+}
+
+/// One worker, `receivers` healthy receivers in one workspace, events sent
+/// through HTTP ingest.
+fn http_shape(
+    name: &'static str,
+    receivers: usize,
+    events: u64,
+    rate: Option<f64>,
+    per_request: u64,
+) -> Shape {
+    Shape {
+        name,
+        workers: 1,
+        behaviors: vec![Behavior::Ok; receivers],
+        layout: Layout::OneWorkspace,
+        events,
+        rate,
+        backlog: false,
+        via: Via::Http { per_request },
+    }
 }
 
 pub async fn many_subscriptions(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
@@ -340,6 +412,7 @@ pub async fn many_subscriptions(services: &Services, sizes: &Sizes, db: Db) -> O
             events: sizes.events,
             rate: None,
             backlog: false,
+            via: Via::Amqp,
         },
     )
     .await
@@ -390,8 +463,31 @@ async fn measure(
     let store = env.store().await?;
     let setup = tokio::time::Instant::now();
     let route = subscribe(&store, &shape.layout, receivers.urls()).await;
+    let http = match (shape.via, &route) {
+        (Via::Http { per_request }, Ok(route)) => {
+            let workspace = route(0).0;
+            let key = courier_api::keys::create_api_key(&store, &workspace, Some("bench"))
+                .await
+                .map(|(key, _)| key)
+                .map_err(|e| anyhow::anyhow!("could not create an API key: {e}"));
+            let port = ingest::free_port();
+            Some(key.and_then(|key| {
+                let base = format!("http://127.0.0.1:{}", port?);
+                Ok((
+                    ingest::Target {
+                        base,
+                        workspace,
+                        key,
+                    },
+                    per_request,
+                ))
+            }))
+        }
+        _ => None,
+    };
     store.close().await;
     let route = route?;
+    let http = http.transpose()?;
     env.settle_database().await?;
     outcome.extra("setup_s", setup.elapsed().as_secs_f64());
 
@@ -415,7 +511,24 @@ async fn measure(
         )
         .await;
         connection.close(200, "".into()).await.ok();
-        anyhow::Ok(published)
+        anyhow::Ok((published, None))
+    };
+    // Through HTTP ingest instead, when the shape says so.
+    let publish_all = || async {
+        let Some((target, per_request)) = &http else {
+            return publish_all().await;
+        };
+        let sent = ingest::ingest(
+            target,
+            &recorder,
+            shape.events,
+            *per_request,
+            shape.rate,
+            &pad,
+            publish_deadline,
+        )
+        .await?;
+        anyhow::Ok((sent.published.clone(), Some(sent)))
     };
 
     let mut backlog = None;
@@ -426,12 +539,19 @@ async fn measure(
     let spawned_us = recorder.now_us();
     let mut processes = Vec::with_capacity(shape.workers);
     for n in 0..shape.workers {
-        processes.push(env.spawn_courier(n).await?);
+        let listen = http
+            .as_ref()
+            .filter(|_| n == 0)
+            .map(|(t, _)| t.base.as_str());
+        processes.push(env.spawn_courier(n, listen).await?);
     }
     let mut before = (sample_all(&processes)?, PartsCpu::now());
     let ready = env.wait_ready(&mut processes, sizes.ready_timeout).await?;
+    if let Some((target, _)) = &http {
+        ingest::wait_answering(&target.base, sizes.ready_timeout).await?;
+    }
     outcome.extra("courier_ready_s", ready.as_secs_f64());
-    let published = match backlog {
+    let (published, ingested) = match backlog {
         // Workers consume from the moment they attach: their CPU counts
         // from their start (loading a few subscriptions costs next to
         // nothing).
@@ -441,6 +561,9 @@ async fn measure(
             publish_all().await?
         }
     };
+    if let (Some(sent), Some((_, per_request))) = (&ingested, &http) {
+        ingest::figures(outcome, sent, *per_request);
+    }
     let drained = wait_drained(&recorder, expected, sizes.drain_timeout).await;
     let (after, parts) = (sample_all(&processes)?, PartsCpu::now());
     let (before, parts_before) = before;
@@ -474,7 +597,7 @@ async fn measure(
     outcome.extra("duplicates", duplicates as u64);
 
     match shape.name {
-        "latency" => latency_figures(outcome, &arrivals, shape),
+        "latency" | "ingest-latency" => latency_figures(outcome, &arrivals, shape),
         "bad-neighbour" => {
             let late = arrivals.iter().filter(|a| a.receiver == 0).count();
             let broken = arrivals.iter().filter(|a| a.receiver == 1).count();
