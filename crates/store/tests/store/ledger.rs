@@ -150,6 +150,7 @@ async fn ledger_shutdown_flushes_queued_writes(db: TestDb) {
         store.clone(),
         LedgerOptions {
             max_batch: 8,
+            sqlite_max_batch: 8,
             ..LedgerOptions::default()
         },
     );
