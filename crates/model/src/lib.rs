@@ -9,6 +9,7 @@
 pub mod event;
 pub mod event_type;
 pub mod ids;
+pub mod index;
 pub mod message;
 pub mod notice;
 pub mod outcome;
@@ -20,13 +21,14 @@ pub mod url;
 pub use event::{Event, EventData, EventError, MAX_DATA_DEPTH, MAX_EVENT_BYTES};
 pub use event_type::{EventType, UnknownEventType};
 pub use ids::{DeliveryId, EventId, IdError, SubscriptionId, WorkspaceId};
+pub use index::{Indexed, SubscriptionIndex, SubscriptionIndexBuilder};
 pub use message::{DeliveryMessage, MessageError, WebhooksChanged, WebhooksChangedKind};
 pub use outcome::{AttemptResult, Decision, DeliveryStatus, ErrorKind, classify};
 pub use retry::{RetryPolicy, RetryPolicyError, parse_retry_after};
 pub use signing::{SecretError, WebhookSecret, sign_headers};
 pub use subscription::{
-    Channel, Disabled, DisabledReason, RateLimit, Subscription, SubscriptionIndex,
-    SubscriptionStatus, ValidationError, WebhookSettings, validate_name,
+    Channel, DeliveryTarget, Disabled, DisabledReason, RateLimit, Subscription, SubscriptionStatus,
+    ValidationError, WebhookSettings, validate_name,
 };
 pub use url::{UrlError, WebhookUrl};
 

@@ -64,14 +64,24 @@ impl WebhookSecret {
 
     /// `v1,<base64 signature>` of one message.
     pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key size");
-        mac.update(msg_id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+        sign_with_key(&self.key, msg_id, timestamp, body)
     }
+
+    /// The decoded key that signs (the subscription index keeps only this).
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+/// `v1,<base64 signature>` of one message, signed with a decoded key.
+pub(crate) fn sign_with_key(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key size");
+    mac.update(msg_id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
 impl fmt::Debug for WebhookSecret {

@@ -1,9 +1,7 @@
 //! Subscriptions ("webhooks") and the matching rule: enabled, same workspace,
 //! lists the event type, and lists no channels or the event's channel.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -208,7 +206,7 @@ pub struct Subscription {
 }
 
 /// A webhook's own settings; `None` (or empty) takes courier's default.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct WebhookSettings {
     /// Free text for the people who manage it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -229,7 +227,7 @@ pub struct WebhookSettings {
 }
 
 /// A request-rate limit: `per_second` on average, up to `burst` at once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RateLimit {
     pub per_second: u32,
     pub burst: u32,
@@ -298,95 +296,56 @@ impl Subscription {
     }
 }
 
-/// Subscriptions (enabled and disabled) indexed by (workspace, event type)
-/// and then by channel, so that matching an event costs its matches, not
-/// every subscription of the workspace. Disabled ones are there so that
-/// their deliveries are recorded, paused, instead of never existing.
-#[derive(Debug, Default)]
-pub struct SubscriptionIndex {
-    by_key: HashMap<(WorkspaceId, EventType), Listeners>,
-    len: usize,
+/// What an attempt needs of a webhook: where to POST, with which of its
+/// settings, and how to sign. A [`Subscription`] read from the ledger is
+/// one (the delivery stage), and so is a match of the
+/// [`SubscriptionIndex`](crate::SubscriptionIndex) (the fan-out), which
+/// keeps only this much of each webhook.
+pub trait DeliveryTarget: Send + Sync {
+    fn id(&self) -> SubscriptionId;
+    fn workspace_id(&self) -> &WorkspaceId;
+    fn url(&self) -> &WebhookUrl;
+    /// The settings attempts use (the index leaves the description out).
+    fn settings(&self) -> &WebhookSettings;
+    /// The `webhook-signature` value of message `msg_id` sent at `at`: one
+    /// `v1,` signature per secret signing then ([`Subscription::signing_secrets`]).
+    fn signature(&self, msg_id: &str, at: DateTime<Utc>, body: &[u8]) -> String;
 }
 
-/// The subscriptions to one event type of one workspace.
-#[derive(Debug, Default)]
-struct Listeners {
-    /// Those that list no channels: every channel.
-    every_channel: Vec<Arc<Subscription>>,
-    /// Those that list channels, under each of them.
-    by_channel: HashMap<Channel, Vec<Arc<Subscription>>>,
-}
-
-impl SubscriptionIndex {
-    pub fn new(subscriptions: impl IntoIterator<Item = Subscription>) -> Self {
-        let mut index = Self::default();
-        for sub in subscriptions {
-            index.insert(sub);
-        }
-        index
+impl DeliveryTarget for Subscription {
+    fn id(&self) -> SubscriptionId {
+        self.id
     }
 
-    /// Adds one subscription.
-    pub fn insert(&mut self, sub: Subscription) {
-        let sub = Arc::new(sub);
-        for &ty in &sub.event_types {
-            let listeners = self
-                .by_key
-                .entry((sub.workspace_id.clone(), ty))
-                .or_default();
-            if sub.channels.is_empty() {
-                listeners.every_channel.push(Arc::clone(&sub));
-            }
-            // Each channel once, even if listed twice.
-            let channels: std::collections::BTreeSet<&Channel> = sub.channels.iter().collect();
-            for channel in channels {
-                listeners
-                    .by_channel
-                    .entry(channel.clone())
-                    .or_default()
-                    .push(Arc::clone(&sub));
-            }
-        }
-        self.len += 1;
+    fn workspace_id(&self) -> &WorkspaceId {
+        &self.workspace_id
     }
 
-    /// Subscriptions indexed.
-    pub fn len(&self) -> usize {
-        self.len
+    fn url(&self) -> &WebhookUrl {
+        &self.url
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    fn settings(&self) -> &WebhookSettings {
+        &self.settings
     }
 
-    /// The subscriptions that listen to the event
-    /// ([`Subscription::listens_to`]), disabled ones included.
-    pub fn matching(&self, event: &Event) -> Vec<Arc<Subscription>> {
-        let key = (event.workspace_id.clone(), event.event_type);
-        let Some(listeners) = self.by_key.get(&key) else {
-            return Vec::new();
-        };
-        let of_channel = event
-            .channel
-            .as_ref()
-            .and_then(|c| listeners.by_channel.get(c))
-            .map_or(&[][..], Vec::as_slice);
-        // Each subscription is in at most one of the two lists.
-        listeners
-            .every_channel
-            .iter()
-            .chain(of_channel)
-            .cloned()
-            .collect()
+    fn signature(&self, msg_id: &str, at: DateTime<Utc>, body: &[u8]) -> String {
+        crate::sign_headers(self.signing_secrets(at), msg_id, at.timestamp(), body)
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::SubscriptionIndex;
     use serde_json::json;
 
-    fn sub(ws: &str, types: &[EventType], channels: &[&str], enabled: bool) -> Subscription {
+    pub(crate) fn sub(
+        ws: &str,
+        types: &[EventType],
+        channels: &[&str],
+        enabled: bool,
+    ) -> Subscription {
         let now = Utc::now();
         Subscription {
             id: SubscriptionId::generate(),
@@ -416,7 +375,7 @@ mod tests {
         }
     }
 
-    fn event(ws: &str, ty: EventType, channel: Option<&str>) -> Event {
+    pub(crate) fn event(ws: &str, ty: EventType, channel: Option<&str>) -> Event {
         Event::new(
             WorkspaceId::parse(ws).unwrap(),
             ty,
@@ -477,8 +436,8 @@ mod tests {
             let mut from_index: Vec<_> = index
                 .matching(&e)
                 .iter()
-                .filter(|s| s.status == SubscriptionStatus::Enabled)
-                .map(|s| s.id)
+                .filter(|s| s.is_enabled())
+                .map(|s| s.id())
                 .collect();
             let mut expected = names(&e);
             from_index.sort();

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_model::{AttemptResult, ErrorKind, Subscription, WebhookUrl};
+use courier_model::{AttemptResult, DeliveryTarget, ErrorKind, WebhookUrl};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
@@ -152,17 +152,17 @@ impl WebhookClient {
     /// client's).
     pub async fn send_for(
         &self,
-        subscription: &Subscription,
+        subscription: &(impl DeliveryTarget + ?Sized),
         webhook: SignedWebhook,
     ) -> HttpOutcome {
-        let settings = &subscription.settings;
+        let settings = subscription.settings();
         let options = SendOptions {
             timeout: settings
                 .timeout_ms
                 .map(|ms| Duration::from_millis(u64::from(ms))),
         };
         self.send_with(
-            &subscription.url,
+            subscription.url(),
             webhook.with_headers(&settings.headers),
             options,
         )
@@ -342,6 +342,7 @@ fn excerpt_text(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use courier_model::Subscription;
 
     #[test]
     fn kept_headers_are_bounded_text() {

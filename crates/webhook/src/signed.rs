@@ -2,7 +2,7 @@
 //! receiver check where it came from.
 
 use chrono::{DateTime, Utc};
-use courier_model::{Subscription, sign_headers};
+use courier_model::DeliveryTarget;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// A signed webhook: `webhook-id`, `webhook-timestamp` and
@@ -20,18 +20,13 @@ impl SignedWebhook {
     /// Receivers deduplicate on `webhook_id`: it must stay the same across
     /// the attempts of one delivery.
     pub fn new(
-        subscription: &Subscription,
+        subscription: &(impl DeliveryTarget + ?Sized),
         webhook_id: &str,
         at: DateTime<Utc>,
         body: Vec<u8>,
     ) -> Self {
         let timestamp = at.timestamp();
-        let signature = sign_headers(
-            subscription.signing_secrets(at),
-            webhook_id,
-            timestamp,
-            &body,
-        );
+        let signature = subscription.signature(webhook_id, at, &body);
         let mut headers = HeaderMap::with_capacity(3);
         headers.insert("webhook-id", header_value(webhook_id));
         headers.insert("webhook-timestamp", HeaderValue::from(timestamp));

@@ -17,7 +17,7 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use courier_model::{Event, Subscription, SubscriptionIndex};
+use courier_model::{SubscriptionIndex, SubscriptionIndexBuilder};
 use courier_store::{Store, StoreError, SubscriptionsFingerprint};
 
 /// The least time between the starts of two checks against the ledger.
@@ -41,16 +41,18 @@ pub struct SubscriptionCache {
 impl SubscriptionCache {
     /// Reloads every subscription (disabled ones too) from the ledger and swaps the
     /// index in one step, so a fan-out sees either the old set or the new.
-    /// Rows stream straight into the new index: a large set is never held
-    /// twice. Returns how many it loaded.
+    /// Rows stream straight into the new index, which keeps only what
+    /// matching and attempts need of each: a large set is never held
+    /// whole, as rows or as subscriptions. Returns how many it loaded.
     pub async fn reload(&self, store: &Store) -> Result<usize, StoreError> {
         // Read first: a change made during the load shows up as a newer
         // version at the next check.
         let version = store.subscriptions_fingerprint().await?;
-        let mut index = SubscriptionIndex::default();
+        let mut builder = SubscriptionIndexBuilder::default();
         store
-            .for_each_subscription(&mut |sub| index.insert(sub))
+            .for_each_subscription(&mut |sub| builder.insert(&sub))
             .await?;
+        let index = builder.build();
         let len = index.len();
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         // Two reloads may overlap (a notice, a check): the later version
@@ -103,9 +105,10 @@ impl SubscriptionCache {
         Ok(reloaded)
     }
 
-    pub fn matching(&self, event: &Event) -> Vec<Arc<Subscription>> {
-        let index = Arc::clone(&self.index.read().unwrap_or_else(|e| e.into_inner()));
-        index.matching(event)
+    /// The index as loaded now; a fan-out matches its event against it and
+    /// keeps it while it delivers (a reload meanwhile swaps in another).
+    pub fn snapshot(&self) -> Arc<SubscriptionIndex> {
+        Arc::clone(&self.index.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn loaded_version(&self) -> Option<SubscriptionsFingerprint> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use courier_model::{
-    AttemptResult, Decision, DeliveryMessage, DeliveryStatus, Event, Subscription, classify,
+    AttemptResult, Decision, DeliveryMessage, DeliveryStatus, DeliveryTarget, Event, classify,
     parse_retry_after,
 };
 use courier_store::AttemptWrite;
@@ -23,7 +23,7 @@ impl Pipeline {
     pub(super) async fn attempt(
         &self,
         event: &Event,
-        subscription: &Subscription,
+        subscription: &dyn DeliveryTarget,
         msg: &DeliveryMessage,
         mut slot: Slot,
     ) -> Attempted {
@@ -46,7 +46,7 @@ impl Pipeline {
             about!(
                 warn,
                 About::Delivery(msg),
-                url = %subscription.url,
+                url = %subscription.url(),
                 "endpoint failed {} attempts in a row; circuit open, its deliveries are held",
                 crate::limits::FAILURES_TO_OPEN
             );
@@ -61,7 +61,7 @@ impl Pipeline {
         let retry = self
             .config
             .retry
-            .with_max_attempts(subscription.settings.max_attempts);
+            .with_max_attempts(subscription.settings().max_attempts);
         let decision = classify(
             outcome.result,
             msg.attempt,
@@ -101,7 +101,7 @@ impl Pipeline {
             write: AttemptWrite {
                 delivery_id: msg.delivery_id,
                 attempt: msg.attempt,
-                url: subscription.url.to_string(),
+                url: subscription.url().to_string(),
                 started_at,
                 duration_ms: outcome.duration.as_millis().min(u32::MAX as u128) as u32,
                 response_status,

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::Utc;
-use courier_model::{DeliveryId, DeliveryMessage, Event, SubscriptionId, SubscriptionStatus};
+use courier_model::{DeliveryId, DeliveryMessage, Event, SubscriptionId};
 use courier_producer::PublishError;
 use courier_store::{StoreError, WriteOp, WriteResult};
 use futures_util::StreamExt;
@@ -131,16 +131,16 @@ impl Pipeline {
         if let Some(n) = reloaded {
             self.count_reload("catch_up", n);
         }
-        let (matches, disabled): (Vec<_>, Vec<_>) = self
-            .subscriptions
+        let index = self.subscriptions.snapshot();
+        let (matches, disabled): (Vec<_>, Vec<_>) = index
             .matching(event)
             .into_iter()
-            .partition(|s| s.status == SubscriptionStatus::Enabled);
+            .partition(|s| s.is_enabled());
         // A disabled webhook's deliveries are recorded paused: nothing is
         // sent until it is enabled again, and nothing is lost meanwhile.
         let paused: Vec<(DeliveryId, SubscriptionId)> = disabled
             .iter()
-            .map(|s| (DeliveryId::derive(&event.id, s.id), s.id))
+            .map(|s| (DeliveryId::derive(&event.id, s.id()), s.id()))
             .collect();
         if matches.is_empty() {
             // Nothing to deliver. The event is recorded all the same, so
@@ -159,7 +159,7 @@ impl Pipeline {
         }
         let deliveries: Vec<(DeliveryId, SubscriptionId)> = matches
             .iter()
-            .map(|s| (DeliveryId::derive(&event.id, s.id), s.id))
+            .map(|s| (DeliveryId::derive(&event.id, s.id()), s.id()))
             .collect();
 
         // First attempts go out now to endpoints that answer quickly and
@@ -181,7 +181,7 @@ impl Pipeline {
         let mut running = FuturesUnordered::new();
         let mut attempting = Vec::new();
         for (subscription, &(delivery_id, _)) in matches.iter().zip(&deliveries) {
-            let msg = DeliveryMessage::new(delivery_id, event.id.clone(), subscription.id, 1);
+            let msg = DeliveryMessage::new(delivery_id, event.id.clone(), subscription.id(), 1);
             if inline {
                 attempting.push(msg.clone());
                 running.push(self.first_attempt(event, subscription, msg));

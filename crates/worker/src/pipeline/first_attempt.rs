@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use courier_model::{DeliveryMessage, Event, Subscription};
+use courier_model::{DeliveryMessage, DeliveryTarget, Event};
 use courier_store::WriteOp;
 use tracing::Instrument;
 
@@ -25,7 +25,7 @@ impl Pipeline {
     pub(super) async fn first_attempt(
         &self,
         event: &Event,
-        subscription: &Subscription,
+        subscription: &dyn DeliveryTarget,
         msg: DeliveryMessage,
     ) -> First {
         let span = delivery_span(&msg);
@@ -37,14 +37,14 @@ impl Pipeline {
             // Over its rate limit: held, and released at the rate.
             if self
                 .rates
-                .take(subscription.id, subscription.settings.rate_limit)
+                .take(subscription.id(), subscription.settings().rate_limit)
                 .is_err()
             {
                 return First::Hold(msg);
             }
             let slot = match self
                 .endpoints
-                .acquire_quick(subscription.url.as_str(), subscription.id)
+                .acquire_quick(subscription.url().as_str(), subscription.id())
                 .await
             {
                 Ok(slot) => slot,

@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use courier_model::{
-    Decision, DeliveryMessage, DisabledReason, Event, Subscription, SubscriptionId, WorkspaceId,
-    notice,
+    Decision, DeliveryMessage, DeliveryTarget, DisabledReason, Event, Subscription, SubscriptionId,
+    WorkspaceId, notice,
 };
 use courier_store::Disabling;
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
@@ -308,13 +308,17 @@ impl Pipeline {
     /// disabled now, before the attempt is recorded, so that its
     /// outstanding deliveries (and this one, should the worker die before
     /// recording it) are paused rather than attempted again.
-    pub(super) async fn webhook_gone(&self, subscription: &Subscription, msg: &DeliveryMessage) {
+    pub(super) async fn webhook_gone(
+        &self,
+        subscription: &dyn DeliveryTarget,
+        msg: &DeliveryMessage,
+    ) {
         let now = Utc::now();
         let result = self
             .durably("disabling a gone webhook", About::Delivery(msg), || {
                 self.disable(
-                    &subscription.workspace_id,
-                    subscription.id,
+                    subscription.workspace_id(),
+                    subscription.id(),
                     DisabledReason::Gone,
                     now,
                     None,
