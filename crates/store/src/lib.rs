@@ -401,6 +401,14 @@ impl Store {
         dispatch!(self, s => s.insert_subscription(sub).await)
     }
 
+    /// Inserts many subscriptions in one transaction, each row exactly as
+    /// [`Store::insert_subscription`] writes it, several hundred to a
+    /// statement (the bench sets up a million this way). Nothing is
+    /// inserted if one is refused.
+    pub async fn insert_subscriptions(&self, subs: &[Subscription]) -> Result<()> {
+        dispatch!(self, s => s.insert_subscriptions(subs).await)
+    }
+
     /// Scoped to the workspace: another workspace's id is `None`.
     pub async fn get_subscription(
         &self,

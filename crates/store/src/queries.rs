@@ -90,24 +90,45 @@ where
 
     async fn insert_subscription(&self, sub: &Subscription) -> Result<()> {
         let mut conn = self.writer().await?;
-        let done = sqlx::query::<Self::Db>(Self::INSERT_SUBSCRIPTION)
-            .bind(Self::uuid(sub.id.0))
-            .bind(sub.workspace_id.as_str())
-            .bind(sub.name.as_str())
-            .bind(sub.url.as_str())
-            .bind(Self::list(rows::event_type_names(&sub.event_types)))
-            .bind(Self::list(rows::channel_names(&sub.channels)))
-            .bind(sub.secret.expose())
-            .bind(sub.previous_secret.as_ref().map(|s| s.expose()))
-            .bind(sub.previous_secret_expires_at.as_ref().map(Self::ts))
-            .bind(sub.status.as_str())
-            .bind(Self::ts(&sub.created_at))
-            .bind(Self::ts(&sub.updated_at));
-        let done = rows::bind_lifecycle::<Self>(done, sub)
+        let query = sqlx::query::<Self::Db>(Self::INSERT_SUBSCRIPTION);
+        let done = rows::bind_subscription_insert::<Self>(query, sub)
             .execute(&mut *conn)
             .await
             .map_err(|e| refused(e, "subscription"));
         Self::finish_write(conn, done.map(|_| ())).await
+    }
+
+    /// Inserts many subscriptions in one transaction, rows exactly as
+    /// [`Queries::insert_subscription`] writes them ([`rows::bulk_rows`] to a
+    /// statement).
+    async fn insert_subscriptions(&self, subs: &[Subscription]) -> Result<()> {
+        if subs.is_empty() {
+            return Ok(());
+        }
+        let per_statement = rows::bulk_rows(Self::INSERT_SUBSCRIPTION);
+        let full = rows::multi_row_insert(Self::INSERT_SUBSCRIPTION, per_statement);
+        let mut tx = self.begin().await?;
+        let result: Result<()> = async {
+            for chunk in subs.chunks(per_statement) {
+                let sql = if chunk.len() == per_statement {
+                    full.clone()
+                } else {
+                    rows::multi_row_insert(Self::INSERT_SUBSCRIPTION, chunk.len())
+                };
+                // Built from the statement's own text and numbers alone.
+                let mut query = sqlx::query::<Self::Db>(sqlx::AssertSqlSafe(sql));
+                for sub in chunk {
+                    query = rows::bind_subscription_insert::<Self>(query, sub);
+                }
+                query
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| refused(e, "subscription"))?;
+            }
+            Ok(())
+        }
+        .await;
+        finish(tx, result).await
     }
 
     async fn get_subscription(

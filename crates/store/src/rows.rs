@@ -153,6 +153,77 @@ where
         .bind(settings.rate_limit.map(|r| i64::from(r.burst)))
 }
 
+/// Binds, after what `query` has bound already, every column of `sub` in
+/// the order of `Dialect::INSERT_SUBSCRIPTION`'s VALUES: the one place
+/// that says what creating a subscription writes, for one row or many.
+pub(crate) fn bind_subscription_insert<'q, D: Dialect>(
+    query: sqlx::query::Query<'q, D::Db, <D::Db as sqlx::Database>::Arguments>,
+    sub: &'q Subscription,
+) -> sqlx::query::Query<'q, D::Db, <D::Db as sqlx::Database>::Arguments>
+where
+    for<'a> &'a str: Bind<'a, D::Db>,
+    for<'a> Option<&'a str>: Bind<'a, D::Db>,
+    for<'a> Option<i64>: Bind<'a, D::Db>,
+    for<'a> String: Bind<'a, D::Db>,
+    for<'a> Option<D::Ts>: Bind<'a, D::Db>,
+{
+    let query = query
+        .bind(D::uuid(sub.id.0))
+        .bind(sub.workspace_id.as_str())
+        .bind(sub.name.as_str())
+        .bind(sub.url.as_str())
+        .bind(D::list(event_type_names(&sub.event_types)))
+        .bind(D::list(channel_names(&sub.channels)))
+        .bind(sub.secret.expose())
+        .bind(sub.previous_secret.as_ref().map(|s| s.expose()))
+        .bind(sub.previous_secret_expires_at.as_ref().map(D::ts))
+        .bind(sub.status.as_str())
+        .bind(D::ts(&sub.created_at))
+        .bind(D::ts(&sub.updated_at));
+    bind_lifecycle::<D>(query, sub)
+}
+
+/// Rows per statement of a bulk insert of `single`'s rows. PostgreSQL
+/// (`$n` placeholders) takes 500 rows of 20 parameters a statement, a
+/// round trip each instead of 500. SQLite, in process, gains nothing from
+/// that and loses much: binding a statement of 10,000 numbered parameters
+/// cost it about 0.4 ms per row, against 0.02 ms for a prepared
+/// single-row INSERT executed row by row in the transaction.
+pub(crate) fn bulk_rows(single: &str) -> usize {
+    if single.contains("$1") { 500 } else { 1 }
+}
+
+/// `Dialect::INSERT_SUBSCRIPTION` for `rows` rows: its column list with
+/// that many VALUES tuples, numbered on in the statement's own placeholder
+/// style (`$n` or `?n`).
+pub(crate) fn multi_row_insert(single: &str, rows: usize) -> String {
+    let (head, values) = single
+        .split_once("VALUES")
+        .expect("an INSERT ... VALUES statement");
+    let columns = values.matches(',').count() + 1;
+    let mark = values
+        .trim_start()
+        .trim_start_matches('(')
+        .chars()
+        .next()
+        .expect("a placeholder");
+    let mut sql = String::with_capacity(head.len() + rows * columns * 6);
+    sql.push_str(head);
+    sql.push_str("VALUES ");
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push(mark);
+            sql.push_str(&(row * columns + column + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// `Dialect::UPDATE_SUBSCRIPTION` with every column of `sub` bound: the
 /// one statement that saves a subscription, alone or in a transaction.
 pub(crate) fn subscription_update<D: Dialect>(

@@ -17,6 +17,7 @@ on_both_backends!(
     subscriptions_are_scoped_to_their_workspace,
     subscription_needs_its_workspace,
     enabled_subscriptions_skip_disabled,
+    subscriptions_insert_in_bulk_as_one_by_one,
 );
 
 async fn workspaces_are_created_once(db: TestDb) {
@@ -245,4 +246,62 @@ async fn enabled_subscriptions_skip_disabled(db: TestDb) {
         .map(|s| s.id)
         .collect();
     assert!(!ids.contains(&on_a.id) && ids.len() == 1);
+}
+
+/// The bulk insert writes what one insert writes, row for row (settings,
+/// lifecycle and rotation columns too), across statements of several
+/// hundred rows, and all or nothing.
+async fn subscriptions_insert_in_bulk_as_one_by_one(db: TestDb) {
+    let store = &db.store;
+    let a = workspace(store).await;
+    let b = workspace(store).await;
+    let mut subs: Vec<Subscription> = (0..1_203)
+        .map(|i| {
+            let ws = if i % 2 == 0 { &a } else { &b };
+            let channel = format!("c{}", i % 7);
+            subscription(ws, &[EventType::OrderCreated], &[&channel])
+        })
+        .collect();
+    let mut special = subscription(
+        &a,
+        &[EventType::OrderCreated, EventType::RefundRequested],
+        &[],
+    );
+    special.previous_secret = Some(WebhookSecret::generate());
+    special.previous_secret_expires_at = Some(now() + Duration::hours(1));
+    special.disable(DisabledReason::Failing, now());
+    special.settings = WebhookSettings {
+        description: Some("bulk".into()),
+        timeout_ms: Some(900),
+        max_attempts: Some(4),
+        headers: vec![("x-a".into(), "1".into())],
+        rate_limit: Some(RateLimit {
+            per_second: 3,
+            burst: 6,
+        }),
+    };
+    subs.push(special);
+    let before = store.subscriptions_fingerprint().await.unwrap();
+    store.insert_subscriptions(&subs).await.unwrap();
+    assert_ne!(store.subscriptions_fingerprint().await.unwrap(), before);
+
+    let mut loaded = Vec::new();
+    let n = store
+        .for_each_subscription(&mut |s| loaded.push(s))
+        .await
+        .unwrap();
+    assert_eq!(n, subs.len());
+    subs.sort_by_key(|s| s.id);
+    assert_eq!(loaded, subs);
+
+    // One refused row (its workspace does not exist) leaves nothing.
+    let mut more = vec![subscription(&a, &[EventType::OrderCreated], &[])];
+    more.push(subscription(
+        &WorkspaceId::generate(),
+        &[EventType::OrderCreated],
+        &[],
+    ));
+    assert!(store.insert_subscriptions(&more).await.is_err());
+    assert_eq!(store.get_subscription(&a, more[0].id).await.unwrap(), None);
+    store.insert_subscriptions(&[]).await.unwrap();
 }
