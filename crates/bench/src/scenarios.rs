@@ -725,21 +725,38 @@ async fn subscribe(store: &Store, layout: &Layout, urls: &[String]) -> anyhow::R
             let channels: Vec<Channel> = (0..per_workspace)
                 .map(|c| Channel::parse(&format!("c{c}")))
                 .collect::<Result<_, _>>()?;
-            let url = urls.first().context("no receiver")?;
-            // SQLite takes one writer at a time; a few in flight keep
-            // PostgreSQL's round trips overlapped.
+            let url = courier_model::WebhookUrl::parse(urls.first().context("no receiver")?)?;
+            // A million webhooks one API call at a time would take an hour:
+            // they go in bulk, rows exactly as `courier_api::webhooks::create`
+            // writes them for this input (a generated secret, no settings).
             let pairs = ids
                 .iter()
                 .flat_map(|w| channels.iter().map(move |c| (w, c)));
-            let failures: Vec<anyhow::Error> = stream::iter(pairs)
-                .map(|(w, c)| webhook(store, w, url, vec![c.to_string()]))
-                .buffer_unordered(8)
-                .filter_map(|r| async move { r.err() })
-                .collect()
-                .await;
-            if let Some(error) = failures.into_iter().next() {
-                return Err(error);
+            let mut batch = Vec::with_capacity(BULK_WEBHOOKS);
+            for (w, c) in pairs {
+                let now = chrono::Utc::now();
+                batch.push(courier_model::Subscription {
+                    id: courier_model::SubscriptionId::generate(),
+                    workspace_id: w.clone(),
+                    name: "bench".into(),
+                    url: url.clone(),
+                    event_types: vec![EventType::OrderCreated],
+                    channels: vec![c.clone()],
+                    secret: courier_model::WebhookSecret::generate(),
+                    previous_secret: None,
+                    previous_secret_expires_at: None,
+                    status: courier_model::SubscriptionStatus::Enabled,
+                    disabled: None,
+                    settings: Default::default(),
+                    created_at: now,
+                    updated_at: now,
+                });
+                if batch.len() == BULK_WEBHOOKS {
+                    store.insert_subscriptions(&batch).await?;
+                    batch.clear();
+                }
             }
+            store.insert_subscriptions(&batch).await?;
             Ok(Arc::new(move |seq| {
                 let w = (seq % workspaces) as usize;
                 let c = ((seq / workspaces) % per_workspace) as usize;
@@ -748,6 +765,9 @@ async fn subscribe(store: &Store, layout: &Layout, urls: &[String]) -> anyhow::R
         }
     }
 }
+
+/// Webhooks per transaction when the bench creates them in bulk.
+const BULK_WEBHOOKS: usize = 10_000;
 
 async fn workspace(store: &Store, n: u64) -> anyhow::Result<WorkspaceId> {
     let id = WorkspaceId::parse(format!("bench-w{n:05}"))?;
