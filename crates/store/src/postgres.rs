@@ -283,8 +283,7 @@ impl Dialect for PgStore {
         "SELECT id, workspace_id, name, key_prefix, created_at FROM api_keys WHERE key_hash = $1";
     const LIST_API_KEYS: &'static str = "SELECT id, workspace_id, name, key_prefix, created_at \
          FROM api_keys WHERE workspace_id = $1 ORDER BY created_at, id";
-    const DELETE_API_KEY: &'static str =
-        "DELETE FROM api_keys WHERE workspace_id = $1 AND id = $2";
+    const DELETE_API_KEY: &'static str = "DELETE FROM api_keys WHERE workspace_id = $1 AND id = $2";
     const LIST_DELIVERIES: &'static str = concat!(
         rows::delivery_log_select!(),
         "WHERE d.workspace_id = $1 \
