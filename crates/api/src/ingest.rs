@@ -130,6 +130,7 @@ pub const MAX_BATCH_EVENTS: usize = 1000;
 #[serde(deny_unknown_fields)]
 pub struct NewEvents {
     /// 1 to 1,000 events, each as `POST /v1/workspaces/{ws}/events` takes it.
+    #[schema(min_items = 1, max_items = 1000)]
     pub events: Vec<NewEvent>,
 }
 
