@@ -114,26 +114,13 @@ pub async fn ingest(
         })
         .buffer_unordered(CLIENTS);
     let counting = results.for_each(|(count, took_us, outcome)| {
-        match outcome {
-            Ok(()) => {
-                published.accepted += count;
-                request_us.push(took_us);
-            }
-            Err(error) => {
-                published.failed += count;
-                published
-                    .first_error
-                    .get_or_insert_with(|| format!("{error:#}"));
-            }
+        if published.count(count, outcome) {
+            request_us.push(took_us);
         }
         async {}
     });
     if tokio::time::timeout(deadline, counting).await.is_err() {
-        let unsent = events - published.accepted - published.failed;
-        published.failed += unsent;
-        published
-            .first_error
-            .get_or_insert_with(|| format!("ingesting did not finish within {deadline:?}"));
+        published.gave_up(events, "ingesting", deadline);
     }
     published.end_us = recorder.now_us();
     Ok(Ingested {

@@ -120,27 +120,38 @@ pub async fn publish(
         })
         .buffer_unordered(PUBLISH_WINDOW);
     let counting = results.for_each(|result| {
-        match result {
-            Ok(()) => published.accepted += 1,
-            Err(error) => {
-                published.failed += 1;
-                published
-                    .first_error
-                    .get_or_insert_with(|| format!("{error:#}"));
-            }
-        }
+        published.count(1, result);
         async {}
     });
-    let finished = tokio::time::timeout(deadline, counting).await.is_ok();
-    if !finished {
-        let unsent = events - published.accepted - published.failed;
-        published.failed += unsent;
-        published
-            .first_error
-            .get_or_insert_with(|| format!("publishing did not finish within {deadline:?}"));
+    if tokio::time::timeout(deadline, counting).await.is_err() {
+        published.gave_up(events, "publishing", deadline);
     }
     published.end_us = recorder.now_us();
     published
+}
+
+impl Published {
+    /// Counts `events` sent together; true when they were accepted.
+    pub fn count(&mut self, events: u64, result: anyhow::Result<()>) -> bool {
+        match result {
+            Ok(()) => {
+                self.accepted += events;
+                true
+            }
+            Err(error) => {
+                self.failed += events;
+                self.first_error.get_or_insert_with(|| format!("{error:#}"));
+                false
+            }
+        }
+    }
+
+    /// Counts what was not sent of `events` by `deadline` as failed.
+    pub fn gave_up(&mut self, events: u64, doing: &str, deadline: Duration) {
+        self.failed += events - self.accepted - self.failed;
+        self.first_error
+            .get_or_insert_with(|| format!("{doing} did not finish within {deadline:?}"));
+    }
 }
 
 /// Waits until the healthy receivers have `expected` distinct deliveries,

@@ -133,6 +133,9 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     const SELECT_WORKSPACE: &'static str;
 
     const INSERT_SUBSCRIPTION: &'static str;
+    /// Rows of INSERT_SUBSCRIPTION's shape in one statement of a bulk
+    /// insert ([`crate::rows::multi_row_insert`]).
+    const SUBSCRIPTIONS_PER_INSERT: usize;
     const SELECT_SUBSCRIPTION: &'static str;
     const LIST_SUBSCRIPTIONS: &'static str;
     const LIST_SUBSCRIPTIONS_AFTER: &'static str;

@@ -99,13 +99,13 @@ where
     }
 
     /// Inserts many subscriptions in one transaction, rows exactly as
-    /// [`Queries::insert_subscription`] writes them ([`rows::bulk_rows`] to a
+    /// [`Queries::insert_subscription`] writes them (`SUBSCRIPTIONS_PER_INSERT` to a
     /// statement).
     async fn insert_subscriptions(&self, subs: &[Subscription]) -> Result<()> {
         if subs.is_empty() {
             return Ok(());
         }
-        let per_statement = rows::bulk_rows(Self::INSERT_SUBSCRIPTION);
+        let per_statement = Self::SUBSCRIPTIONS_PER_INSERT;
         let full = rows::multi_row_insert(Self::INSERT_SUBSCRIPTION, per_statement);
         let mut tx = self.begin().await?;
         let result: Result<()> = async {

@@ -167,7 +167,24 @@ where
     for<'a> String: Bind<'a, D::Db>,
     for<'a> Option<D::Ts>: Bind<'a, D::Db>,
 {
-    let query = query
+    let query = bind_definition::<D>(query, sub)
+        .bind(D::ts(&sub.created_at))
+        .bind(D::ts(&sub.updated_at));
+    bind_lifecycle::<D>(query, sub)
+}
+
+/// Binds what a subscription's owner defines, from its id to its status:
+/// the columns INSERT_SUBSCRIPTION and UPDATE_SUBSCRIPTION both begin with.
+fn bind_definition<'q, D: Dialect>(
+    query: sqlx::query::Query<'q, D::Db, <D::Db as sqlx::Database>::Arguments>,
+    sub: &'q Subscription,
+) -> sqlx::query::Query<'q, D::Db, <D::Db as sqlx::Database>::Arguments>
+where
+    for<'a> &'a str: Bind<'a, D::Db>,
+    for<'a> Option<&'a str>: Bind<'a, D::Db>,
+    for<'a> Option<D::Ts>: Bind<'a, D::Db>,
+{
+    query
         .bind(D::uuid(sub.id.0))
         .bind(sub.workspace_id.as_str())
         .bind(sub.name.as_str())
@@ -178,19 +195,6 @@ where
         .bind(sub.previous_secret.as_ref().map(|s| s.expose()))
         .bind(sub.previous_secret_expires_at.as_ref().map(D::ts))
         .bind(sub.status.as_str())
-        .bind(D::ts(&sub.created_at))
-        .bind(D::ts(&sub.updated_at));
-    bind_lifecycle::<D>(query, sub)
-}
-
-/// Rows per statement of a bulk insert of `single`'s rows. PostgreSQL
-/// (`$n` placeholders) takes 500 rows of 20 parameters a statement, a
-/// round trip each instead of 500. SQLite, in process, gains nothing from
-/// that and loses much: binding a statement of 10,000 numbered parameters
-/// cost it about 0.4 ms per row, against 0.02 ms for a prepared
-/// single-row INSERT executed row by row in the transaction.
-pub(crate) fn bulk_rows(single: &str) -> usize {
-    if single.contains("$1") { 500 } else { 1 }
 }
 
 /// `Dialect::INSERT_SUBSCRIPTION` for `rows` rows: its column list with
@@ -236,17 +240,7 @@ where
     for<'a> String: Bind<'a, D::Db>,
     for<'a> Option<D::Ts>: Bind<'a, D::Db>,
 {
-    let query = sqlx::query::<D::Db>(D::UPDATE_SUBSCRIPTION)
-        .bind(D::uuid(sub.id.0))
-        .bind(sub.workspace_id.as_str())
-        .bind(sub.name.as_str())
-        .bind(sub.url.as_str())
-        .bind(D::list(event_type_names(&sub.event_types)))
-        .bind(D::list(channel_names(&sub.channels)))
-        .bind(sub.secret.expose())
-        .bind(sub.previous_secret.as_ref().map(|s| s.expose()))
-        .bind(sub.previous_secret_expires_at.as_ref().map(D::ts))
-        .bind(sub.status.as_str())
+    let query = bind_definition::<D>(sqlx::query::<D::Db>(D::UPDATE_SUBSCRIPTION), sub)
         .bind(D::ts(&sub.updated_at));
     bind_lifecycle::<D>(query, sub)
 }

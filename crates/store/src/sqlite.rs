@@ -393,6 +393,11 @@ impl Dialect for SqliteStore {
     const SELECT_WORKSPACE: &'static str =
         "SELECT id, name, created_at FROM workspaces WHERE id = ?1";
 
+    /// One: SQLite, in process, gains nothing from fewer statements and
+    /// loses much, binding a statement of 10,000 numbered parameters cost
+    /// it about 0.4 ms per row, against 0.02 ms for a prepared single-row
+    /// INSERT executed row by row in the transaction.
+    const SUBSCRIPTIONS_PER_INSERT: usize = 1;
     const INSERT_SUBSCRIPTION: &'static str = "INSERT INTO subscriptions (id, workspace_id, name, \
          url, event_types, channels, secret, previous_secret, previous_secret_expires_at, status, \
          created_at, updated_at, disabled_reason, disabled_at, description, timeout_ms, \
