@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use courier_model::WorkspaceId;
 use futures_util::StreamExt;
-use serde_json::json;
 
+use crate::http1;
 use crate::receiver::Recorder;
 use crate::report::Outcome;
 use crate::scenarios::{Published, paced};
@@ -49,14 +49,11 @@ pub async fn ingest(
     deadline: Duration,
 ) -> anyhow::Result<Ingested> {
     let per_request = per_request.max(1);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(CLIENTS)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("could not build the ingest client")?;
-    let single = format!("{}/v1/workspaces/{}/events", target.base, target.workspace);
+    let client = http1::Client::new(&target.base)?;
+    let single = format!("/v1/workspaces/{}/events", target.workspace);
     let batch = format!("{single}/batch");
     let authorization = format!("Bearer {}", target.key);
+    let pad = serde_json::to_string(pad)?;
     let requests = events.div_ceil(per_request);
     let request_rate = rate.map(|r| r / per_request as f64);
 
@@ -67,47 +64,36 @@ pub async fn ingest(
     let mut request_us = Vec::with_capacity(requests as usize);
     let results = paced(requests, request_rate)
         .map(|n| {
-            let (client, single, batch, authorization) = (&client, &single, &batch, &authorization);
+            let (client, single, batch, authorization, pad) =
+                (&client, &single, &batch, &authorization, &pad);
             async move {
                 let first = n * per_request;
                 let seqs = first..(first + per_request).min(events);
                 let count = seqs.end - seqs.start;
-                let event = |seq: u64| {
-                    json!({
-                        "type": "order.created",
-                        "data": {"seq": seq, "t_us": recorder.now_us(), "pad": pad},
-                    })
-                };
-                let (url, body) = if per_request == 1 {
-                    (single, event(seqs.start))
+                let mut body = String::with_capacity(pad.len() + 96);
+                let path = if per_request == 1 {
+                    write_event(&mut body, seqs.start, recorder.now_us(), pad);
+                    single
                 } else {
-                    (
-                        batch,
-                        json!({"events": seqs.map(event).collect::<Vec<_>>()}),
-                    )
+                    body.push_str("{\"events\":[");
+                    for seq in seqs {
+                        if seq != first {
+                            body.push(',');
+                        }
+                        write_event(&mut body, seq, recorder.now_us(), pad);
+                    }
+                    body.push_str("]}");
+                    batch
                 };
                 let started = recorder.now_us();
-                let sent = client
-                    .post(url)
-                    .header(reqwest::header::AUTHORIZATION, authorization)
-                    .json(&body)
-                    .send()
-                    .await;
-                let outcome = match sent {
-                    Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
-                        // Read to the end, so the connection goes back to the pool.
-                        response
-                            .bytes()
-                            .await
-                            .map(|_| ())
-                            .map_err(anyhow::Error::from)
-                    }
-                    Ok(response) => {
-                        let status = response.status();
-                        let text = response.text().await.unwrap_or_default();
-                        Err(anyhow::anyhow!("ingest answered {status}: {text}"))
-                    }
-                    Err(error) => Err(anyhow::Error::from(error)),
+                let outcome = match client.post(path, authorization, body.as_bytes()).await {
+                    Ok(response) if response.status == 202 => Ok(()),
+                    Ok(response) => Err(anyhow::anyhow!(
+                        "ingest answered {}: {}",
+                        response.status,
+                        String::from_utf8_lossy(&response.body)
+                    )),
+                    Err(error) => Err(error),
                 };
                 (count, recorder.now_us().saturating_sub(started), outcome)
             }
@@ -128,6 +114,15 @@ pub async fn ingest(
         requests: request_us.len() as u64,
         request_us,
     })
+}
+
+/// One event as the ingest routes take it; `pad` is already a JSON string.
+fn write_event(body: &mut String, seq: u64, t_us: u64, pad: &str) {
+    use std::fmt::Write;
+    let _ = write!(
+        body,
+        r#"{{"type":"order.created","data":{{"seq":{seq},"t_us":{t_us},"pad":{pad}}}}}"#
+    );
 }
 
 /// Requests per second and the request-to-202 percentiles.

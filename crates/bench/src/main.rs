@@ -10,6 +10,7 @@
 
 mod bare;
 mod env;
+mod http1;
 mod ingest;
 mod receiver;
 mod report;
