@@ -8,11 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use courier::{App, Roles};
-use courier_tests::{Db, TestEnv, wait_for};
+use courier_model::{Event, EventType};
+use courier_tests::env::amqp_url;
+use courier_tests::{Behavior, Db, Receiver, TestEnv, wait_for};
 use lapin::options::{
     BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
@@ -87,6 +90,40 @@ async fn a_port_that_is_not_amqp_is_named_and_sigterm_stops_it() {
     )
     .await;
     assert!(log.contains("RabbitMQ's AMQP port"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_node_answering_each_node_is_named() {
+    // Nothing listens on ports 1 and 2.
+    let log = serve_explains_and_stops(
+        "amqp://guest:guest@127.0.0.1:1/%2f,amqp://guest:guest@127.0.0.1:2/%2f",
+        "connection refused",
+    )
+    .await;
+    assert!(
+        log.contains("127.0.0.1:1/") && log.contains("127.0.0.1:2/"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_answer_is_skipped() {
+    let nodes = format!("amqp://guest:guest@127.0.0.1:1/%2f,{}", amqp_url());
+    let env = TestEnv::on_broker(nodes, Db::Sqlite, &[]).await;
+    let ws = env.workspace("acme").await;
+    let receiver = Receiver::start(Behavior::Ok).await;
+    env.webhook(&ws, &receiver.url(), &["order.created"], &[])
+        .await;
+    let worker = env.start_worker().await;
+    let (publisher, connection) = env.publisher().await;
+    let event = Event::new(ws, EventType::OrderCreated, None, json!({"n": 1})).unwrap();
+    publisher.publish(&event).await.unwrap();
+    connection.close(200, "".into()).await.ok();
+    wait_for("the delivery", Duration::from_secs(30), || async {
+        receiver.distinct() == 1
+    })
+    .await;
+    worker.stop().await.expect("the worker stops cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

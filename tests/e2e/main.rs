@@ -5,6 +5,7 @@ mod api_keys;
 mod broker_errors;
 mod browser;
 mod circuit;
+mod cluster;
 mod console;
 mod crash;
 mod delivery;

@@ -124,10 +124,18 @@ impl TestEnv {
         self.settings.worker_config().topology()
     }
 
+    /// A connection to the broker: to the first node that answers when
+    /// the environment runs on a cluster.
     pub async fn amqp(&self) -> Connection {
-        Connection::connect(&self.amqp_url, ConnectionProperties::default())
-            .await
-            .expect("connect to RabbitMQ (is it running on 127.0.0.1:5672?)")
+        let nodes = courier_producer::BrokerNodes::parse(&self.amqp_url).expect("a valid amqp url");
+        let mut failure = None;
+        for (_, url) in nodes.in_turn() {
+            match Connection::connect(url, ConnectionProperties::default()).await {
+                Ok(connection) => return connection,
+                Err(error) => failure = Some(error),
+            }
+        }
+        panic!("connect to RabbitMQ (is it running on 127.0.0.1:5672?): {failure:?}")
     }
 
     /// A publisher on its own connection; keep the connection alive.

@@ -14,7 +14,7 @@ pub mod verify;
 
 pub use env::{Db, TestEnv, WorkerProcess, wait_for};
 pub use private_pg::PrivatePostgres;
-pub use private_rabbit::PrivateRabbit;
+pub use private_rabbit::{PrivateCluster, PrivateRabbit};
 pub use prometheus::Prometheus;
 pub use receiver::{Behavior, Received, Receiver, RetryAfter};
 pub use verify::verify_signature;

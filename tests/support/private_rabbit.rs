@@ -67,6 +67,11 @@ impl PrivateRabbit {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
+    /// The node's Erlang name (`ctest-<port>@localhost`).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     fn ctl(&self, args: &[&str]) {
         let status = Command::new("runuser")
             .args([
@@ -104,6 +109,113 @@ impl PrivateRabbit {
     pub fn start_again(&self) {
         self.ctl(&["start_app"]);
         self.wait_up();
+    }
+}
+
+/// Private nodes joined into one cluster, for tests of a node's loss.
+/// Quorum queues declared on it replicate across its nodes.
+pub struct PrivateCluster {
+    nodes: Vec<PrivateRabbit>,
+}
+
+impl PrivateCluster {
+    /// Boots `size` nodes at once, then joins the others to the first.
+    pub fn start(size: usize) -> Self {
+        let nodes: Vec<PrivateRabbit> = std::thread::scope(|scope| {
+            let booting: Vec<_> = (0..size)
+                .map(|_| scope.spawn(PrivateRabbit::start))
+                .collect();
+            booting
+                .into_iter()
+                .map(|node| node.join().expect("a private node boots"))
+                .collect()
+        });
+        let first = nodes[0].node.clone();
+        for node in &nodes[1..] {
+            node.ctl(&["stop_app"]);
+            node.ctl(&["join_cluster", &first]);
+            node.ctl(&["start_app"]);
+            node.wait_up();
+        }
+        Self { nodes }
+    }
+
+    /// Every node's AMQP URL, comma-separated, as `amqp.url` takes them.
+    pub fn amqp_urls(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(PrivateRabbit::amqp_url).collect();
+        urls.join(",")
+    }
+
+    pub fn node(&self, n: usize) -> &PrivateRabbit {
+        &self.nodes[n]
+    }
+
+    /// The leader and members of quorum queue `queue`, as node names, as
+    /// node `asking` sees them.
+    pub fn quorum_members(&self, asking: usize, queue: &str) -> (String, Vec<String>) {
+        let output = Command::new("runuser")
+            .args(["-u", "rabbitmq", "--", "rabbitmqctl", "-q", "-n"])
+            .arg(&self.nodes[asking].node)
+            .args([
+                "list_queues",
+                "--no-table-headers",
+                "name",
+                "leader",
+                "members",
+            ])
+            .output()
+            .expect("run rabbitmqctl list_queues");
+        assert!(output.status.success(), "rabbitmqctl list_queues failed");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let line = text
+            .lines()
+            .find(|line| line.split('\t').next() == Some(queue))
+            .unwrap_or_else(|| panic!("no queue {queue} in:\n{text}"));
+        let mut fields = line.split('\t').skip(1);
+        let leader = fields.next().unwrap_or_default().to_owned();
+        let members = fields
+            .next()
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
+            .split(',')
+            .map(|m| m.trim().to_owned())
+            .filter(|m| !m.is_empty())
+            .collect();
+        (leader, members)
+    }
+
+    /// The node each client connection named `client` (a connection name
+    /// such as "courier worker") is on, as node `asking` sees the cluster.
+    pub fn connection_nodes(&self, asking: usize, client: &str) -> Vec<String> {
+        let output = Command::new("runuser")
+            .args(["-u", "rabbitmq", "--", "rabbitmqctl", "-q", "-n"])
+            .arg(&self.nodes[asking].node)
+            .args([
+                "list_connections",
+                "--no-table-headers",
+                "pid",
+                "client_properties",
+            ])
+            .output()
+            .expect("run rabbitmqctl list_connections");
+        assert!(
+            output.status.success(),
+            "rabbitmqctl list_connections failed"
+        );
+        // A connection's pid reads `<NODE.N.N.N>`; node names hold no dot.
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| line.contains(&format!("\"{client}\"")))
+            .filter_map(|line| line.strip_prefix('<')?.split('.').next().map(str::to_owned))
+            .collect()
+    }
+
+    /// The index of the node named `name`.
+    pub fn index_of(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.node == name)
+            .unwrap_or_else(|| panic!("{name} is not a node of this cluster"))
     }
 }
 

@@ -14,7 +14,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use backoff::ExponentialBackoff;
-use courier_producer::{ConfirmedChannel, Publisher, redact_url as redact};
+use courier_producer::{BrokerNodes, ConfirmedChannel, Publisher, redact_url as redact};
 use courier_store::{Ledger, LedgerOptions, Store, StoreOptions};
 use courier_worker::{Health, Metrics, Worker};
 use lapin::{Connection, ConnectionProperties};
@@ -139,7 +139,7 @@ static REPORTED: std::sync::Mutex<Option<ConnectFailure>> = std::sync::Mutex::ne
 
 /// Logs a failed attempt: at warn level the first time its cause is seen
 /// (naming `amqp.url`, the cause and what to do), at debug level after.
-fn report(name: &str, url: &str, failure: ConnectFailure, error: &str) {
+fn report(name: &str, nodes: &BrokerNodes, failure: ConnectFailure, error: &str) {
     let new = REPORTED
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -148,7 +148,7 @@ fn report(name: &str, url: &str, failure: ConnectFailure, error: &str) {
     if new {
         tracing::warn!(
             role = name,
-            amqp.url = %redact(url),
+            amqp.url = %nodes.redacted(),
             cause = failure.cause(),
             error = %error,
             "cannot reach RabbitMQ at amqp.url: {}; {}; retrying",
@@ -160,8 +160,37 @@ fn report(name: &str, url: &str, failure: ConnectFailure, error: &str) {
     }
 }
 
-/// One bounded attempt to connect.
-async fn connect_once(url: &str, name: &str) -> Result<Connection, (ConnectFailure, String)> {
+/// One bounded attempt to connect to each node in turn, until one answers.
+/// When none does, the error names each node's failure, and the cause is
+/// that of the last node tried.
+async fn connect_once(
+    nodes: &BrokerNodes,
+    name: &str,
+) -> Result<Connection, (ConnectFailure, String)> {
+    let mut failures = Vec::with_capacity(nodes.len());
+    let mut cause = ConnectFailure::Other;
+    for (n, url) in nodes.in_turn() {
+        match connect_node(url, name).await {
+            Ok(connection) => {
+                nodes.connected(n);
+                if nodes.len() > 1 {
+                    tracing::info!(role = name, node = %nodes.redacted_node(n), "connected to RabbitMQ");
+                }
+                return Ok(connection);
+            }
+            Err((failure, error)) if nodes.len() > 1 => {
+                tracing::debug!(role = name, node = %nodes.redacted_node(n), %error, "RabbitMQ node did not answer");
+                failures.push(format!("{}: {error}", nodes.redacted_node(n)));
+                cause = failure;
+            }
+            Err(failure) => return Err(failure),
+        }
+    }
+    Err((cause, failures.join("; ")))
+}
+
+/// One bounded attempt to connect to one node.
+async fn connect_node(url: &str, name: &str) -> Result<Connection, (ConnectFailure, String)> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
         Ok(Ok(connection)) => Ok(connection),
@@ -208,7 +237,7 @@ async fn connect_once(url: &str, name: &str) -> Result<Connection, (ConnectFailu
 /// cause, naming `amqp.url`, the cause and what to do; repeats of the same
 /// cause are logged at debug level.
 pub async fn connect_amqp(
-    url: &str,
+    nodes: &BrokerNodes,
     name: &str,
     shutdown: &CancellationToken,
 ) -> Option<Connection> {
@@ -222,7 +251,7 @@ pub async fn connect_amqp(
     loop {
         let attempt = tokio::select! {
             _ = shutdown.cancelled() => return None,
-            attempt = connect_once(url, name) => attempt,
+            attempt = connect_once(nodes, name) => attempt,
         };
         let (failure, error) = match attempt {
             Ok(connection) => {
@@ -235,7 +264,7 @@ pub async fn connect_amqp(
             Err(failure) => failure,
         };
         failed = true;
-        report(name, url, failure, &error);
+        report(name, nodes, failure, &error);
         let pause =
             backoff::backoff::Backoff::next_backoff(&mut policy).unwrap_or(Duration::from_secs(5));
         tokio::select! {
@@ -387,11 +416,12 @@ impl App {
         // the API answers; otherwise the API starts without it (ingest and
         // redelivery answer 503) and the supervisor keeps trying.
         let changes = BrokerChanges::new(topology.clone());
+        let nodes = settings.amqp_nodes();
         let mut broker = None;
         let mut connection = None;
         let first = tokio::select! {
             _ = shutdown.cancelled() => None,
-            attempt = connect_once(&settings.amqp.url, "courier api") => Some(attempt),
+            attempt = connect_once(&nodes, "courier api") => Some(attempt),
         };
         match first {
             Some(Ok(c)) => {
@@ -407,9 +437,7 @@ impl App {
                     ),
                 }
             }
-            Some(Err((failure, error))) => {
-                report("courier api", &settings.amqp.url, failure, &error)
-            }
+            Some(Err((failure, error))) => report("courier api", &nodes, failure, &error),
             None => {}
         }
         let client = courier_webhook::WebhookClient::new(&worker.http)
@@ -439,7 +467,7 @@ impl App {
             connection,
             state.clone(),
             changes,
-            settings.amqp.url.clone(),
+            nodes,
             topology,
             Arc::clone(&self.metrics),
             shutdown,
@@ -523,7 +551,7 @@ async fn supervise_api_broker(
     mut connection: Option<Arc<Connection>>,
     state: courier_api::ApiState,
     changes: BrokerChanges,
-    url: String,
+    nodes: BrokerNodes,
     topology: courier_producer::Topology,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -554,7 +582,7 @@ async fn supervise_api_broker(
             changes.set_connection(None);
         }
         loop {
-            let Some(c) = connect_amqp(&url, "courier api", &shutdown).await else {
+            let Some(c) = connect_amqp(&nodes, "courier api", &shutdown).await else {
                 return;
             };
             let c = Arc::new(c);
@@ -586,14 +614,14 @@ async fn supervise_api_broker(
 /// of its own for each notice. Webhook changes made from the command line
 /// are not announced; workers find them at their next ledger check.
 pub struct CommandNotices {
-    url: String,
+    nodes: BrokerNodes,
     topology: courier_producer::Topology,
 }
 
 impl CommandNotices {
     pub fn new(settings: &Settings) -> Self {
         Self {
-            url: settings.amqp.url.clone(),
+            nodes: settings.amqp_nodes(),
             topology: settings.worker_config().topology(),
         }
     }
@@ -607,16 +635,16 @@ impl courier_api::SubscriptionChanges for CommandNotices {
         workspace: &courier_model::WorkspaceId,
         key_id: &str,
     ) -> courier_api::RevocationNotice {
-        let (url, topology) = (self.url.clone(), self.topology.clone());
+        let (nodes, topology) = (self.nodes.clone(), self.topology.clone());
         let notice = courier_model::WebhooksChanged::key_revoked(workspace.clone(), key_id.into());
         Box::pin(async move {
             let connection =
-                connect_once(&url, "courier command")
+                connect_once(&nodes, "courier command")
                     .await
                     .map_err(|(failure, error)| {
                         format!(
                             "cannot reach RabbitMQ at {}: {error} ({})",
-                            redact(&url),
+                            nodes.redacted(),
                             failure.hint()
                         )
                     })?;
@@ -693,9 +721,9 @@ async fn run_worker(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut pause = Duration::from_millis(250);
+    let nodes = settings.amqp_nodes();
     loop {
-        let Some(connection) = connect_amqp(&settings.amqp.url, "courier worker", shutdown).await
-        else {
+        let Some(connection) = connect_amqp(&nodes, "courier worker", shutdown).await else {
             return Ok(());
         };
         let connection = Arc::new(connection);

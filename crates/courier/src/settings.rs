@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
 use courier_model::RetryPolicy;
+use courier_producer::BrokerNodes;
 use serde::Deserialize;
 
 /// The defaults of every key, in the same shape an operator's file has.
@@ -246,8 +247,8 @@ impl Settings {
                  the process crashing only)",
             ));
         }
-        if !(self.amqp.url.starts_with("amqp://") || self.amqp.url.starts_with("amqps://")) {
-            return Err(invalid("amqp.url", "must start with amqp:// or amqps://"));
+        if let Err(error) = BrokerNodes::parse(&self.amqp.url) {
+            return Err(invalid("amqp.url", error.to_string()));
         }
         let prefix = &self.amqp.prefix;
         if prefix.is_empty()
@@ -376,6 +377,11 @@ impl Settings {
             .collect();
         unused.sort();
         unused
+    }
+
+    /// The broker's nodes of `amqp.url` (validated by [`Settings::load`]).
+    pub fn amqp_nodes(&self) -> BrokerNodes {
+        BrokerNodes::parse(&self.amqp.url).expect("amqp.url was validated on loading")
     }
 
     pub fn worker_config(&self) -> courier_worker::WorkerConfig {
@@ -518,6 +524,12 @@ mod tests {
             ("COURIER__AMQP__PREFETCH", "lots", "amqp.prefetch"),
             ("COURIER__AMQP__PREFETCH", "0", "amqp.prefetch"),
             ("COURIER__DATABASE__URL", "mysql://x", "database.url"),
+            ("COURIER__AMQP__URL", "rabbit:5672", "amqp.url"),
+            (
+                "COURIER__AMQP__URL",
+                "amqp://a:5672,,amqp://b",
+                "node 2 of 3",
+            ),
             ("COURIER__DELIVERY__TIMEOUT_MS", "5", "delivery.timeout_ms"),
             ("COURIER__RETRY__MAX_ATTEMPTS", "0", "retry.max_attempts"),
             ("COURIER__LOG__FORMAT", "xml", "log.format"),

@@ -25,10 +25,12 @@
 //! # }
 //! ```
 
+mod nodes;
 pub mod outgoing;
 mod publisher;
 pub mod topology;
 
+pub use nodes::{BrokerNodes, NodesError};
 pub use outgoing::{Outgoing, OutgoingKind};
 pub use publisher::{ConfirmedChannel, PublishError, Publisher, redact_url};
 pub use topology::Topology;

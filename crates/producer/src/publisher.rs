@@ -5,16 +5,19 @@ use courier_model::{Event, EventError};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
-use crate::{Outgoing, Topology};
+use crate::{BrokerNodes, NodesError, Outgoing, Topology};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("could not reach RabbitMQ at {url}: {source}")]
     Connect {
+        /// The node (or, when none answered, every node) tried.
         url: String,
         #[source]
         source: lapin::Error,
     },
+    #[error("amqp url: {0}")]
+    Address(#[from] NodesError),
     #[error("RabbitMQ channel error")]
     Broker(#[from] lapin::Error),
     #[error("RabbitMQ refused the message (nack) on {exchange:?} with key {routing_key:?}")]
@@ -168,15 +171,29 @@ pub struct Publisher {
 impl Publisher {
     /// Connects and declares the ingress topology (events exchange and the
     /// fan-out queue), so events are kept even before any worker runs.
+    /// `url` may name a cluster's nodes, separated by commas (see
+    /// [`BrokerNodes`]): the first that answers is used.
     pub async fn connect(url: &str, prefix: &str) -> Result<(Self, Connection), PublishError> {
-        let connection = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .map_err(|source| PublishError::Connect {
-                url: redact_url(url),
-                source,
-            })?;
-        let publisher = Self::on_connection(&connection, Topology::new(prefix, vec![])).await?;
-        Ok((publisher, connection))
+        let nodes = BrokerNodes::parse(url)?;
+        let mut failure = None;
+        for (n, node) in nodes.in_turn() {
+            match Connection::connect(node, ConnectionProperties::default()).await {
+                Ok(connection) => {
+                    nodes.connected(n);
+                    let topology = Topology::new(prefix, vec![]);
+                    let publisher = Self::on_connection(&connection, topology).await?;
+                    return Ok((publisher, connection));
+                }
+                Err(source) => {
+                    tracing::debug!(node = %redact_url(node), error = %source, "RabbitMQ node did not answer");
+                    failure = Some(source);
+                }
+            }
+        }
+        Err(PublishError::Connect {
+            url: nodes.redacted(),
+            source: failure.expect("a node list is never empty"),
+        })
     }
 
     pub async fn on_connection(

@@ -67,9 +67,14 @@ impl Ctx {
     }
 
     fn command(&self, args: &[&str]) -> Command {
+        self.command_on(&self.url, args)
+    }
+
+    /// [`Ctx::command`] with another `--amqp-url`.
+    fn command_on(&self, url: &str, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_courier-producer"));
         command
-            .args(["--amqp-url", &self.url, "--prefix", &self.prefix])
+            .args(["--amqp-url", url, "--prefix", &self.prefix])
             .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -724,4 +729,67 @@ async fn help_explains_the_flags_without_showing_the_password() {
     for flag in ["--workspace", "--events", "--rate", "Ctrl-C"] {
         assert!(demo.contains(flag), "{flag} missing from\n{demo}");
     }
+}
+
+#[tokio::test]
+async fn the_cli_publishes_through_the_first_node_that_answers() {
+    isolated(|ctx| async move {
+        // Nothing listens on port 1: that node is skipped, whichever node
+        // the list is tried from.
+        let nodes = format!("amqp://guest:guest@127.0.0.1:1/%2f, {}", ctx.url);
+        for _ in 0..3 {
+            let output = ctx
+                .command_on(
+                    &nodes,
+                    &[
+                        "publish",
+                        "--workspace",
+                        "acme",
+                        "--type",
+                        "order.created",
+                        "--data",
+                        "{}",
+                    ],
+                )
+                .output()
+                .await
+                .unwrap();
+            assert_success(&output);
+        }
+        assert_eq!(ctx.drain().await.len(), 3);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_malformed_node_list_is_refused_naming_the_node() {
+    isolated(|ctx| async move {
+        let output = ctx
+            .command_on(
+                "amqp://guest:secret@127.0.0.1:5672/%2f,,amqp://b",
+                &[
+                    "publish",
+                    "--workspace",
+                    "acme",
+                    "--type",
+                    "order.created",
+                    "--data",
+                    "{}",
+                ],
+            )
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "bad input");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("--amqp-url") && stderr.contains("empty address (node 2 of 3)"),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("secret"),
+            "no password in errors: {stderr}"
+        );
+    })
+    .await;
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use clap::Args;
 use courier_model::Channel;
-use courier_producer::{DEFAULT_AMQP_URL, PublishError, Publisher, redact_url};
+use courier_producer::{BrokerNodes, DEFAULT_AMQP_URL, PublishError, Publisher, redact_url};
 use lapin::Connection;
 
 /// How long connecting and declaring the ingress topology may take. Without
@@ -23,7 +23,8 @@ const START_HINT: &str = "is RabbitMQ running and are the URL and credentials ri
 
 #[derive(Debug, Args)]
 pub struct Broker {
-    /// RabbitMQ URL, with credentials and vhost (`%2f` is the default vhost).
+    /// RabbitMQ URL, with credentials and vhost (`%2f` is the default vhost);
+    /// a cluster's nodes as several URLs separated by commas.
     #[arg(
         long,
         global = true,
@@ -78,6 +79,7 @@ impl Failure {
     pub fn from_publish(error: PublishError) -> Self {
         match error {
             PublishError::Event(error) => Self::BadInput(error.into()),
+            PublishError::Address(error) => Self::BadInput(anyhow!("--amqp-url: {error}")),
             // Its message already includes the source; wrapping it would
             // print the source twice.
             PublishError::Connect { .. } => Self::Broker(anyhow!("{error}; {START_HINT}")),
@@ -100,7 +102,9 @@ pub async fn connect(broker: &Broker) -> Result<(Publisher, Connection), Failure
         Err(_elapsed) => Err(Failure::Broker(anyhow!(
             "timed out after {}s connecting to RabbitMQ at {}; {START_HINT}",
             CONNECT_TIMEOUT.as_secs(),
-            redact_url(&broker.amqp_url)
+            BrokerNodes::parse(&broker.amqp_url)
+                .map(|nodes| nodes.redacted())
+                .unwrap_or_else(|_| redact_url(&broker.amqp_url))
         ))),
     }
 }
