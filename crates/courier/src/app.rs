@@ -444,6 +444,7 @@ impl App {
                 require_https: settings.delivery.require_https,
                 admin_token: settings.api.admin_token.clone(),
                 graphql_explorer: settings.api.graphql_explorer,
+                retention: settings.retention.policy(),
                 portal: courier_api::portal::PortalOptions {
                     base_url: self.console_on().then(|| self.console_url()),
                     default_ttl: chrono::Duration::seconds(i64::from(
