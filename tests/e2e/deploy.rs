@@ -46,6 +46,10 @@ const EXPORTED_METRICS: &[&str] = &[
     "courier_publish_confirms_total",
     "courier_publish_confirm_seconds",
     "courier_subscriptions_cached",
+    "courier_retention_pruned_total",
+    "courier_retention_runs_total",
+    "courier_retention_last_run_timestamp_seconds",
+    "courier_retention_reclaimed_bytes_total",
     "courier_build_info",
 ];
 
@@ -75,6 +79,12 @@ const CONFIG_KEYS: &[&str] = &[
     "retry.max_delay_ms",
     "retry.max_attempts",
     "retry.jitter",
+    "retention.enabled",
+    "retention.succeeded_days",
+    "retention.failed_days",
+    "retention.max_days",
+    "retention.interval_secs",
+    "retention.batch_rows",
     "log.format",
     "log.level",
 ];

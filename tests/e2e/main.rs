@@ -20,6 +20,7 @@ mod rate_limit;
 mod read_your_writes;
 mod recovery;
 mod replicas;
+mod retention;
 mod retries;
 mod tenancy;
 mod traces;

@@ -445,6 +445,53 @@ pub struct WebhookLogFilter {
     webhook_id: Option<ID>,
 }
 
+/// How long the ledger keeps the workspace's finished deliveries: an
+/// event goes, with its deliveries and their attempts, once every delivery
+/// of it finished and is older than this since it did.
+#[derive(SimpleObject)]
+#[graphql(name = "Retention")]
+pub struct GqlRetention {
+    /// Days succeeded deliveries are kept (and events that matched no
+    /// webhook), as applied.
+    succeeded_days: i32,
+    /// Days dead and canceled deliveries are kept, as applied.
+    failed_days: i32,
+    /// The workspace's own value; null: the deployment's.
+    own_succeeded_days: Option<i32>,
+    own_failed_days: Option<i32>,
+    /// The deployment's (`retention.succeeded_days`, `retention.failed_days`).
+    default_succeeded_days: i32,
+    default_failed_days: i32,
+    /// The most an override may ask for (`retention.max_days`).
+    max_days: i32,
+}
+
+impl From<crate::retention::RetentionView> for GqlRetention {
+    fn from(v: crate::retention::RetentionView) -> Self {
+        let int = |d: u32| i32::try_from(d).unwrap_or(i32::MAX);
+        Self {
+            succeeded_days: int(v.effective.succeeded_days),
+            failed_days: int(v.effective.failed_days),
+            own_succeeded_days: v.own.succeeded_days.map(int),
+            own_failed_days: v.own.failed_days.map(int),
+            default_succeeded_days: int(v.defaults.succeeded_days),
+            default_failed_days: int(v.defaults.failed_days),
+            max_days: int(v.max_days),
+        }
+    }
+}
+
+/// The workspace's own retention, replacing what it had; a value left out
+/// or null takes the deployment's.
+#[derive(InputObject)]
+#[graphql(name = "RetentionInput")]
+pub struct GqlRetentionInput {
+    /// 1 to `maxDays`.
+    succeeded_days: Option<i32>,
+    /// 1 to `maxDays`.
+    failed_days: Option<i32>,
+}
+
 pub struct Query;
 
 #[Object]
@@ -484,6 +531,16 @@ impl Query {
             .await
             .map_err(gql_error)?
             .map(|(record, deliveries)| GqlEvent { record, deliveries }))
+    }
+
+    /// How long the ledger keeps the workspace's finished deliveries.
+    async fn retention(&self, ctx: &Context<'_>) -> GqlResult<GqlRetention> {
+        let key = ctx.data_unchecked::<WorkspaceKey>();
+        let state = ctx.data_unchecked::<ApiState>();
+        let view = crate::retention::get(state, &key.workspace)
+            .await
+            .map_err(gql_error)?;
+        Ok(view.into())
     }
 
     /// The delivery log, newest first.
@@ -655,6 +712,26 @@ impl Mutation {
             sub,
             change: Some(change),
         })
+    }
+
+    /// Sets the workspace's own retention; pruning uses it from its next
+    /// round.
+    async fn retention_update(
+        &self,
+        ctx: &Context<'_>,
+        input: GqlRetentionInput,
+    ) -> GqlResult<GqlRetention> {
+        let key = ctx.data_unchecked::<WorkspaceKey>();
+        let state = ctx.data_unchecked::<ApiState>();
+        let view = crate::retention::set(
+            state,
+            &key.workspace,
+            input.succeeded_days.map(i64::from),
+            input.failed_days.map(i64::from),
+        )
+        .await
+        .map_err(gql_error)?;
+        Ok(view.into())
     }
 
     /// Deletes a webhook (by `id` or `input: {id}`) and returns it as it

@@ -27,6 +27,7 @@ pub mod key_cache;
 pub mod keys;
 mod openapi;
 pub mod portal;
+pub mod retention;
 pub mod samples;
 pub mod service;
 pub mod testsend;
@@ -108,6 +109,9 @@ pub struct ApiOptions {
     /// `api.graphql_explorer`: serve GraphiQL at `GET /graphql` for people
     /// to try queries with their API key. Off, only POST is answered there.
     pub graphql_explorer: bool,
+    /// `retention.*`: the deployment's retention, which a workspace's
+    /// override replaces up to `max_days`.
+    pub retention: courier_model::RetentionPolicy,
 }
 
 impl Default for ApiOptions {
@@ -118,6 +122,7 @@ impl Default for ApiOptions {
             rotation_grace: chrono::Duration::hours(24),
             portal: portal::PortalOptions::default(),
             graphql_explorer: false,
+            retention: courier_model::RetentionPolicy::default(),
         }
     }
 }
@@ -223,7 +228,11 @@ impl ApiState {
 /// `/v1/...`, `/graphql` and `/openapi.json`.
 pub fn router(state: ApiState) -> Router {
     let (rest, mut doc) = openapi::rest_router().split_for_parts();
-    openapi::deployment_limits(&mut doc, state.url_policy().max_timeout_ms);
+    openapi::deployment_limits(
+        &mut doc,
+        state.url_policy().max_timeout_ms,
+        state.options().retention.max_days,
+    );
     let doc = Arc::new(doc);
     rest.merge(graphql::router(state.clone()))
         .route(

@@ -20,7 +20,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::views::Page;
-use crate::{ApiState, admin, deliveries, events, ingest, portal, testsend, webhooks_rest};
+use crate::{
+    ApiState, admin, deliveries, events, ingest, portal, retention, testsend, webhooks_rest,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -42,7 +44,8 @@ use crate::{ApiState, admin, deliveries, events, ingest, portal, testsend, webho
         Page<crate::views::WebhookEventView>,
         webhooks_rest::RotatedSecret, webhooks_rest::Recovered, testsend::TestReport,
         testsend::TestResult, deliveries::Redelivery, ingest::Accepted, events::EventView,
-        portal::PortalLinkView, crate::error::ErrorBody,
+        portal::PortalLinkView, crate::error::ErrorBody, retention::RetentionView,
+        retention::RetentionDaysView, retention::RetentionOverrideView,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -52,6 +55,8 @@ use crate::{ApiState, admin, deliveries, events, ingest, portal, testsend, webho
         (name = "deliveries", description = "delivery log and redelivery"),
         (name = "events", description = "HTTP event ingest, and what became of an event"),
         (name = "portal", description = "single-use links to the web console of one workspace"),
+        (name = "retention", description = "how long the ledger keeps a workspace's finished \
+            deliveries"),
     )
 )]
 struct ApiDoc;
@@ -102,7 +107,8 @@ pub fn rest_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(ingest::ingest))
         .routes(routes!(ingest::ingest_batch))
         .routes(routes!(events::get_event))
-        .routes(routes!(portal::create_portal_link));
+        .routes(routes!(portal::create_portal_link))
+        .routes(routes!(retention::get_retention, retention::put_retention));
     refer_to_components(router.get_openapi_mut());
     router
 }
@@ -626,29 +632,56 @@ pub(crate) fn timeout_ms() -> RefOr<Schema> {
     )
 }
 
-/// Puts this deployment's `delivery.timeout_ms` into the document as the
-/// most `timeoutMs` takes, so that what the document allows is what the
-/// API accepts.
-pub(crate) fn deployment_limits(openapi: &mut utoipa::openapi::OpenApi, max_timeout_ms: u32) {
-    fn visit(node: &mut serde_json::Value, max: u32) {
+/// Starts the description of a retention override's days, the schema
+/// whose maximum [`deployment_limits`] sets to `retention.max_days`.
+const RETENTION_DESCRIPTION: &str = "Days the ledger keeps these deliveries after they \
+    finished, instead of the deployment's";
+
+pub(crate) fn retention_days() -> RefOr<Schema> {
+    integer_or_null(
+        1,
+        courier_model::MAX_RETENTION_DAYS,
+        format!(
+            "{RETENTION_DESCRIPTION}: at least 1 and at most `retention.max_days`; null: the \
+             deployment's."
+        ),
+    )
+}
+
+/// Puts this deployment's limits into the document as the most a field
+/// takes: `delivery.timeout_ms` for `timeoutMs`, `retention.max_days` for
+/// a retention override's days. What the document allows is then what
+/// the API accepts.
+pub(crate) fn deployment_limits(
+    openapi: &mut utoipa::openapi::OpenApi,
+    max_timeout_ms: u32,
+    max_retention_days: u32,
+) {
+    fn visit(node: &mut serde_json::Value, limits: &[(&str, u32)]) {
         match node {
             serde_json::Value::Object(map) => {
-                let is_timeout = map
-                    .get("description")
-                    .and_then(|d| d.as_str())
-                    .is_some_and(|d| d.starts_with(TIMEOUT_DESCRIPTION));
-                if is_timeout {
-                    map.insert("maximum".into(), max.into());
+                let description = map.get("description").and_then(|d| d.as_str());
+                let limit = limits
+                    .iter()
+                    .find(|(prefix, _)| description.is_some_and(|d| d.starts_with(prefix)));
+                if let Some((_, max)) = limit {
+                    map.insert("maximum".into(), (*max).into());
                 }
-                map.values_mut().for_each(|child| visit(child, max));
+                map.values_mut().for_each(|child| visit(child, limits));
             }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(|c| visit(c, max)),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|c| visit(c, limits)),
             _ => {}
         }
     }
-    let max = max_timeout_ms.max(crate::webhooks::MIN_TIMEOUT_MS);
+    let limits = [
+        (
+            TIMEOUT_DESCRIPTION,
+            max_timeout_ms.max(crate::webhooks::MIN_TIMEOUT_MS),
+        ),
+        (RETENTION_DESCRIPTION, max_retention_days.max(1)),
+    ];
     let mut doc = serde_json::to_value(&*openapi).expect("the document serializes");
-    visit(&mut doc, max);
+    visit(&mut doc, &limits);
     *openapi = serde_json::from_value(doc).expect("the document reads back");
 }
 

@@ -373,6 +373,22 @@ impl App {
             tracing::info!(listen = %http_addr, "serving /metrics, /healthz, /readyz");
         }
 
+        // Pruning runs where the worker does; of several replicas the one
+        // holding the ledger's pruning lock prunes each round.
+        let pruner = (self.roles.worker && self.settings.retention.enabled).then(|| {
+            let r = &self.settings.retention;
+            let pruner = courier_worker::Pruner::new(
+                self.store.clone(),
+                courier_worker::RetentionConfig {
+                    policy: r.policy(),
+                    interval: Duration::from_secs(r.interval_secs),
+                    batch_rows: r.batch_rows,
+                },
+                Arc::clone(&self.metrics),
+            );
+            tokio::spawn(pruner.run_until_stopped(shutdown.clone()))
+        });
+
         let result = if self.roles.worker {
             run_worker(
                 &self.settings,
@@ -390,6 +406,12 @@ impl App {
         // Whatever was handed to the ledger is committed before we exit.
         ledger.shutdown().await;
         shutdown.cancel();
+        // Stops after the batch under way.
+        if let Some(pruner) = pruner
+            && let Err(error) = pruner.await
+        {
+            tracing::warn!(error = %error, "the pruning task failed");
+        }
         match http.await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(error = %error, "HTTP server failed"),
@@ -450,6 +472,7 @@ impl App {
                 require_https: settings.delivery.require_https,
                 admin_token: settings.api.admin_token.clone(),
                 graphql_explorer: settings.api.graphql_explorer,
+                retention: settings.retention.policy(),
                 portal: courier_api::portal::PortalOptions {
                     base_url: self.console_on().then(|| self.console_url()),
                     default_ttl: chrono::Duration::seconds(i64::from(

@@ -45,6 +45,20 @@ enum Command {
     },
     /// Apply the ledger migrations for the configured database.
     Migrate,
+    /// Remove from the ledger what has outlived its retention, now, and
+    /// print per workspace what went (`courier serve` does this every
+    /// retention.interval_secs).
+    Prune {
+        /// Count what would go, per workspace; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// SQLite only: then rewrite the file once (VACUUM) so it uses
+        /// incremental vacuum and shrinks after pruning; needed once for a
+        /// file created before courier set that. Takes as long as copying
+        /// the file and as much free disk: run it with courier stopped.
+        #[arg(long, conflicts_with = "dry_run")]
+        vacuum: bool,
+    },
     /// Manage workspaces (tenants).
     #[command(subcommand)]
     Workspace(WorkspaceCommand),
@@ -284,6 +298,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             tokio::spawn(stop_on_signal(shutdown.clone()));
             courier::receiver::run(listen, secret, shutdown).await
         }
+        Command::Prune { dry_run, vacuum } => prune(&settings, dry_run, vacuum).await,
         Command::Migrate => {
             open_store(&settings).await?;
             println!("{}", serde_json::json!({"migrated": true}));
@@ -298,6 +313,72 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             webhook(cmd, &open_store(&settings).await?, policy).await
         }
     }
+}
+
+async fn prune(settings: &Settings, dry_run: bool, vacuum: bool) -> anyhow::Result<()> {
+    let store = open_store(settings).await?;
+    if vacuum && store.backend() == courier_store::Backend::Postgres {
+        anyhow::bail!(
+            "--vacuum is for SQLite ledgers: PostgreSQL's autovacuum reuses the space pruning \
+             frees by itself"
+        );
+    }
+    let r = &settings.retention;
+    let pruner = courier_worker::Pruner::new(
+        store.clone(),
+        courier_worker::RetentionConfig {
+            policy: r.policy(),
+            interval: std::time::Duration::from_secs(r.interval_secs),
+            batch_rows: r.batch_rows,
+        },
+        std::sync::Arc::new(courier_worker::Metrics::new()),
+    );
+    // Ctrl-C stops after the batch under way; what went is reported.
+    let stop = CancellationToken::new();
+    tokio::spawn(stop_on_signal(stop.clone()));
+    let round = pruner.run_once(dry_run, &stop).await;
+    let (report, reclaimed, took) = match round {
+        Ok(courier_worker::PruneRound::Done {
+            report,
+            reclaimed,
+            took,
+        }) => (report, reclaimed, took),
+        Ok(courier_worker::PruneRound::Busy) => {
+            store.close().await;
+            anyhow::bail!(
+                "another courier process is pruning this ledger now (it holds the pruning \
+                 lock: PostgreSQL advisory lock {:#x}, or the `prune` lease in the SQLite \
+                 ledger's ledger_leases table); it finishes by itself, or run this again later",
+                courier_store::PRUNE_LOCK_KEY
+            )
+        }
+        Err(error) => {
+            store.close().await;
+            return Err(anyhow::Error::new(error).context("pruning the ledger failed"));
+        }
+    };
+    let vacuumed = if vacuum {
+        Some(
+            store
+                .vacuum()
+                .await
+                .context("VACUUM of the SQLite ledger failed")?,
+        )
+    } else {
+        None
+    };
+    store.close().await;
+    print_json(&serde_json::json!({
+        "dry_run": report.dry_run,
+        "defaults": {"succeeded_days": r.succeeded_days, "failed_days": r.failed_days},
+        "workspaces": report.workspaces,
+        "total": report.total,
+        "batches": report.batches,
+        "stopped": report.stopped,
+        "reclaimed": reclaimed,
+        "vacuum": vacuumed.flatten(),
+        "took_ms": took.as_millis(),
+    }))
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -60,6 +60,14 @@ jitter = 0.2
 retry_after_min_ms = 1000
 retry_after_max_ms = 3600000
 
+[retention]
+enabled = true
+succeeded_days = 30
+failed_days = 90
+max_days = 365
+interval_secs = 3600
+batch_rows = 1000
+
 [log]
 format = "pretty"
 level = "info"
@@ -91,6 +99,7 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub endpoints: EndpointSettings,
     pub retry: RetryPolicy,
+    pub retention: RetentionSettings,
     pub log: LogSettings,
 }
 
@@ -180,6 +189,38 @@ pub struct EndpointSettings {
     /// Failed attempts in a row after which `webhook.failing` is published
     /// (once per failing episode).
     pub failing_after_attempts: u32,
+}
+
+/// How long the ledger keeps finished deliveries, and when it is pruned.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Prune on a schedule in every process that runs the worker (one at
+    /// a time per ledger). Off, only `courier prune` removes anything.
+    pub enabled: bool,
+    /// Days a succeeded delivery is kept after it finished (and an event
+    /// that matched no webhook after it was received).
+    pub succeeded_days: u32,
+    /// Days a dead or canceled delivery is kept after it finished.
+    pub failed_days: u32,
+    /// The most a workspace's own override may ask for.
+    pub max_days: u32,
+    /// Seconds between scheduled runs (the first runs at start).
+    pub interval_secs: u64,
+    /// Most deliveries removed per transaction.
+    pub batch_rows: u32,
+}
+
+impl RetentionSettings {
+    pub fn policy(&self) -> courier_model::RetentionPolicy {
+        courier_model::RetentionPolicy {
+            defaults: courier_model::RetentionDays {
+                succeeded: self.succeeded_days,
+                failed: self.failed_days,
+            },
+            max_days: self.max_days,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -300,6 +341,7 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        self.validate_retention()?;
         self.retry.validate().map_err(|e| SettingsError::Invalid {
             // The policy's own message names the key; keep one source.
             key: "retry",
@@ -314,6 +356,45 @@ impl Settings {
                     self.log.level,
                     LOG_LEVELS.join(", ")
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_retention(&self) -> Result<(), SettingsError> {
+        let r = &self.retention;
+        let max = courier_model::MAX_RETENTION_DAYS;
+        if !(1..=max).contains(&r.max_days) {
+            return Err(invalid(
+                "retention.max_days",
+                format!("must be between 1 and {max} (ten years)"),
+            ));
+        }
+        for (key, days) in [
+            ("retention.succeeded_days", r.succeeded_days),
+            ("retention.failed_days", r.failed_days),
+        ] {
+            if !(1..=r.max_days).contains(&days) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "must be between 1 and retention.max_days ({}), not {days}",
+                        r.max_days
+                    ),
+                ));
+            }
+        }
+        if !(1..=604_800).contains(&r.interval_secs) {
+            return Err(invalid(
+                "retention.interval_secs",
+                "must be between 1 and 604800 (a week); to stop scheduled pruning set \
+                 retention.enabled = false",
+            ));
+        }
+        if !(1..=100_000).contains(&r.batch_rows) {
+            return Err(invalid(
+                "retention.batch_rows",
+                "must be between 1 and 100000 (a few thousand keeps each transaction short)",
             ));
         }
         Ok(())
@@ -480,6 +561,12 @@ mod tests {
         assert!(!s.api.graphql_explorer);
         assert_eq!(s.log.format, LogFormat::Pretty);
         assert_eq!(s.retry, RetryPolicy::default());
+        assert!(s.retention.enabled);
+        assert_eq!(
+            s.retention.policy(),
+            courier_model::RetentionPolicy::default()
+        );
+        assert_eq!(s.retention.interval_secs, 3600);
     }
 
     #[test]
@@ -534,6 +621,33 @@ mod tests {
             ("COURIER__RETRY__MAX_ATTEMPTS", "0", "retry.max_attempts"),
             ("COURIER__LOG__FORMAT", "xml", "log.format"),
             ("COURIER__DELIVERY__NOPE", "1", "nope"),
+            ("COURIER__RETENTION__SUCCEDED_DAYS", "7", "succeded_days"),
+            (
+                "COURIER__RETENTION__SUCCEEDED_DAYS",
+                "0",
+                "retention.succeeded_days",
+            ),
+            (
+                "COURIER__RETENTION__FAILED_DAYS",
+                "400",
+                "retention.failed_days",
+            ),
+            ("COURIER__RETENTION__MAX_DAYS", "4000", "retention.max_days"),
+            (
+                "COURIER__RETENTION__INTERVAL_SECS",
+                "0",
+                "retention.interval_secs",
+            ),
+            (
+                "COURIER__RETENTION__BATCH_ROWS",
+                "0",
+                "retention.batch_rows",
+            ),
+            (
+                "COURIER__RETENTION__ENABLED",
+                "sometimes",
+                "retention.enabled",
+            ),
             ("COURIER__AMQP__PREFIX", "has space", "amqp.prefix"),
             (
                 "COURIER__API__GRAPHQL_EXPLORER",

@@ -111,3 +111,68 @@ fn webhook_commands_print_the_rest_representation() {
     assert_eq!(listed[0]["id"], id);
     assert!(listed[0].get("secret").is_none(), "{listed}");
 }
+
+/// `courier prune --dry-run` prints per workspace what would go and
+/// removes nothing; `courier prune` removes that and prints the same;
+/// `--vacuum` rewrites a SQLite file with incremental vacuum.
+#[test]
+fn prune_prints_what_would_go_then_removes_it() {
+    use courier_model::{Event, EventData, EventId, EventType, WorkspaceId};
+    use courier_store::{Store, WriteOp};
+
+    let courier = Courier::new();
+    courier.json(&["migrate"]);
+    let url = format!("sqlite://{}", courier.dir.join("c.db").display());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = Store::connect(&url, &Default::default()).await.unwrap();
+        let ws = WorkspaceId::parse("acme").unwrap();
+        for (id, days) in [("old-1", 40), ("old-2", 31), ("new-1", 2)] {
+            let event = Event {
+                id: EventId::parse(id).unwrap(),
+                workspace_id: ws.clone(),
+                event_type: EventType::OrderCreated,
+                channel: None,
+                occurred_at: chrono::Utc::now(),
+                data: EventData::from_value(&serde_json::json!({"order_id": id})),
+            };
+            // Matched nothing: kept as long as a success (30 days).
+            store
+                .apply(&[WriteOp::FanOut {
+                    event: std::sync::Arc::new(event),
+                    deliveries: Vec::new(),
+                    paused: Vec::new(),
+                }])
+                .await
+                .unwrap();
+            let at = (chrono::Utc::now() - chrono::Duration::days(days))
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            sqlx::query("UPDATE events SET received_at = ?1 WHERE id = ?2")
+                .bind(at)
+                .bind(id)
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+        store.close().await;
+    });
+
+    let dry = courier.json(&["prune", "--dry-run"]);
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    assert_eq!(dry["defaults"]["succeeded_days"], 30);
+    assert_eq!(dry["workspaces"][0]["workspace"], "acme", "{dry}");
+    assert_eq!(dry["workspaces"][0]["events"], 2, "{dry}");
+    assert_eq!(dry["total"]["events"], 2, "{dry}");
+    let done = courier.json(&["prune"]);
+    assert_eq!(done["dry_run"], false, "{done}");
+    assert_eq!(done["workspaces"], dry["workspaces"], "{done}");
+    assert_eq!(done["total"], dry["total"], "{done}");
+    let again = courier.json(&["prune", "--vacuum"]);
+    assert_eq!(again["total"]["events"], 0, "{again}");
+    assert_eq!(again["vacuum"]["incremental"], true, "{again}");
+    // A dry run rewrites nothing.
+    let output = courier.run(&["prune", "--dry-run", "--vacuum"], &[]);
+    assert!(!output.status.success(), "--vacuum is no dry run");
+}

@@ -13,6 +13,7 @@ pub mod index;
 pub mod message;
 pub mod notice;
 pub mod outcome;
+pub mod retention;
 pub mod retry;
 pub mod signing;
 pub mod subscription;
@@ -24,6 +25,10 @@ pub use ids::{DeliveryId, EventId, IdError, SubscriptionId, WorkspaceId};
 pub use index::{Indexed, SubscriptionIndex, SubscriptionIndexBuilder};
 pub use message::{DeliveryMessage, MessageError, WebhooksChanged, WebhooksChangedKind};
 pub use outcome::{AttemptResult, Decision, DeliveryStatus, ErrorKind, classify};
+pub use retention::{
+    MAX_RETENTION_DAYS, RetentionCutoffs, RetentionDays, RetentionError, RetentionOverride,
+    RetentionPolicy,
+};
 pub use retry::{RetryPolicy, RetryPolicyError, parse_retry_after};
 pub use signing::{SecretError, WebhookSecret, sign_headers};
 pub use subscription::{

@@ -21,6 +21,7 @@ mod ledger;
 mod lifecycle;
 mod postgres;
 mod queries;
+mod retention;
 mod rows;
 pub mod scratch;
 mod sqlite;
@@ -40,6 +41,10 @@ pub use error::{Result, StoreError};
 pub use ledger::{Ledger, LedgerOptions};
 pub use lifecycle::{Disabling, EndedEpisode, LifecycleCounts, OpenEpisode, PausedDeliveries};
 pub use postgres::PgStore;
+pub use retention::{
+    OnBatch, PRUNE_LOCK_KEY, PruneLock, PruneOptions, PruneReport, PrunedRows, Reclaimed,
+    RetentionPlan, WorkspacePruned,
+};
 pub use sqlite::SqliteStore;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

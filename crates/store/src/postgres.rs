@@ -63,6 +63,10 @@ impl PgStore {
         Ok(())
     }
 
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

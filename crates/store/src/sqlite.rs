@@ -38,8 +38,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use courier_model::{DeliveryStatus, Event, EventData};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
-    SqliteRow, SqliteSynchronous,
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteQueryResult, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, Pool, Row, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::watch;
@@ -147,8 +147,12 @@ impl SqliteStore {
         {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         }
+        // Incremental auto-vacuum takes effect in a file created by this
+        // connection (before its first table); in an older file it waits
+        // for a VACUUM (`Store::vacuum`), and asking costs nothing.
         let connect = connect
             .create_if_missing(true)
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(match options.sqlite_sync {
                 SqliteSync::Full => SqliteSynchronous::Full,
@@ -191,6 +195,17 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// The one writer connection's pool, for statements that must not run
+    /// in a transaction (vacuum) or that read the writer's own view.
+    pub(crate) fn writer_pool(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// A write transaction (`BEGIN IMMEDIATE`) on the writer.
+    pub(crate) async fn writer_tx(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     pub async fn close(&self) {
         self.checkpoints.stop().await;
         self.writer.close().await;
@@ -199,7 +214,7 @@ impl SqliteStore {
 }
 
 /// The stored form of a timestamp: fixed width, so text order is time order.
-fn ts(at: &DateTime<Utc>) -> String {
+pub(crate) fn ts(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 

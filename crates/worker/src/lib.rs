@@ -21,6 +21,7 @@ mod log;
 pub mod metrics;
 mod pipeline;
 mod rate;
+pub mod retention;
 mod subscriptions;
 
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub use consumer::Handled;
 pub use health::Health;
 pub use metrics::Metrics;
 pub use pipeline::Pipeline;
+pub use retention::{PruneRound, Pruner, RetentionConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {

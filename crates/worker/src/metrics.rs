@@ -79,6 +79,17 @@ pub struct Metrics {
     /// 1 while this process's API hears key revocations, and so caches
     /// the API keys it verified.
     pub api_key_cache_active: IntGauge,
+    /// Rows pruning removed in this process, by table (events,
+    /// deliveries, attempts).
+    pub retention_pruned: IntCounterVec,
+    /// Pruning rounds by outcome (done, skipped: another process held the
+    /// lock, failed).
+    pub retention_runs: IntCounterVec,
+    /// When this process last finished a pruning round (Unix seconds; 0:
+    /// never).
+    pub retention_last_run: IntGauge,
+    /// Bytes the SQLite ledger file gave back after pruning.
+    pub retention_reclaimed_bytes: IntCounter,
 }
 
 impl Metrics {
@@ -138,6 +149,24 @@ impl Metrics {
             &["stage"],
         );
 
+        let retention_pruned = counter(
+            "courier_retention_pruned_total",
+            "Ledger rows pruning removed in this process, by table (events, deliveries, attempts).",
+            &["table"],
+        );
+        let retention_runs = counter(
+            "courier_retention_runs_total",
+            "Pruning rounds by outcome (done; skipped: another process held the pruning lock; failed).",
+            &["outcome"],
+        );
+        // At 0 from the start, so a dashboard sees pruning before it runs.
+        for table in ["events", "deliveries", "attempts"] {
+            retention_pruned.with_label_values(&[table]);
+        }
+        for outcome in ["done", "skipped", "failed"] {
+            retention_runs.with_label_values(&[outcome]);
+        }
+
         let plain_counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
             registry
@@ -152,6 +181,10 @@ impl Metrics {
         let circuit_opened = plain_counter(
             "courier_endpoint_circuit_opened_total",
             "Times a webhook's circuit opened in this process after failing attempts in a row.",
+        );
+        let retention_reclaimed_bytes = plain_counter(
+            "courier_retention_reclaimed_bytes_total",
+            "Bytes the SQLite ledger file gave back to the file system after pruning (incremental vacuum).",
         );
         let subscription_reloads = counter(
             "courier_subscription_reloads_total",
@@ -214,6 +247,10 @@ impl Metrics {
         let api_key_cache_active = gauge(
             "courier_api_key_cache_active",
             "1 while this process hears API key revocations and so caches the keys it verified; 0: every API request reads its key from the ledger.",
+        );
+        let retention_last_run = gauge(
+            "courier_retention_last_run_timestamp_seconds",
+            "When this process last finished a pruning round, in Unix seconds; 0 if it never did.",
         );
         let held = gauge(
             "courier_deliveries_held",
@@ -283,6 +320,10 @@ impl Metrics {
             subscriptions_cached,
             api_key_cache_active,
             subscription_reloads,
+            retention_pruned,
+            retention_runs,
+            retention_last_run,
+            retention_reclaimed_bytes,
         }
     }
 
@@ -331,6 +372,10 @@ mod tests {
             "courier_publish_confirm_seconds",
             "courier_subscriptions_cached",
             "courier_build_info",
+            "courier_retention_last_run_timestamp_seconds",
+            "courier_retention_reclaimed_bytes_total",
+            "courier_retention_pruned_total",
+            "courier_retention_runs_total",
         ] {
             assert!(text.contains(&format!("# HELP {name} ")), "{name} missing");
         }

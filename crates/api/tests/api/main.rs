@@ -17,6 +17,7 @@ mod graphql;
 mod input;
 mod openapi;
 mod portal;
+mod retention;
 mod settings;
 mod tenancy;
 mod test_sends;

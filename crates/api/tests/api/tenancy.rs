@@ -114,6 +114,16 @@ async fn every_route_hides_other_workspaces(app: Arc<App>) {
             format!("/v1/workspaces/{ws_b}/portal-links"),
             Some(json!({})),
         ),
+        (
+            Method::GET,
+            format!("/v1/workspaces/{ws_b}/retention"),
+            None,
+        ),
+        (
+            Method::PUT,
+            format!("/v1/workspaces/{ws_b}/retention"),
+            Some(json!({"succeededDays": 1})),
+        ),
     ];
     // The admin routes take no workspace key: event types, workspaces, and
     // creating, listing and revoking keys.
@@ -144,6 +154,9 @@ async fn every_route_hides_other_workspaces(app: Arc<App>) {
         if own.ends_with("/webhooks") || own.ends_with("/deliveries") {
             assert!(status.is_success(), "{own}: {resp}");
             assert!(!resp.to_string().contains(hook), "{own} leaked {resp}");
+        } else if own.ends_with("/retention") {
+            // A's own retention, nothing of B's.
+            assert_eq!(status, StatusCode::OK, "{resp}");
         } else if own.ends_with("/portal-links") {
             // A link to A's own console, nothing of B's.
             assert_eq!(status, StatusCode::CREATED, "{resp}");
@@ -164,4 +177,11 @@ async fn every_route_hides_other_workspaces(app: Arc<App>) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(resp["data"]["name"], "b");
     assert_eq!(resp["data"]["secret"], hook_b["secret"]);
+    // B's retention is untouched, though A set its own.
+    let (status, resp) = app
+        .get(&format!("/v1/workspaces/{ws_b}/retention"), &key_b)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(resp["data"]["override"]["succeededDays"], Value::Null);
+    assert_eq!(resp["data"]["effective"]["succeededDays"], 30);
 }

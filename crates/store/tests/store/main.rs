@@ -16,4 +16,5 @@ mod fan_out;
 mod held;
 mod ledger;
 mod lifecycle;
+mod retention;
 mod subscriptions;

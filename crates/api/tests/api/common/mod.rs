@@ -69,6 +69,15 @@ pub const DEFAULT: Setup = Setup {
 
 pub const CONSOLE_URL: &str = "https://hooks.example.com";
 
+/// The deployment's retention in these tests: overrides up to 100 days.
+pub const RETENTION: courier_model::RetentionPolicy = courier_model::RetentionPolicy {
+    defaults: courier_model::RetentionDays {
+        succeeded: 30,
+        failed: 90,
+    },
+    max_days: 100,
+};
+
 /// A migrated database of the test's own: `COURIER_TEST_PG_URL` (default:
 /// the local server) creates the PostgreSQL ones.
 async fn open_db(backend: Backend) -> (Store, ScratchDb) {
@@ -138,6 +147,7 @@ async fn start(store: Store, setup: &Setup) -> App {
                 max_ttl: chrono::Duration::hours(1),
             },
             graphql_explorer: setup.graphql_explorer,
+            retention: RETENTION,
         },
         changes.clone() as Arc<dyn SubscriptionChanges>,
     );
@@ -365,5 +375,7 @@ pub fn served_routes() -> Vec<(&'static str, &'static str)> {
         ("post", "/v1/workspaces/{ws}/events/batch"),
         ("get", "/v1/workspaces/{ws}/events/{id}"),
         ("post", "/v1/workspaces/{ws}/portal-links"),
+        ("get", "/v1/workspaces/{ws}/retention"),
+        ("put", "/v1/workspaces/{ws}/retention"),
     ]
 }

@@ -1,0 +1,232 @@
+//! Pruning the ledger on a schedule: every `interval` (the first time at
+//! start), take the pruning lock, remove what has outlived its retention
+//! ([`courier_store::Store::prune`]), give SQLite's freed pages back, and
+//! let go. Of several replicas, the one that gets the lock prunes; the
+//! others skip that round. `courier prune` runs one round the same way.
+//!
+//! Pruning is batched, so the hot path gets the database between
+//! transactions; a shutdown stops it after the batch under way.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use courier_model::{RetentionPolicy, error_chain};
+use courier_store::{PruneOptions, PruneReport, Reclaimed, RetentionPlan, Store, StoreError};
+use tokio_util::sync::CancellationToken;
+
+use crate::Metrics;
+
+/// How long a SQLite pruning lease lasts: longer than a run takes on any
+/// ledger one machine holds. One that outlives it may overlap the next
+/// process's run, which is safe (each batch checks its rows under the
+/// write lock), only wasteful.
+const SQLITE_LEASE: Duration = Duration::from_secs(3600);
+
+/// What the schedule needs, validated by the caller.
+#[derive(Clone, Copy, Debug)]
+pub struct RetentionConfig {
+    pub policy: RetentionPolicy,
+    pub interval: Duration,
+    /// Most deliveries removed per transaction.
+    pub batch_rows: u32,
+}
+
+/// One round's outcome.
+#[derive(Debug)]
+pub enum PruneRound {
+    /// Another process holds the pruning lock.
+    Busy,
+    Done {
+        report: PruneReport,
+        /// SQLite only; `None` on PostgreSQL and in a dry run.
+        reclaimed: Option<Reclaimed>,
+        took: Duration,
+    },
+}
+
+/// Prunes one ledger; cheap to clone.
+#[derive(Clone)]
+pub struct Pruner {
+    store: Store,
+    config: RetentionConfig,
+    metrics: Arc<Metrics>,
+    /// Names this process in a SQLite lease.
+    holder: String,
+}
+
+impl Pruner {
+    pub fn new(store: Store, config: RetentionConfig, metrics: Arc<Metrics>) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "courier".into());
+        Self {
+            store,
+            config,
+            metrics,
+            holder: format!("{host} pid {}", std::process::id()),
+        }
+    }
+
+    /// Prunes every `interval` until `shutdown`. A failed round is logged
+    /// and counted; the next one tries again.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Said once per process: an older SQLite file never shrinks.
+        let mut told_about_vacuum = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match self.run_once(false, &shutdown).await {
+                Ok(PruneRound::Busy) => {
+                    tracing::debug!("another courier process is pruning the ledger; skipping");
+                }
+                Ok(PruneRound::Done {
+                    report, reclaimed, ..
+                }) => {
+                    if let Some(r) = reclaimed
+                        && !r.incremental
+                        && !told_about_vacuum
+                        && !report.total.is_empty()
+                    {
+                        told_about_vacuum = true;
+                        tracing::info!(
+                            "the SQLite ledger file was created before courier used incremental \
+                             vacuum: pruned pages are reused, but the file does not shrink; run \
+                             `courier prune --vacuum` once, with courier stopped, to switch it"
+                        );
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), "pruning the ledger failed; trying again next round");
+                }
+            }
+        }
+    }
+
+    /// One round: the lock (unless `dry_run`), the prune, the vacuum.
+    /// `stop` ends it after the batch under way.
+    pub async fn run_once(
+        &self,
+        dry_run: bool,
+        stop: &CancellationToken,
+    ) -> Result<PruneRound, StoreError> {
+        let started = Instant::now();
+        let lock = if dry_run {
+            None
+        } else {
+            match self
+                .store
+                .try_lock_pruning(&self.holder, SQLITE_LEASE)
+                .await
+            {
+                Ok(Some(lock)) => Some(lock),
+                Ok(None) => {
+                    self.metrics
+                        .retention_runs
+                        .with_label_values(&["skipped"])
+                        .inc();
+                    return Ok(PruneRound::Busy);
+                }
+                Err(error) => {
+                    self.metrics
+                        .retention_runs
+                        .with_label_values(&["failed"])
+                        .inc();
+                    return Err(error);
+                }
+            }
+        };
+        let result = self.prune(dry_run, stop).await;
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
+        let outcome = if result.is_ok() { "done" } else { "failed" };
+        if !dry_run {
+            self.metrics
+                .retention_runs
+                .with_label_values(&[outcome])
+                .inc();
+        }
+        let (report, reclaimed) = result?;
+        let took = started.elapsed();
+        if !dry_run {
+            self.metrics.retention_last_run.set(Utc::now().timestamp());
+            let t = &report.total;
+            tracing::info!(
+                events = t.events,
+                deliveries = t.deliveries,
+                attempts = t.attempts,
+                workspaces = report.workspaces.len(),
+                batches = report.batches,
+                reclaimed_bytes = reclaimed.map_or(0, |r| r.bytes),
+                took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                stopped = report.stopped,
+                "pruned the ledger"
+            );
+        }
+        Ok(PruneRound::Done {
+            report,
+            reclaimed,
+            took,
+        })
+    }
+
+    async fn prune(
+        &self,
+        dry_run: bool,
+        stop: &CancellationToken,
+    ) -> Result<(PruneReport, Option<Reclaimed>), StoreError> {
+        let plan = RetentionPlan {
+            policy: self.config.policy,
+            overrides: self.store.retention_overrides().await?,
+            now: Utc::now(),
+        };
+        let options = PruneOptions {
+            dry_run,
+            batch_rows: self.config.batch_rows,
+        };
+        let metrics = &self.metrics;
+        let mut on_batch = |workspace: &courier_model::WorkspaceId,
+                            rows: &courier_store::PrunedRows| {
+            tracing::debug!(
+                workspace_id = %workspace,
+                events = rows.events,
+                deliveries = rows.deliveries,
+                attempts = rows.attempts,
+                dry_run,
+                "pruning batch"
+            );
+            if !dry_run {
+                for (table, n) in [
+                    ("events", rows.events),
+                    ("deliveries", rows.deliveries),
+                    ("attempts", rows.attempts),
+                ] {
+                    metrics
+                        .retention_pruned
+                        .with_label_values(&[table])
+                        .inc_by(n);
+                }
+            }
+            if stop.is_cancelled() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        let report = self.store.prune(&plan, options, &mut on_batch).await?;
+        let reclaimed = if dry_run || report.total.is_empty() {
+            None
+        } else {
+            let reclaimed = self.store.reclaim_space().await?;
+            if let Some(r) = reclaimed {
+                metrics.retention_reclaimed_bytes.inc_by(r.bytes);
+            }
+            reclaimed
+        };
+        Ok((report, reclaimed))
+    }
+}

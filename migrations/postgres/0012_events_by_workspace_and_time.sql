@@ -1,0 +1,20 @@
+-- no-transaction
+--
+-- Pruning walks one workspace's events oldest first, from where its last
+-- batch stopped: (workspace_id, received_at, id) finds them without
+-- reading the rest of the table, and lists the workspaces that have
+-- events (a loose index scan). Each event insert now updates this index
+-- too; within a workspace its entries arrive in time order, at the right
+-- end of that workspace's run. Measured with 1,000-row INSERTs of 1 KiB
+-- events into a copy of the table with and without it (1.2 M rows each,
+-- alternating, on a loaded 2-core machine): 9.8 us a row against 7.9,
+-- about 2 us per event, where a fan-out of ten also writes ten
+-- deliveries and their attempts.
+--
+-- Built CONCURRENTLY, so a large ledger keeps taking events while it is
+-- built (a plain CREATE INDEX would block every fan-out until it is
+-- done). That cannot run in a transaction, hence `no-transaction` above,
+-- and it is this file's only statement. Should it fail half-way it
+-- leaves an invalid index of this name behind: `DROP INDEX
+-- events_workspace_received;` and run `courier migrate` again.
+CREATE INDEX CONCURRENTLY events_workspace_received ON events (workspace_id, received_at, id);
