@@ -130,9 +130,12 @@ impl TestEnv {
         let nodes = courier_producer::BrokerNodes::parse(&self.amqp_url).expect("a valid amqp url");
         let mut failure = None;
         for (_, url) in nodes.in_turn() {
-            match Connection::connect(url, ConnectionProperties::default()).await {
-                Ok(connection) => return connection,
-                Err(error) => failure = Some(error),
+            // A node that is booting may take the connection and not answer.
+            let connect = Connection::connect(url, ConnectionProperties::default());
+            match tokio::time::timeout(Duration::from_secs(10), connect).await {
+                Ok(Ok(connection)) => return connection,
+                Ok(Err(error)) => failure = Some(error.to_string()),
+                Err(_) => failure = Some(format!("{url}: no AMQP handshake within 10 s")),
             }
         }
         panic!("connect to RabbitMQ (is it running on 127.0.0.1:5672?): {failure:?}")

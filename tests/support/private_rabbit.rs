@@ -9,6 +9,7 @@ pub struct PrivateRabbit {
     dir: PathBuf,
     node: String,
     port: u16,
+    dist_port: u16,
 }
 
 fn free_port() -> u16 {
@@ -31,6 +32,25 @@ impl PrivateRabbit {
         let dir = std::env::temp_dir().join(format!("courier-rabbit-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
+        let rabbit = Self {
+            dir,
+            node,
+            port,
+            dist_port,
+        };
+        rabbit.boot();
+        rabbit
+    }
+
+    /// Starts the node's Erlang VM (the first time, or after a crash) and
+    /// waits until the broker is up.
+    fn boot(&self) {
+        let Self {
+            dir,
+            node,
+            port,
+            dist_port,
+        } = self;
         // The machine's rabbitmq.conf pins the listener to 5672; ours
         // replaces it.
         std::fs::write(
@@ -58,9 +78,7 @@ impl PrivateRabbit {
             .status()
             .expect("start a private RabbitMQ node");
         assert!(status.success());
-        let rabbit = Self { dir, node, port };
-        rabbit.wait_up();
-        rabbit
+        self.wait_up();
     }
 
     pub fn amqp_url(&self) -> String {
@@ -103,6 +121,57 @@ impl PrivateRabbit {
     /// stays up, durable queues and their messages survive.
     pub fn stop(&self) {
         self.ctl(&["stop_app"]);
+    }
+
+    /// Whether quorum queue `queue` has no leader on this node: its only
+    /// member a follower, as RabbitMQ 3.10 leaves a queue that was never
+    /// written to when the node crashed.
+    pub fn is_leaderless(&self, queue: &str) -> bool {
+        let output = Command::new("runuser")
+            .args(["-u", "rabbitmq", "--", "rabbitmq-queues", "-q", "-n"])
+            .arg(&self.node)
+            .args(["quorum_status", queue, "--formatter", "json"])
+            .output()
+            .expect("run rabbitmq-queues quorum_status");
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.contains("follower") && !text.contains("leader")
+    }
+
+    /// The operator's step for a quorum queue whose only member came back
+    /// from a crash as a follower with no leader (RabbitMQ 3.10 does not
+    /// start an election for it by itself): asks its member on this node to
+    /// start one.
+    pub fn trigger_election(&self, queue: &str) {
+        let server = format!("{{'%2F_{queue}', node()}}");
+        let status = Command::new("runuser")
+            .args(["-u", "rabbitmq", "--", "rabbitmqctl", "-q", "-n"])
+            .arg(&self.node)
+            .args(["eval", &format!("ra:trigger_election({server}).")])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run rabbitmqctl eval");
+        assert!(status.success(), "triggering an election of {queue}");
+    }
+
+    /// Kills the node's Erlang VM with SIGKILL, as a crash or an OOM kill
+    /// would: nothing is flushed or closed, and the node is gone at once.
+    pub fn crash(&self) {
+        let pid = std::fs::read_to_string(self.dir.join("pid")).expect("the node's pid file");
+        let status = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -KILL {pid}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while port_open(self.port) {
+            assert!(Instant::now() < deadline, "the killed node still listens");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Boots the node again after [`PrivateRabbit::crash`], on its data.
+    pub fn boot_again(&self) {
+        self.boot();
     }
 
     /// Starts the broker application again after [`PrivateRabbit::stop`].
