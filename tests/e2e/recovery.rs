@@ -273,3 +273,65 @@ async fn healthy_and_failing_through(fault: Fault) {
         healthy.count() - healthy.distinct()
     );
 }
+
+/// `courier-producer load` keeps publishing through a broker restart: a
+/// publish whose connection broke connects again and is published again,
+/// and the run ends with every event confirmed and in the fan-out queue
+/// (some perhaps twice, under one id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_producer_publishes_through_a_broker_restart() {
+    const EVENTS: u32 = 2000;
+    let rabbit = PrivateRabbit::start();
+    let env = TestEnv::on_broker(rabbit.amqp_url(), Db::Sqlite, &[]).await;
+    // The fan-out queue exists before the load starts, to be watched.
+    let (_, connection) = env.publisher().await;
+    connection.close(200, "".into()).await.ok();
+    let binary = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("courier-producer");
+    let load = tokio::process::Command::new(&binary)
+        .args(["--amqp-url", &rabbit.amqp_url(), "--prefix", &env.prefix])
+        .args(["load", "--events", &EVENTS.to_string(), "--rate", "400"])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+    let fanout = env.topology().fanout_queue();
+    wait_for(
+        "publishing to be under way",
+        Duration::from_secs(30),
+        || async { env.queue_len(&fanout).await >= EVENTS / 10 },
+    )
+    .await;
+    rabbit.stop();
+    rabbit.start_again();
+    let output = tokio::time::timeout(Duration::from_secs(90), load.wait_with_output())
+        .await
+        .expect("the load ends within 90 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "load failed: {stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["failed"], 0, "{summary}");
+    let ids: std::collections::HashSet<String> = env
+        .drain(&fanout)
+        .await
+        .iter()
+        .filter_map(|(_, properties)| properties.message_id().as_ref().map(|id| id.to_string()))
+        .collect();
+    assert_eq!(
+        ids.len(),
+        EVENTS as usize,
+        "every event is in the fan-out queue"
+    );
+    assert!(
+        stderr.contains("connecting again"),
+        "the restart landed mid-run: {stderr}"
+    );
+}

@@ -28,11 +28,13 @@
 mod nodes;
 pub mod outgoing;
 mod publisher;
+mod reconnecting;
 pub mod topology;
 
 pub use nodes::{BrokerNodes, NodesError};
 pub use outgoing::{Outgoing, OutgoingKind};
 pub use publisher::{ConfirmedChannel, PublishError, Publisher, redact_url};
+pub use reconnecting::ReconnectingPublisher;
 pub use topology::Topology;
 
 /// The default broker URL, matching `amqp.url`'s default.

@@ -174,7 +174,15 @@ impl Publisher {
     /// `url` may name a cluster's nodes, separated by commas (see
     /// [`BrokerNodes`]): the first that answers is used.
     pub async fn connect(url: &str, prefix: &str) -> Result<(Self, Connection), PublishError> {
-        let nodes = BrokerNodes::parse(url)?;
+        Self::connect_to(&BrokerNodes::parse(url)?, prefix).await
+    }
+
+    /// As [`Publisher::connect`], to one of `nodes`, from where their turn
+    /// stands (so a caller connecting again starts after the node it lost).
+    pub async fn connect_to(
+        nodes: &BrokerNodes,
+        prefix: &str,
+    ) -> Result<(Self, Connection), PublishError> {
         let mut failure = None;
         for (n, node) in nodes.in_turn() {
             match Connection::connect(node, ConnectionProperties::default()).await {

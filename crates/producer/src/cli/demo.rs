@@ -48,11 +48,11 @@ pub struct DemoArgs {
 }
 
 pub async fn run(broker: &Broker, args: &DemoArgs) -> Result<(), Failure> {
-    let (publisher, connection) = super::connect(broker).await?;
+    let publisher = super::connect(broker).await?;
     let seed = args.seed.unwrap_or_else(|| rand::rng().random());
     let mut generator = Generator::new(StdRng::seed_from_u64(seed));
     let streamed = stream(&publisher, &mut generator, args, super::ctrl_c()).await;
-    super::close(connection).await;
+    super::close(publisher).await;
     let published = streamed?;
     eprintln!("published {published} events");
     Ok(())
@@ -63,7 +63,7 @@ pub async fn run(broker: &Broker, args: &DemoArgs) -> Result<(), Failure> {
 /// and before the next one is made, so the printed order is the order in
 /// the queue and a Ctrl-C never abandons an unconfirmed event.
 async fn stream<R: Rng>(
-    publisher: &courier_producer::Publisher,
+    publisher: &courier_producer::ReconnectingPublisher,
     generator: &mut Generator<R>,
     args: &DemoArgs,
     shutdown: impl Future<Output = ()>,

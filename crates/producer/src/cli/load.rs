@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use clap::builder::RangedU64ValueParser;
 use courier_model::{Channel, Event, EventType, MAX_EVENT_BYTES, WorkspaceId};
-use courier_producer::{PublishError, Publisher};
+use courier_producer::{PublishError, ReconnectingPublisher};
 use futures_util::{StreamExt, stream};
 use rand::RngExt;
 use serde::Serialize;
@@ -140,9 +140,9 @@ struct Report {
 
 pub async fn run(broker: &Broker, args: &LoadArgs) -> Result<(), Failure> {
     let plan = Plan::new(args)?;
-    let (publisher, connection) = super::connect(broker).await?;
+    let publisher = super::connect(broker).await?;
     let report = publish_all(&publisher, &plan, args).await;
-    super::close(connection).await;
+    super::close(publisher).await;
 
     let seconds = report.elapsed.as_secs_f64();
     let confirmed = args.events - report.failed;
@@ -174,7 +174,7 @@ pub async fn run(broker: &Broker, args: &LoadArgs) -> Result<(), Failure> {
 
 /// The clock starts after connecting: the summary measures publishing, not
 /// connection setup.
-async fn publish_all(publisher: &Publisher, plan: &Plan, args: &LoadArgs) -> Report {
+async fn publish_all(publisher: &ReconnectingPublisher, plan: &Plan, args: &LoadArgs) -> Report {
     let started = Instant::now();
     let ticker = args.rate.map(|rate| {
         let mut ticker = tokio::time::interval(period(rate));

@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::anyhow;
 use clap::Args;
 use courier_model::Channel;
-use courier_producer::{BrokerNodes, DEFAULT_AMQP_URL, PublishError, Publisher, redact_url};
-use lapin::Connection;
+use courier_producer::{
+    BrokerNodes, DEFAULT_AMQP_URL, PublishError, ReconnectingPublisher, redact_url,
+};
 
 /// How long connecting and declaring the ingress topology may take. Without
 /// a bound, a firewalled host would leave the command hanging silently.
@@ -88,12 +89,18 @@ impl Failure {
     }
 }
 
+/// How long a publish may keep trying when its connection breaks (a
+/// broker node lost, a restart): connecting again, to another node when
+/// there are several, and publishing the event again.
+pub const RECONNECT_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Connects and declares the ingress topology, so a confirmed event is kept
-/// even when no worker runs yet.
-pub async fn connect(broker: &Broker) -> Result<(Publisher, Connection), Failure> {
+/// even when no worker runs yet. The publisher connects again when its
+/// connection breaks (see [`RECONNECT_PATIENCE`]).
+pub async fn connect(broker: &Broker) -> Result<ReconnectingPublisher, Failure> {
     match tokio::time::timeout(
         CONNECT_TIMEOUT,
-        Publisher::connect(&broker.amqp_url, &broker.prefix),
+        ReconnectingPublisher::connect(&broker.amqp_url, &broker.prefix, RECONNECT_PATIENCE),
     )
     .await
     {
@@ -112,10 +119,8 @@ pub async fn connect(broker: &Broker) -> Result<(Publisher, Connection), Failure
 /// Closes politely so the broker logs no "client unexpectedly closed TCP
 /// connection". Everything was confirmed already, so a failure here loses
 /// nothing and is only logged.
-pub async fn close(connection: Connection) {
-    if let Err(error) = connection.close(200, "done".into()).await {
-        tracing::debug!(%error, "closing the RabbitMQ connection failed");
-    }
+pub async fn close(publisher: ReconnectingPublisher) {
+    publisher.close().await;
 }
 
 /// `Channel` has no `FromStr`; its message already names the value.

@@ -90,9 +90,9 @@ pub async fn run(broker: &Broker, args: &PublishArgs) -> Result<(), Failure> {
     let bytes = read(&source)?;
     let (event, body) = build(args, &source, bytes)?;
 
-    let (publisher, connection) = super::connect(broker).await?;
+    let publisher = super::connect(broker).await?;
     let published = publisher.publish_encoded(&event, &body).await;
-    super::close(connection).await;
+    super::close(publisher).await;
     published.map_err(Failure::from_publish)?;
 
     println!("{}", event.id);
