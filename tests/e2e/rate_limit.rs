@@ -1,6 +1,6 @@
 //! A webhook's rate limit holds across replicas: two workers drain a
-//! backlog to a webhook limited to 50 requests a second, and its receiver
-//! never sees more than that in a second (within 10 %), while an unlimited
+//! backlog to a webhook limited to 50 requests a second (burst 5), and its
+//! receiver never sees more than the limit allows, while an unlimited
 //! webhook on the same events gets them all long before.
 
 use std::time::Duration;
@@ -14,6 +14,7 @@ crate::on_both_databases!(a_rate_limit_holds_across_two_replicas);
 
 const EVENTS: usize = 2_000;
 const PER_SECOND: u32 = 50;
+const BURST: u32 = 5;
 
 async fn a_rate_limit_holds_across_two_replicas(db: Db) {
     let env = TestEnv::new(db).await;
@@ -25,7 +26,7 @@ async fn a_rate_limit_holds_across_two_replicas(db: Db) {
         .await;
     sub.settings.rate_limit = Some(RateLimit {
         per_second: PER_SECOND,
-        burst: 5,
+        burst: BURST,
     });
     assert!(env.store.update_subscription(&sub).await.unwrap());
     env.webhook(&ws, &unlimited.url(), &["order.created"], &[])
@@ -86,11 +87,22 @@ async fn a_rate_limit_holds_across_two_replicas(db: Db) {
     for r in &requests {
         per_second[(r.at - start).as_secs() as usize] += 1;
     }
-    let busiest = *per_second.iter().max().unwrap();
+    // A token bucket lets through at most rate x span + burst in any span,
+    // counted when it grants; the receiver counts arrivals, which a request
+    // granted just before a second's end may make just after it. So: the
+    // bucket's bound plus a tenth of a second's worth for that, over one
+    // second and over any five.
+    let seen = &per_second[..per_second.iter().rposition(|&n| n > 0).unwrap() + 1];
+    let slack = PER_SECOND / 10;
+    let busiest = *seen.iter().max().unwrap();
     assert!(
-        busiest <= PER_SECOND * 11 / 10,
-        "{busiest} requests in one second; per second: {:?}",
-        &per_second[..per_second.iter().rposition(|&n| n > 0).unwrap() + 1]
+        busiest <= PER_SECOND + BURST + slack,
+        "{busiest} requests in one second; per second: {seen:?}"
+    );
+    let busiest_five: u32 = seen.windows(5).map(|w| w.iter().sum()).max().unwrap_or(0);
+    assert!(
+        busiest_five <= 5 * PER_SECOND + BURST + slack,
+        "{busiest_five} requests in five seconds; per second: {seen:?}"
     );
     assert_eq!(requests.len(), EVENTS, "each once");
     a.stop().await.unwrap();
