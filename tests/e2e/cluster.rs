@@ -2,9 +2,8 @@
 //! given every node's address, its quorum queues replicate across the
 //! nodes, and when the node leading the fan-out queue stops, the workers on
 //! it reconnect to another node and every event is delivered at least
-//! once. Then the node leading it in turn crashes (SIGKILL) and boots
-//! again, and again everything arrives. Duplicates are allowed (a delivery
-//! in flight when its connection died is redelivered) and printed.
+//! once. Duplicates are allowed (a delivery in flight when its connection
+//! died is redelivered) and printed.
 
 use std::time::Duration;
 
@@ -24,20 +23,6 @@ const SLOW_ANSWER: Duration = Duration::from_millis(20);
 /// answers, and publishes the event again. Returns how many it published
 /// again.
 async fn publish_through_losses(
-    env: &TestEnv,
-    ws: &WorkspaceId,
-    seqs: std::ops::Range<usize>,
-) -> usize {
-    let what = format!("publishing events {seqs:?}");
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        publish_again_on_loss(env, ws, seqs),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{what} took over 60 s"))
-}
-
-async fn publish_again_on_loss(
     env: &TestEnv,
     ws: &WorkspaceId,
     seqs: std::ops::Range<usize>,
@@ -76,9 +61,7 @@ async fn publish_again_on_loss(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_fanout_leader_mid_run_loses_nothing() {
     const EVENTS: usize = 1000;
-    let started = std::time::Instant::now();
     let cluster = PrivateCluster::start(3);
-    println!("{:?}: cluster up", started.elapsed());
     let env = TestEnv::on_broker(cluster.amqp_urls(), Db::Postgres, SLOW).await;
     let ws = env.workspace("acme").await;
     let receiver = Receiver::start(Behavior::Slow(SLOW_ANSWER)).await;
@@ -118,7 +101,6 @@ async fn losing_the_fanout_leader_mid_run_loses_nothing() {
         assert!(restarts < 30, "no worker ever connected to {leader}");
     };
     let mut republished = publish_through_losses(&env, &ws, 0..EVENTS / 2).await;
-    println!("{:?}: first half published", started.elapsed());
     wait_for("deliveries to flow", Duration::from_secs(60), || async {
         receiver.count() >= EVENTS / 20
     })
@@ -127,7 +109,6 @@ async fn losing_the_fanout_leader_mid_run_loses_nothing() {
     assert!(before < EVENTS / 2, "the node must go mid-run");
     let lost = cluster.index_of(&leader);
     cluster.node(lost).stop();
-    println!("{:?}: leader stopped", started.elapsed());
     republished += publish_through_losses(&env, &ws, EVENTS / 2..EVENTS).await;
 
     wait_for(
@@ -148,41 +129,6 @@ async fn losing_the_fanout_leader_mid_run_loses_nothing() {
     let asking = (lost + 1) % 3;
     let (new_leader, _) = cluster.quorum_members(asking, &fanout);
     assert_ne!(new_leader, leader, "another node leads the fan-out queue");
-
-    // Then a crash: the stopped node comes back, and the node leading the
-    // fan-out queue now is killed mid-run and boots again on its data.
-    cluster.node(lost).start_again();
-    println!("{:?}: stopped node back", started.elapsed());
-    let crashed = cluster.index_of(&new_leader);
-    let delivered = receiver.distinct();
-    republished += publish_through_losses(&env, &ws, EVENTS..EVENTS + EVENTS / 2).await;
-    wait_for(
-        "deliveries to flow again",
-        Duration::from_secs(60),
-        || async { receiver.distinct() >= delivered + EVENTS / 20 },
-    )
-    .await;
-    let before_crash = receiver.distinct() - EVENTS;
-    cluster.node(crashed).crash();
-    println!("{:?}: leader crashed", started.elapsed());
-    republished += publish_through_losses(&env, &ws, EVENTS + EVENTS / 2..2 * EVENTS).await;
-    cluster.node(crashed).boot_again();
-    println!("{:?}: crashed node booted again", started.elapsed());
-    wait_for(
-        "every delivery after the node's crash",
-        Duration::from_secs(120),
-        || async { receiver.distinct() == 2 * EVENTS },
-    )
-    .await;
-    wait_for(
-        "the ledger to record them",
-        Duration::from_secs(60),
-        || async {
-            env.store.delivery_counts().await.ok()
-                == Some(vec![(DeliveryStatus::Succeeded, 2 * EVENTS as u64)])
-        },
-    )
-    .await;
     for worker in workers {
         worker
             .stop()
@@ -191,8 +137,7 @@ async fn losing_the_fanout_leader_mid_run_loses_nothing() {
     }
     println!(
         "cluster node loss: {EVENTS} events, {before} delivered before {leader} stopped \
-         (workers started again {restarts} times to have one on it); then {EVENTS} more, \
-         {before_crash} delivered before {new_leader} crashed; {republished} published \
+         (workers started again {restarts} times to have one on it), {republished} published \
          again by the upstream, {} duplicate deliveries",
         receiver.count() - receiver.distinct()
     );
