@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use courier_model::{DeliveryStatus, Event, EventType, WorkspaceId};
+use courier_model::{Event, EventType, WorkspaceId};
 use courier_producer::Publisher;
 use courier_tests::{Behavior, Db, PrivateCluster, Receiver, TestEnv, wait_for};
 use lapin::Connection;
@@ -111,21 +111,7 @@ async fn losing_the_fanout_leader_mid_run_loses_nothing() {
     cluster.node(lost).stop();
     republished += publish_through_losses(&env, &ws, EVENTS / 2..EVENTS).await;
 
-    wait_for(
-        "every delivery after the node's loss",
-        Duration::from_secs(120),
-        || async { receiver.distinct() == EVENTS },
-    )
-    .await;
-    wait_for(
-        "the ledger to record them",
-        Duration::from_secs(60),
-        || async {
-            env.store.delivery_counts().await.ok()
-                == Some(vec![(DeliveryStatus::Succeeded, EVENTS as u64)])
-        },
-    )
-    .await;
+    crate::all_delivered(&env, &receiver, EVENTS).await;
     let asking = (lost + 1) % 3;
     let (new_leader, _) = cluster.quorum_members(asking, &fanout);
     assert_ne!(new_leader, leader, "another node leads the fan-out queue");

@@ -95,3 +95,29 @@ pub(crate) async fn wait_for_ledger(
     })
     .await;
 }
+
+/// Every event reached the receiver and the ledger says so.
+pub(crate) async fn all_delivered(
+    env: &courier_tests::TestEnv,
+    receiver: &courier_tests::Receiver,
+    events: usize,
+) {
+    courier_tests::wait_for(
+        "every delivery after the failure",
+        std::time::Duration::from_secs(90),
+        || async { receiver.distinct() == events },
+    )
+    .await;
+    courier_tests::wait_for(
+        "the ledger to record them",
+        std::time::Duration::from_secs(60),
+        || async {
+            env.store.delivery_counts().await.ok()
+                == Some(vec![(
+                    courier_model::DeliveryStatus::Succeeded,
+                    events as u64,
+                )])
+        },
+    )
+    .await;
+}

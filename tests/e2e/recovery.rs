@@ -31,25 +31,6 @@ async fn publish_range(
     connection.close(200, "".into()).await.ok();
 }
 
-/// Every event reached the receiver and the ledger says so.
-async fn all_delivered(env: &TestEnv, receiver: &Receiver, events: usize) {
-    wait_for(
-        "every delivery after the failure",
-        Duration::from_secs(90),
-        || async { receiver.distinct() == events },
-    )
-    .await;
-    wait_for(
-        "the ledger to record them",
-        Duration::from_secs(60),
-        || async {
-            env.store.delivery_counts().await.ok()
-                == Some(vec![(DeliveryStatus::Succeeded, events as u64)])
-        },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_mid_run_loses_nothing() {
     const EVENTS: usize = 600;
@@ -90,7 +71,7 @@ async fn postgres_restart_mid_run_loses_nothing() {
     );
     pg.up();
 
-    all_delivered(&env, &receiver, EVENTS).await;
+    crate::all_delivered(&env, &receiver, EVENTS).await;
     assert_eq!(worker.get("/readyz").await.0, 200);
     worker
         .stop()
@@ -135,7 +116,7 @@ async fn rabbitmq_restart_mid_run_loses_nothing() {
     );
     rabbit.start_again();
     publish_range(&env, &ws, EVENTS / 2..EVENTS).await;
-    all_delivered(&env, &receiver, EVENTS).await;
+    crate::all_delivered(&env, &receiver, EVENTS).await;
     wait_for(
         "readiness after reconnecting",
         Duration::from_secs(30),
