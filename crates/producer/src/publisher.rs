@@ -160,6 +160,18 @@ impl ConfirmedChannel {
 const NACK_ATTEMPTS: u32 = 5;
 const NACK_FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// How long one node may take to complete the AMQP handshake before the
+/// next node is tried.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long the node that answered may take to open a channel and declare
+/// the ingress topology. Declaring a quorum queue starts its replicas, which
+/// a busy broker can take seconds to do.
+pub const DECLARE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn timed_out(what: String) -> lapin::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what).into()
+}
+
 /// Publishes events to the events exchange. An `Ok` from [`Publisher::publish`]
 /// means RabbitMQ holds the event durably.
 #[derive(Clone, Debug)]
@@ -179,24 +191,47 @@ impl Publisher {
 
     /// As [`Publisher::connect`], to one of `nodes`, from where their turn
     /// stands (so a caller connecting again starts after the node it lost).
+    ///
+    /// Each node gets [`HANDSHAKE_TIMEOUT`] to complete the AMQP handshake,
+    /// so a node that accepts TCP but never answers does not keep the next
+    /// one from being tried; the node that answered then gets
+    /// [`DECLARE_TIMEOUT`] to open a channel and declare the topology.
     pub async fn connect_to(
         nodes: &BrokerNodes,
         prefix: &str,
     ) -> Result<(Self, Connection), PublishError> {
         let mut failure = None;
         for (n, node) in nodes.in_turn() {
-            match Connection::connect(node, ConnectionProperties::default()).await {
-                Ok(connection) => {
+            let handshake = Connection::connect(node, ConnectionProperties::default());
+            let source = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(connection)) => {
                     nodes.connected(n);
                     let topology = Topology::new(prefix, vec![]);
-                    let publisher = Self::on_connection(&connection, topology).await?;
-                    return Ok((publisher, connection));
+                    let declare = Self::on_connection(&connection, topology);
+                    return match tokio::time::timeout(DECLARE_TIMEOUT, declare).await {
+                        Ok(Ok(publisher)) => Ok((publisher, connection)),
+                        Ok(Err(error)) => Err(error),
+                        Err(_) => {
+                            crate::bounded("connection.close", connection.close(320, "".into()))
+                                .await;
+                            Err(PublishError::Connect {
+                                url: redact_url(node),
+                                source: timed_out(format!(
+                                    "the node answered but did not declare the topology within {} s",
+                                    DECLARE_TIMEOUT.as_secs()
+                                )),
+                            })
+                        }
+                    };
                 }
-                Err(source) => {
-                    tracing::debug!(node = %redact_url(node), error = %source, "RabbitMQ node did not answer");
-                    failure = Some(source);
-                }
-            }
+                Ok(Err(source)) => source,
+                Err(_) => timed_out(format!(
+                    "no AMQP handshake within {} s",
+                    HANDSHAKE_TIMEOUT.as_secs()
+                )),
+            };
+            tracing::debug!(node = %redact_url(node), error = %source, "RabbitMQ node did not answer");
+            failure = Some(source);
         }
         Err(PublishError::Connect {
             url: nodes.redacted(),

@@ -16,8 +16,6 @@ use tokio::time::Instant;
 
 use crate::{BrokerNodes, PublishError, Publisher};
 
-/// How long one connection attempt (every node in turn) may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first pause before publishing again; it doubles up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const MAX_PAUSE: Duration = Duration::from_secs(2);
@@ -117,16 +115,8 @@ impl ReconnectingPublisher {
             return Ok((publisher.clone(), current.generation));
         }
         current.connected = None;
-        let connect = Publisher::connect_to(&self.nodes, &self.prefix);
-        let (publisher, connection) = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-            Ok(connected) => connected?,
-            Err(_) => {
-                return Err(PublishError::Connect {
-                    url: self.nodes.redacted(),
-                    source: std::io::Error::from(std::io::ErrorKind::TimedOut).into(),
-                });
-            }
-        };
+        // Each node's handshake and the declaration are bounded there.
+        let (publisher, connection) = Publisher::connect_to(&self.nodes, &self.prefix).await?;
         current.generation += 1;
         tracing::debug!(nodes = %self.nodes.redacted(), generation = current.generation, "connected to RabbitMQ");
         current.connected = Some((publisher.clone(), connection));

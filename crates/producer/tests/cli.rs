@@ -761,6 +761,52 @@ async fn the_cli_publishes_through_the_first_node_that_answers() {
     .await;
 }
 
+/// A node that accepts TCP but never speaks AMQP (a stuck broker, another
+/// service on the port) costs its own handshake bound, then the next node
+/// is tried; alone, it is named as the reason.
+#[tokio::test]
+async fn a_node_that_accepts_but_never_answers_is_passed_over() {
+    isolated(|ctx| async move {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_url = format!("amqp://guest:guest@{}/%2f", silent.local_addr().unwrap());
+        // Hold every accepted connection open, saying nothing.
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                held.push(socket);
+            }
+        });
+        let publish = [
+            "publish",
+            "--workspace",
+            "acme",
+            "--type",
+            "order.created",
+            "--data",
+            "{}",
+        ];
+
+        let alone = ctx
+            .command_on(&silent_url, &publish)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(alone.status.code(), Some(1), "{}", stderr(&alone));
+        assert!(
+            stderr(&alone).contains("no AMQP handshake within 10 s"),
+            "{}",
+            stderr(&alone)
+        );
+
+        let nodes = format!("{silent_url}, {}", ctx.url);
+        let output = ctx.command_on(&nodes, &publish).output().await.unwrap();
+        assert_success(&output);
+        assert_eq!(ctx.drain().await.len(), 1);
+        holder.abort();
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_malformed_node_list_is_refused_naming_the_node() {
     isolated(|ctx| async move {

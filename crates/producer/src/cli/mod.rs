@@ -11,13 +11,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 use clap::Args;
 use courier_model::Channel;
-use courier_producer::{
-    BrokerNodes, DEFAULT_AMQP_URL, PublishError, ReconnectingPublisher, redact_url,
-};
-
-/// How long connecting and declaring the ingress topology may take. Without
-/// a bound, a firewalled host would leave the command hanging silently.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+use courier_producer::{DEFAULT_AMQP_URL, PublishError, ReconnectingPublisher};
 
 const START_HINT: &str = "is RabbitMQ running and are the URL and credentials right? \
      To start a local broker: `rabbitmq-server -detached`";
@@ -98,22 +92,11 @@ pub const RECONNECT_PATIENCE: Duration = Duration::from_secs(60);
 /// even when no worker runs yet. The publisher connects again when its
 /// connection breaks (see [`RECONNECT_PATIENCE`]).
 pub async fn connect(broker: &Broker) -> Result<ReconnectingPublisher, Failure> {
-    match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        ReconnectingPublisher::connect(&broker.amqp_url, &broker.prefix, RECONNECT_PATIENCE),
-    )
-    .await
-    {
-        Ok(Ok(connected)) => Ok(connected),
-        Ok(Err(error)) => Err(Failure::from_publish(error)),
-        Err(_elapsed) => Err(Failure::Broker(anyhow!(
-            "timed out after {}s connecting to RabbitMQ at {}; {START_HINT}",
-            CONNECT_TIMEOUT.as_secs(),
-            BrokerNodes::parse(&broker.amqp_url)
-                .map(|nodes| nodes.redacted())
-                .unwrap_or_else(|_| redact_url(&broker.amqp_url))
-        ))),
-    }
+    // Each node's handshake and the topology's declaration are bounded
+    // inside (a node that never answers is named as such).
+    ReconnectingPublisher::connect(&broker.amqp_url, &broker.prefix, RECONNECT_PATIENCE)
+        .await
+        .map_err(Failure::from_publish)
 }
 
 /// Closes politely so the broker logs no "client unexpectedly closed TCP
