@@ -180,15 +180,19 @@ async fn healthy_and_failing_through(fault: Fault) {
     )
     .await;
     let ws = env.workspace("acme").await;
-    let healthy = Receiver::start(Behavior::Slow(SLOW_ANSWER)).await;
+    let healthy = Receiver::start(Behavior::Slow(Duration::from_millis(50))).await;
     let failing = Receiver::start(Behavior::Status(500)).await;
     env.webhook(&ws, &healthy.url(), &["order.created"], &[])
         .await;
     env.webhook(&ws, &failing.url(), &["order.created"], &[])
         .await;
 
-    let worker = env.start_worker().await;
+    // The first half waits in the fan-out queue before the worker starts,
+    // and the healthy receiver takes at least EVENTS / 2 * 50 ms / 2 = 5 s
+    // for it, so the fault lands mid-run however slowly this machine
+    // publishes.
     publish_range(&env, &ws, 0..EVENTS / 2).await;
+    let worker = env.start_worker().await;
     wait_for("deliveries to flow", Duration::from_secs(60), || async {
         healthy.count() >= EVENTS / 20
     })
@@ -209,15 +213,10 @@ async fn healthy_and_failing_through(fault: Fault) {
         Fault::Crash => rabbit.boot_again(),
         Fault::Stop => rabbit.start_again(),
     }
-    let mut leaderless = Vec::new();
-    if fault == Fault::Crash {
-        for queue in env.topology().queues() {
-            if rabbit.is_leaderless(&queue) {
-                rabbit.trigger_election(&queue);
-                leaderless.push(queue);
-            }
-        }
-    }
+    let leaderless = match fault {
+        Fault::Crash => rabbit.wake_leaderless(&env.topology().queues()),
+        Fault::Stop => Vec::new(),
+    };
     publish_range(&env, &ws, EVENTS / 2..EVENTS).await;
     wait_for(
         "every healthy delivery after the fault",

@@ -123,34 +123,91 @@ impl PrivateRabbit {
         self.ctl(&["stop_app"]);
     }
 
-    /// Whether quorum queue `queue` has no leader on this node: its only
-    /// member a follower, as RabbitMQ 3.10 leaves a queue that was never
-    /// written to when the node crashed.
-    pub fn is_leaderless(&self, queue: &str) -> bool {
-        let output = Command::new("runuser")
-            .args(["-u", "rabbitmq", "--", "rabbitmq-queues", "-q", "-n"])
-            .arg(&self.node)
-            .args(["quorum_status", queue, "--formatter", "json"])
-            .output()
-            .expect("run rabbitmq-queues quorum_status");
-        let text = String::from_utf8_lossy(&output.stdout);
-        text.contains("follower") && !text.contains("leader")
+    /// The operator's step after a crash (docs/operations.md, "A queue
+    /// without a leader"): looks at each of `queues` until every one has a
+    /// leader, starting an election for one whose members are followers
+    /// only (RabbitMQ 3.10 leaves a queue that was never written to so when
+    /// its node crashes, and does not start an election by itself). A queue
+    /// still recovering answers nothing for a while, and an election may
+    /// not take at once, so this looks again rather than once. Returns the
+    /// queues it had to wake.
+    pub fn wake_leaderless(&self, queues: &[String]) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut woken = Vec::new();
+        loop {
+            // One CLI call a round: each boots an Erlang VM, which takes
+            // seconds on a loaded machine.
+            let states = self.wake_round(queues);
+            let mut waiting = Vec::new();
+            for (queue, state) in queues.iter().zip(&states) {
+                match state.as_str() {
+                    "led" => {}
+                    "woken" => {
+                        if !woken.contains(queue) {
+                            woken.push(queue.clone());
+                        }
+                        waiting.push(queue);
+                    }
+                    _ => waiting.push(queue),
+                }
+            }
+            if waiting.is_empty() {
+                return woken;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "quorum queues without a leader 120 s after the boot: {waiting:?} ({states:?})"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
-    /// The operator's step for a quorum queue whose only member came back
-    /// from a crash as a follower with no leader (RabbitMQ 3.10 does not
-    /// start an election for it by itself): asks its member on this node to
-    /// start one.
-    pub fn trigger_election(&self, queue: &str) {
-        let server = format!("{{'%2F_{queue}', node()}}");
-        let status = Command::new("runuser")
+    /// One look at `queues` on this node: for each, `led` (a member
+    /// leads), `woken` (followers only, and an election was asked for) or
+    /// what else its members said (still recovering, say).
+    fn wake_round(&self, queues: &[String]) -> Vec<String> {
+        let names: Vec<String> = queues.iter().map(|q| format!("<<\"{q}\">>")).collect();
+        let script = format!(
+            r#"Look = fun(Q) ->
+                 case catch rabbit_quorum_queue:status(<<"/">>, Q) of
+                     Members when is_list(Members) ->
+                         States = [proplists:get_value(<<"Raft State">>, M) || M <- Members],
+                         case {{lists:member(leader, States), lists:member(follower, States)}} of
+                             {{true, _}} -> led;
+                             {{false, true}} ->
+                                 ra:trigger_election({{binary_to_atom(<<"%2F_", Q/binary>>), node()}}),
+                                 woken;
+                             _ -> States
+                         end;
+                     Other -> Other
+                 end
+             end,
+             lists:flatten([io_lib:format("~w;", [Look(Q)]) || Q <- [{}]])."#,
+            names.join(", ")
+        );
+        let output = Command::new("runuser")
             .args(["-u", "rabbitmq", "--", "rabbitmqctl", "-q", "-n"])
             .arg(&self.node)
-            .args(["eval", &format!("ra:trigger_election({server}).")])
-            .stdout(Stdio::null())
-            .status()
+            .args(["eval", &script])
+            .output()
             .expect("run rabbitmqctl eval");
-        assert!(status.success(), "triggering an election of {queue}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            return vec![
+                format!("no answer: {}", String::from_utf8_lossy(&output.stderr));
+                queues.len()
+            ];
+        }
+        // The eval prints one Erlang string: the states, each ended by `;`.
+        let states: Vec<String> = text
+            .trim()
+            .trim_matches('"')
+            .split(';')
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(states.len(), queues.len(), "unexpected answer: {text}");
+        states
     }
 
     /// Kills the node's Erlang VM with SIGKILL, as a crash or an OOM kill
