@@ -128,3 +128,57 @@ async fn losing_the_fanout_leader_mid_run_loses_nothing() {
         receiver.count() - receiver.distinct()
     );
 }
+
+/// A node of the cluster crashes (SIGKILL) mid-run, the node leading the
+/// fan-out queue, and boots again on its data: every event arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashing_the_fanout_leader_mid_run_loses_nothing() {
+    const EVENTS: usize = 1000;
+    let cluster = PrivateCluster::start(3);
+    let env = TestEnv::on_broker(cluster.amqp_urls(), Db::Postgres, SLOW).await;
+    let ws = env.workspace("acme").await;
+    // EVENTS / 2 * 50 ms / 2 slots: the first half takes at least 12 s.
+    let receiver = Receiver::start(Behavior::Slow(Duration::from_millis(50))).await;
+    env.webhook(&ws, &receiver.url(), &["order.created"], &[])
+        .await;
+    let fanout = env.topology().fanout_queue();
+    let mut republished = publish_through_losses(&env, &ws, 0..EVENTS / 2).await;
+    let (leader, _) = cluster.quorum_members(0, &fanout);
+    let workers = [env.start_worker().await, env.start_worker().await];
+    wait_for("deliveries to flow", Duration::from_secs(60), || async {
+        receiver.count() >= EVENTS / 20
+    })
+    .await;
+    let before = receiver.count();
+    assert!(before < EVENTS / 2, "the node must go mid-run");
+    let crashed = cluster.index_of(&leader);
+    cluster.node(crashed).crash();
+    println!("{leader} crashed");
+    republished += publish_through_losses(&env, &ws, EVENTS / 2..EVENTS).await;
+    cluster.node(crashed).boot_again();
+    println!("{leader} booted again");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while receiver.distinct() < EVENTS {
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "{} of {EVENTS} delivered; ledger {:?}\n{}",
+                receiver.distinct(),
+                env.store.delivery_counts().await,
+                cluster.describe()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    crate::all_delivered(&env, &receiver, EVENTS).await;
+    for worker in workers {
+        worker
+            .stop()
+            .await
+            .expect("each worker ran throughout and stops cleanly");
+    }
+    println!(
+        "cluster node crash: {EVENTS} events, {before} delivered before {leader} crashed, \
+         {republished} published again by the upstream, {} duplicate deliveries",
+        receiver.count() - receiver.distinct()
+    );
+}

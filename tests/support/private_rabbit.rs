@@ -114,7 +114,25 @@ impl PrivateRabbit {
             assert!(Instant::now() < deadline, "private RabbitMQ did not start");
             std::thread::sleep(Duration::from_millis(200));
         }
-        self.ctl(&["await_startup", "--timeout", "120"]);
+        let status = Command::new("runuser")
+            .args(["-u", "rabbitmq", "--", "rabbitmqctl", "-q", "-n"])
+            .arg(&self.node)
+            .args(["await_startup", "--timeout", "120"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run rabbitmqctl");
+        if !status.success() {
+            let log = self.dir.join("log").join(format!("{}.log", self.node));
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "private RabbitMQ {} did not start; the end of {}:\n{}",
+                self.node,
+                log.display(),
+                tail.join("\n")
+            );
+        }
     }
 
     /// Stops the broker application: every connection drops, the node
@@ -334,6 +352,36 @@ impl PrivateCluster {
             .filter(|line| line.contains(&format!("\"{client}\"")))
             .filter_map(|line| line.strip_prefix('<')?.split('.').next().map(str::to_owned))
             .collect()
+    }
+
+    /// What every node says of the queues: leader, members, messages
+    /// ready and unacknowledged, consumers; for a failing test's message.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let output = Command::new("runuser")
+                .args(["-u", "rabbitmq", "--", "rabbitmqctl", "-q", "-n"])
+                .arg(&node.node)
+                .args([
+                    "list_queues",
+                    "--no-table-headers",
+                    "name",
+                    "leader",
+                    "online",
+                    "messages_ready",
+                    "messages_unacknowledged",
+                    "consumers",
+                ])
+                .output()
+                .expect("run rabbitmqctl list_queues");
+            out.push_str(&format!(
+                "as {} sees it:\n{}{}\n",
+                node.node,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        out
     }
 
     /// The index of the node named `name`.
