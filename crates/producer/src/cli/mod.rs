@@ -157,6 +157,7 @@ mod tests {
 
     #[test]
     fn urls_lose_their_password() {
+        use courier_producer::redact_url;
         assert_eq!(
             redact_url("amqp://guest:secret@host:5672/%2f"),
             "amqp://guest:***@host:5672/%2f"
