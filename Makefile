@@ -6,7 +6,7 @@ CARGO ?= cargo
 # make bench and release images: the slower, faster-running `release`.
 COURIER := target/quick/courier
 
-.PHONY: run demo test test-unit lint fmt build quick release sweep services tools check-deploy bench bench-instructions screenshots
+.PHONY: run demo test test-unit lint fmt build quick release sweep services tools check-deploy bench bench-instructions screenshots soak
 
 build:
 	$(CARGO) build --workspace --bins
@@ -38,6 +38,17 @@ bench: release
 ## bench's rates move by tens. COURIERS="a b" compares two builds.
 bench-instructions: release
 	crates/bench/instructions.sh $(COURIERS)
+
+## A million deliveries through a private three-node RabbitMQ cluster and
+## a private PostgreSQL, two workers, under faults drawn from a seed
+## (workers SIGKILLed, a broker node stopped, PostgreSQL restarted,
+## receivers failing, slow, 429, 410); prints exact accounting, writes
+## target/soak/report.json, exits 1 on any loss. About 10 minutes; not part
+## of `make test`. SOAK_ARGS passes options (`--seed N` repeats a run; see
+## `target/release/courier-soak --help`).
+soak: services
+	$(CARGO) build --release -p courier -p courier-tests --bin courier --bin courier-soak
+	target/release/courier-soak $(SOAK_ARGS)
 
 ## The console's pictures in docs/screenshots/, taken with headless
 ## Chromium from a courier with a few webhooks and deliveries.

@@ -86,6 +86,12 @@ impl TestEnv {
         Self::build(Db::Postgres, overrides, pg_admin, amqp_url()).await
     }
 
+    /// A PostgreSQL environment on the broker at `amqp` and the server
+    /// behind `pg_admin` (private ones, for runs that restart both).
+    pub async fn on(amqp: String, pg_admin: String, overrides: &[(&str, &str)]) -> Self {
+        Self::build(Db::Postgres, overrides, pg_admin, amqp).await
+    }
+
     async fn build(db: Db, overrides: &[(&str, &str)], pg_admin: String, amqp: String) -> Self {
         let token: String = format!("{:016x}", rand::rng().random::<u64>());
         let prefix = format!("ctest-{token}");
@@ -384,13 +390,17 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// The `courier` binary next to this test binary (target/<profile>/courier).
+/// The `courier` binary of this binary's profile (target/<profile>/courier):
+/// tests live in target/<profile>/deps, tools such as courier-soak in
+/// target/<profile>.
 fn courier_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary lives in target/<profile>/deps");
+    let dir = exe.parent().expect("a binary lives in a directory");
+    let profile_dir = if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>/deps has a parent")
+    } else {
+        dir
+    };
     let binary = profile_dir.join(format!("courier{}", std::env::consts::EXE_SUFFIX));
     assert!(
         binary.exists(),
