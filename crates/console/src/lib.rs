@@ -103,6 +103,10 @@ pub fn router(api: ApiState, options: ConsoleOptions) -> Router {
         .route("/console/w/{ws}", get(pages::overview))
         .route("/console/w/{ws}/event-types", get(pages::catalogue))
         .route(
+            "/console/w/{ws}/retention",
+            get(pages::retention).post(pages::set_retention),
+        )
+        .route(
             "/console/w/{ws}/portal-links",
             post(pages::create_portal_link),
         )

@@ -30,12 +30,14 @@ mod deliveries;
 mod form;
 mod framing;
 mod replay;
+mod retention;
 mod sessions;
 mod switching;
 
 use deliveries::a_webhook_made_in_the_console_delivers_and_is_redelivered;
 use form::the_form_shows_each_error_at_its_field_and_saves_nothing;
 use replay::a_webhook_switched_on_again_sends_what_it_paused;
+use retention::retention_is_read_and_set_in_the_console;
 use sessions::sessions_see_their_own_workspace_and_portal_links_open_once;
 use switching::a_webhook_is_switched_tested_and_deleted;
 
@@ -44,7 +46,8 @@ crate::on_both_databases!(
     a_webhook_is_switched_tested_and_deleted,
     the_form_shows_each_error_at_its_field_and_saves_nothing,
     sessions_see_their_own_workspace_and_portal_links_open_once,
-    a_webhook_switched_on_again_sends_what_it_paused
+    a_webhook_switched_on_again_sends_what_it_paused,
+    retention_is_read_and_set_in_the_console
 );
 
 const ADMIN_TOKEN: &str = "e2e-console-admin-token-0123456789abcdef";

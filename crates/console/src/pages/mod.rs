@@ -5,6 +5,7 @@
 
 mod deliveries;
 mod overview;
+mod retention;
 mod webhooks;
 
 use askama::Template;
@@ -18,6 +19,7 @@ use courier_store::{SessionKind, Workspace};
 
 pub(crate) use deliveries::{delivery, recover, redeliver, webhook_events};
 pub(crate) use overview::{catalogue, overview};
+pub(crate) use retention::{retention, set_retention};
 pub(crate) use webhooks::{
     confirm_delete, create_webhook, delete_webhook, edit_webhook, new_webhook, rotate_secret,
     set_active, test_webhook, update_webhook, webhooks,
