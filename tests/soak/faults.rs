@@ -40,6 +40,16 @@ enum Kind {
     Gone,
 }
 
+/// The kinds that may come more than once (`Gone` comes once).
+const REPEATABLE: [Kind; 6] = [
+    Kind::Worker,
+    Kind::Node,
+    Kind::Postgres,
+    Kind::Failing,
+    Kind::Slow,
+    Kind::TooMany,
+];
+
 impl Fault {
     /// Faults at times within the first `span` of the run, at least `gap`
     /// apart (plus each fault's own length). Every kind comes once, in an
@@ -53,26 +63,11 @@ impl Fault {
         nodes: usize,
         endpoints: usize,
     ) -> Vec<(Duration, Fault)> {
-        let mut first = vec![
-            Kind::Worker,
-            Kind::Node,
-            Kind::Postgres,
-            Kind::Failing,
-            Kind::Slow,
-            Kind::TooMany,
-        ];
+        let mut first = REPEATABLE.to_vec();
         if endpoints >= 2 {
             first.push(Kind::Gone);
         }
         first.shuffle(rng);
-        let repeatable = [
-            Kind::Worker,
-            Kind::Node,
-            Kind::Postgres,
-            Kind::Failing,
-            Kind::Slow,
-            Kind::TooMany,
-        ];
         // The endpoints other faults may touch.
         let touchable = if endpoints >= 2 { endpoints - 1 } else { 1 };
         let mut at = gap;
@@ -81,7 +76,7 @@ impl Fault {
         while at < span {
             let kind = kinds
                 .next()
-                .unwrap_or_else(|| repeatable[rng.random_range(0..repeatable.len())]);
+                .unwrap_or_else(|| REPEATABLE[rng.random_range(0..REPEATABLE.len())]);
             let secs = |rng: &mut StdRng, low: u64, high: u64| {
                 Duration::from_secs(rng.random_range(low..=high))
             };
