@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use courier_model::{Event, EventType, WorkspaceId};
 use courier_producer::Publisher;
-use courier_tests::{Behavior, Db, PrivateCluster, Receiver, TestEnv, wait_for};
+use courier_tests::{Behavior, Db, InProcessWorker, PrivateCluster, Receiver, TestEnv, wait_for};
 use lapin::Connection;
 use serde_json::json;
 
@@ -58,23 +58,18 @@ async fn publish_through_losses(
     again
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn losing_the_fanout_leader_mid_run_loses_nothing() {
-    const EVENTS: usize = 1000;
-    let cluster = PrivateCluster::start(3);
-    let env = TestEnv::on_broker(cluster.amqp_urls(), Db::Postgres, SLOW).await;
-    let ws = env.workspace("acme").await;
-    let receiver = Receiver::start(Behavior::Slow(SLOW_ANSWER)).await;
-    env.webhook(&ws, &receiver.url(), &["order.created"], &[])
-        .await;
-
-    // The node to lose leads the fan-out queue and has a worker on it, so
-    // that both a queue's failover and a worker's reconnection happen.
-    // Workers pick a node at random when they start: start them again
-    // until one is on the leader.
-    let fanout = env.topology().fanout_queue();
+/// Two in-process workers, one of them connected to the node leading
+/// quorum queue `queue`, so that losing that node takes a queue's failover
+/// and a worker's reconnection both. Workers pick a node at random when
+/// they start: this starts them again until one is on the leader. Returns
+/// them, the leader, and how many times they were started again.
+async fn workers_with_one_on_the_leader(
+    cluster: &PrivateCluster,
+    env: &TestEnv,
+    queue: &str,
+) -> ([InProcessWorker; 2], String, usize) {
     let mut restarts = 0;
-    let (workers, leader) = loop {
+    loop {
         let workers = [env.start_worker().await, env.start_worker().await];
         for worker in &workers {
             wait_for("worker ready", Duration::from_secs(30), || async {
@@ -82,7 +77,7 @@ async fn losing_the_fanout_leader_mid_run_loses_nothing() {
             })
             .await;
         }
-        let (leader, members) = cluster.quorum_members(0, &fanout);
+        let (leader, members) = cluster.quorum_members(0, queue);
         assert_eq!(
             members.len(),
             3,
@@ -92,14 +87,30 @@ async fn losing_the_fanout_leader_mid_run_loses_nothing() {
             .connection_nodes(0, "courier worker")
             .contains(&leader)
         {
-            break (workers, leader);
+            return (workers, leader, restarts);
         }
         for worker in workers {
             worker.stop().await.expect("a worker stops cleanly");
         }
         restarts += 1;
         assert!(restarts < 30, "no worker ever connected to {leader}");
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_fanout_leader_mid_run_loses_nothing() {
+    const EVENTS: usize = 1000;
+    courier_tests::log_if_asked();
+    let began = std::time::Instant::now();
+    let cluster = PrivateCluster::start(3);
+    let env = TestEnv::on_broker(cluster.amqp_urls(), Db::Postgres, SLOW).await;
+    let ws = env.workspace("acme").await;
+    let receiver = Receiver::start(Behavior::Slow(SLOW_ANSWER)).await;
+    env.webhook(&ws, &receiver.url(), &["order.created"], &[])
+        .await;
+
+    let fanout = env.topology().fanout_queue();
+    let (workers, leader, restarts) = workers_with_one_on_the_leader(&cluster, &env, &fanout).await;
     let mut republished = publish_through_losses(&env, &ws, 0..EVENTS / 2).await;
     wait_for("deliveries to flow", Duration::from_secs(60), || async {
         receiver.count() >= EVENTS / 20
@@ -109,6 +120,7 @@ async fn losing_the_fanout_leader_mid_run_loses_nothing() {
     assert!(before < EVENTS / 2, "the node must go mid-run");
     let lost = cluster.index_of(&leader);
     cluster.node(lost).stop();
+    println!("{leader} stopped after {:.0?}", began.elapsed());
     republished += publish_through_losses(&env, &ws, EVENTS / 2..EVENTS).await;
 
     crate::all_delivered(&env, &receiver, EVENTS).await;
@@ -134,6 +146,8 @@ async fn losing_the_fanout_leader_mid_run_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashing_the_fanout_leader_mid_run_loses_nothing() {
     const EVENTS: usize = 1000;
+    courier_tests::log_if_asked();
+    let began = std::time::Instant::now();
     let cluster = PrivateCluster::start(3);
     let env = TestEnv::on_broker(cluster.amqp_urls(), Db::Postgres, SLOW).await;
     let ws = env.workspace("acme").await;
@@ -142,9 +156,8 @@ async fn crashing_the_fanout_leader_mid_run_loses_nothing() {
     env.webhook(&ws, &receiver.url(), &["order.created"], &[])
         .await;
     let fanout = env.topology().fanout_queue();
+    let (workers, leader, restarts) = workers_with_one_on_the_leader(&cluster, &env, &fanout).await;
     let mut republished = publish_through_losses(&env, &ws, 0..EVENTS / 2).await;
-    let (leader, _) = cluster.quorum_members(0, &fanout);
-    let workers = [env.start_worker().await, env.start_worker().await];
     wait_for("deliveries to flow", Duration::from_secs(60), || async {
         receiver.count() >= EVENTS / 20
     })
@@ -153,10 +166,10 @@ async fn crashing_the_fanout_leader_mid_run_loses_nothing() {
     assert!(before < EVENTS / 2, "the node must go mid-run");
     let crashed = cluster.index_of(&leader);
     cluster.node(crashed).crash();
-    println!("{leader} crashed");
+    println!("{leader} crashed after {:.0?}", began.elapsed());
     republished += publish_through_losses(&env, &ws, EVENTS / 2..EVENTS).await;
     cluster.node(crashed).boot_again();
-    println!("{leader} booted again");
+    println!("{leader} booted again after {:.0?}", began.elapsed());
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while receiver.distinct() < EVENTS {
         if std::time::Instant::now() > deadline {
@@ -177,8 +190,9 @@ async fn crashing_the_fanout_leader_mid_run_loses_nothing() {
             .expect("each worker ran throughout and stops cleanly");
     }
     println!(
-        "cluster node crash: {EVENTS} events, {before} delivered before {leader} crashed, \
-         {republished} published again by the upstream, {} duplicate deliveries",
+        "cluster node crash: {EVENTS} events, {before} delivered before {leader} crashed \
+         (workers started again {restarts} times to have one on it), {republished} published \
+         again by the upstream, {} duplicate deliveries",
         receiver.count() - receiver.distinct()
     );
 }

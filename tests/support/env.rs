@@ -283,7 +283,9 @@ impl TestEnv {
 
     async fn cleanup(amqp: String, topology: Topology, store: Store, scratch: Option<ScratchDb>) {
         store.close().await;
-        if let Ok(connection) = Connection::connect(&amqp, ConnectionProperties::default()).await
+        // On a cluster, any node will do (they share the topology).
+        let first = amqp.split(',').next().unwrap_or_default().trim();
+        if let Ok(connection) = Connection::connect(first, ConnectionProperties::default()).await
             && let Ok(channel) = connection.create_channel().await
         {
             topology.delete_all(&channel).await;
@@ -338,9 +340,15 @@ impl InProcessWorker {
     }
 
     /// Stops the worker as SIGTERM would and returns how it ended.
+    /// Shuts the worker down as SIGTERM would and waits for it to finish;
+    /// panics when it does not within a minute (its shutdown is bounded:
+    /// a grace period, then bounded broker calls).
     pub async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();
-        self.handle.await.expect("worker task panicked")
+        match tokio::time::timeout(Duration::from_secs(60), self.handle).await {
+            Ok(result) => result.expect("worker task panicked"),
+            Err(_) => panic!("the worker did not stop within 60 s of its shutdown"),
+        }
     }
 }
 

@@ -12,12 +12,24 @@ pub mod prometheus;
 pub mod receiver;
 pub mod verify;
 
-pub use env::{Db, TestEnv, WorkerProcess, wait_for};
+pub use env::{Db, InProcessWorker, TestEnv, WorkerProcess, wait_for};
 pub use private_pg::PrivatePostgres;
 pub use private_rabbit::{PrivateCluster, PrivateRabbit};
 pub use prometheus::Prometheus;
 pub use receiver::{Behavior, Received, Receiver, RetryAfter};
 pub use verify::verify_signature;
+
+/// Sends courier's logs to the test's output when `COURIER_TEST_LOG` is
+/// set (a filter such as `courier=debug,lapin=info`), to see what an
+/// in-process worker did in a test that failed; nothing otherwise.
+pub fn log_if_asked() {
+    if let Ok(filter) = std::env::var("COURIER_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
 
 /// The value of one sample `name{labels} value` of a Prometheus text
 /// exposition (labels in the exporter's alphabetical order); 0 when the
