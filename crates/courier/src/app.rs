@@ -79,6 +79,52 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
 /// connection but does not speak AMQP would otherwise hold us for ever.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a fresh connection may take to be made ready (channels opened,
+/// queues declared, webhooks read) before it is given up and another
+/// attempt is made. Declaring a quorum queue waits for its leader, and a
+/// cluster that just lost a node may take a while to elect one; a broker
+/// that never answers must not hold a process forever, nor its shutdown.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `prepare` (making a fresh connection ready) until it finishes,
+/// [`PREPARE_TIMEOUT`] passes, or `shutdown` is cancelled (`None`).
+async fn prepare<T, E>(
+    what: &str,
+    shutdown: &CancellationToken,
+    prepare: impl std::future::Future<Output = Result<T, E>>,
+) -> Option<anyhow::Result<T>>
+where
+    E: Into<anyhow::Error>,
+{
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        done = tokio::time::timeout(PREPARE_TIMEOUT, prepare) => Some(match done {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => Err(anyhow::anyhow!(
+                "{what} took longer than {} s; RabbitMQ did not answer",
+                PREPARE_TIMEOUT.as_secs()
+            )),
+        }),
+    }
+}
+
+/// Waits for `task`, one of the parts a stopping process waits on, and
+/// says so every 10 s while it has not finished, naming it: a shutdown
+/// that hangs shows where.
+async fn stopping<F: std::future::Future>(what: &str, task: F) -> F::Output {
+    let mut task = std::pin::pin!(task);
+    let began = tokio::time::Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), &mut task).await {
+            Ok(output) => return output,
+            Err(_) => tracing::warn!(
+                waiting_s = began.elapsed().as_secs(),
+                "still stopping: waiting for {what}"
+            ),
+        }
+    }
+}
+
 /// Why an attempt to reach RabbitMQ failed, in the terms an operator acts on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ConnectFailure {
@@ -390,35 +436,40 @@ impl App {
         });
 
         let result = if self.roles.worker {
-            run_worker(
+            let mut worker = std::pin::pin!(run_worker(
                 &self.settings,
                 &self.store,
                 &ledger,
                 &self.metrics,
                 &self.health,
                 &shutdown,
-            )
-            .await
+            ));
+            tokio::select! {
+                result = &mut worker => result,
+                _ = shutdown.cancelled() => {
+                    stopping("the worker (in-flight work gets delivery.shutdown_grace)", worker).await
+                }
+            }
         } else {
             shutdown.cancelled().await;
             Ok(())
         };
         // Whatever was handed to the ledger is committed before we exit.
-        ledger.shutdown().await;
+        stopping("the ledger's writes", ledger.shutdown()).await;
         shutdown.cancel();
         // Stops after the batch under way.
         if let Some(pruner) = pruner
-            && let Err(error) = pruner.await
+            && let Err(error) = stopping("pruning", pruner).await
         {
             tracing::warn!(error = %error, "the pruning task failed");
         }
-        match http.await {
+        match stopping("the HTTP server's open requests", http).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(error = %error, "HTTP server failed"),
             Err(error) => tracing::warn!(error = %error, "HTTP server task failed"),
         }
         if let Some((_, supervisor)) = api
-            && let Err(error) = supervisor.await
+            && let Err(error) = stopping("the API's broker connection", supervisor).await
         {
             tracing::warn!(error = %error, "the API's broker supervisor failed");
         }
@@ -448,15 +499,17 @@ impl App {
         match first {
             Some(Ok(c)) => {
                 let c = Arc::new(c);
-                match api_broker(&c, &topology, &changes).await {
-                    Ok(b) => {
+                let ready = api_broker(&c, &topology, &changes);
+                match prepare("preparing the API's channels", &shutdown, ready).await {
+                    Some(Ok(b)) => {
                         broker = Some(b);
                         connection = Some(c);
                     }
-                    Err(error) => tracing::warn!(
+                    Some(Err(error)) => tracing::warn!(
                         error = format!("{error:#}"),
                         "preparing the API's channels; retrying"
                     ),
+                    None => {}
                 }
             }
             Some(Err((failure, error))) => report("courier api", &nodes, failure, &error),
@@ -609,7 +662,17 @@ async fn supervise_api_broker(
                 return;
             };
             let c = Arc::new(c);
-            match api_broker(&c, &topology, &changes).await {
+            let ready = api_broker(&c, &topology, &changes);
+            let Some(ready) = prepare("preparing the API's channels", &shutdown, ready).await
+            else {
+                courier_producer::bounded(
+                    "connection.close",
+                    c.close(200, "courier stopping".into()),
+                )
+                .await;
+                return;
+            };
+            match ready {
                 Ok(broker) => {
                     state.set_broker(Some(broker));
                     connection = Some(c);
@@ -757,15 +820,19 @@ async fn run_worker(
             ledger.clone(),
             Arc::clone(metrics),
             Arc::clone(health),
-        )
-        .await;
-        let outcome = match worker {
-            Ok(worker) => {
+        );
+        let outcome = match prepare("preparing the worker", shutdown, worker).await {
+            Some(Ok(worker)) => {
                 health.set_connected(true);
                 pause = Duration::from_millis(250);
-                worker.run_until_stopped(shutdown.clone()).await
+                worker
+                    .run_until_stopped(shutdown.clone())
+                    .await
+                    .map_err(anyhow::Error::from)
             }
-            Err(error) => Err(error),
+            Some(Err(error)) => Err(error),
+            // Stopping while preparing: nothing was taken yet.
+            None => Ok(()),
         };
         health.set_connected(false);
         let close = connection.close(200, "courier stopping".into());
@@ -777,7 +844,7 @@ async fn run_worker(
             Ok(()) => {}
             Err(error) => {
                 tracing::warn!(
-                    error = %courier_model::error_chain(&error),
+                    error = format!("{error:#}"),
                     "worker lost its broker connection; reconnecting"
                 );
             }

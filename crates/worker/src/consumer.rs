@@ -66,6 +66,9 @@ pub struct Stage<'a> {
     pub acks: AckCounts,
 }
 
+/// How long opening a stage's channel and starting its consumer may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub async fn run<H, F>(
     stage: Stage<'_>,
     shutdown: CancellationToken,
@@ -75,18 +78,38 @@ where
     H: Fn(Delivery, Finish) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    let channel = stage.connection.create_channel().await?;
-    channel
-        .basic_qos(stage.prefetch, BasicQosOptions::default())
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            stage.queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let setup = async {
+        let channel = stage.connection.create_channel().await?;
+        channel
+            .basic_qos(stage.prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                stage.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok::<_, lapin::Error>((channel, consumer))
+    };
+    // A queue whose leader is being elected holds basic.consume; neither
+    // that nor a broker that never answers may hold a shutdown.
+    let (channel, mut consumer) = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        setup = tokio::time::timeout(SETUP_TIMEOUT, setup) => match setup {
+            Ok(setup) => setup?,
+            Err(_) => {
+                return Err(WorkerError::ConsumerStopped {
+                    queue: stage.queue.clone(),
+                    reason: format!(
+                        "RabbitMQ did not start the consumer within {} s",
+                        SETUP_TIMEOUT.as_secs()
+                    ),
+                });
+            }
+        },
+    };
     tracing::info!(queue = %stage.queue, prefetch = stage.prefetch, "consuming");
     stage.health.attached();
 

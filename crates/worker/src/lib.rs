@@ -312,7 +312,19 @@ async fn watch_changes(
             .await?;
         Ok::<_, lapin::Error>((channel, consumer))
     };
-    let (channel, mut consumer) = match setup.await {
+    // Bounded, and given up on shutdown: a broker that does not answer
+    // must not hold the worker's stop.
+    let setup = tokio::select! {
+        _ = stop.cancelled() => return,
+        setup = tokio::time::timeout(Duration::from_secs(30), setup) => setup,
+    };
+    let (channel, mut consumer) = match setup.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "RabbitMQ did not answer within 30 s",
+        )
+        .into())
+    }) {
         Ok(pair) => pair,
         Err(error) => {
             tracing::warn!(error = %error, "cannot watch for webhook changes; relying on the periodic refresh");
@@ -360,7 +372,11 @@ async fn queue_depths(
     use lapin::options::QueueDeclareOptions;
     use lapin::types::FieldTable;
 
-    let Ok(channel) = connection.create_channel().await else {
+    let opened = tokio::select! {
+        _ = stop.cancelled() => return,
+        opened = courier_producer::bounded("channel.open", connection.create_channel()) => opened,
+    };
+    let Some(Ok(channel)) = opened else {
         return;
     };
     let retry: Vec<String> = topology
