@@ -277,6 +277,18 @@ async fn a_failing_endpoint_is_reported_disabled_and_replayed_once(db: Db) {
     // once more, and nothing else.
     let paused = env.store.count_paused(&ws, sub.id).await.unwrap();
     assert!(paused >= during.len() as u64);
+    // A delivery still waiting for its next attempt when the webhook was
+    // disabled (held while its circuit was open, say) is not paused: it
+    // is attempted once the webhook is enabled again. Only the failing
+    // webhook's deliveries ever retry here.
+    let retrying = env
+        .store
+        .delivery_counts()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(status, _)| *status == DeliveryStatus::Retrying)
+        .map_or(0, |(_, n)| n as usize);
     failing.recover();
     let change = enable(&env, &sub, true).await;
     assert_eq!(change.replayed, paused);
@@ -295,17 +307,18 @@ async fn a_failing_endpoint_is_reported_disabled_and_replayed_once(db: Db) {
         || async { failing.count() >= before + paused as usize },
     )
     .await;
-    assert_eq!(
-        failing.count(),
-        before + paused as usize,
-        "one request per replayed delivery"
-    );
     let replayed: Vec<String> = failing.requests()[before..]
         .iter()
         .map(|r| r.webhook_id.clone())
         .collect();
     let distinct: HashSet<&String> = replayed.iter().collect();
     assert_eq!(distinct.len(), replayed.len(), "each replayed once");
+    let sent = failing.count() - before;
+    assert!(
+        (paused as usize..=paused as usize + retrying).contains(&sent),
+        "one request per replayed delivery, and at most one per delivery that was \
+         retrying: {sent} for {paused} paused and {retrying} retrying"
+    );
     worker.stop().await.unwrap();
 }
 
