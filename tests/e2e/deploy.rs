@@ -85,6 +85,7 @@ const CONFIG_KEYS: &[&str] = &[
     "retention.max_days",
     "retention.interval_secs",
     "retention.batch_rows",
+    "retention.duty_percent",
     "log.format",
     "log.level",
 ];

@@ -429,6 +429,7 @@ impl App {
                     policy: r.policy(),
                     interval: Duration::from_secs(r.interval_secs),
                     batch_rows: r.batch_rows,
+                    duty_percent: r.duty_percent,
                 },
                 Arc::clone(&self.metrics),
             );

@@ -330,6 +330,7 @@ async fn prune(settings: &Settings, dry_run: bool, vacuum: bool) -> anyhow::Resu
             policy: r.policy(),
             interval: std::time::Duration::from_secs(r.interval_secs),
             batch_rows: r.batch_rows,
+            duty_percent: r.duty_percent,
         },
         std::sync::Arc::new(courier_worker::Metrics::new()),
     );

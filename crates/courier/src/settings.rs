@@ -67,6 +67,7 @@ failed_days = 90
 max_days = 365
 interval_secs = 3600
 batch_rows = 1000
+duty_percent = 5
 
 [log]
 format = "pretty"
@@ -209,6 +210,9 @@ pub struct RetentionSettings {
     pub interval_secs: u64,
     /// Most deliveries removed per transaction.
     pub batch_rows: u32,
+    /// The share of the time pruning may keep the database busy: after a
+    /// batch it pauses for long enough (100: no pauses).
+    pub duty_percent: u8,
 }
 
 impl RetentionSettings {
@@ -389,6 +393,13 @@ impl Settings {
                 "retention.interval_secs",
                 "must be between 1 and 604800 (a week); to stop scheduled pruning set \
                  retention.enabled = false",
+            ));
+        }
+        if !(1..=100).contains(&r.duty_percent) {
+            return Err(invalid(
+                "retention.duty_percent",
+                "must be between 1 and 100 (the share of the time pruning may keep the \
+                 database busy; 100 prunes without pausing)",
             ));
         }
         if !(1..=100_000).contains(&r.batch_rows) {
@@ -642,6 +653,16 @@ mod tests {
                 "COURIER__RETENTION__BATCH_ROWS",
                 "0",
                 "retention.batch_rows",
+            ),
+            (
+                "COURIER__RETENTION__DUTY_PERCENT",
+                "0",
+                "retention.duty_percent",
+            ),
+            (
+                "COURIER__RETENTION__DUTY_PERCENT",
+                "250",
+                "retention.duty_percent",
             ),
             (
                 "COURIER__RETENTION__ENABLED",

@@ -42,8 +42,8 @@ pub use ledger::{Ledger, LedgerOptions};
 pub use lifecycle::{Disabling, EndedEpisode, LifecycleCounts, OpenEpisode, PausedDeliveries};
 pub use postgres::PgStore;
 pub use retention::{
-    OnBatch, PRUNE_LOCK_KEY, PruneLock, PruneOptions, PruneReport, PrunedRows, Reclaimed,
-    RetentionPlan, WorkspacePruned,
+    NextBatch, OnBatch, PRUNE_LOCK_KEY, PruneLock, PruneOptions, PruneReport, PrunedRows,
+    Reclaimed, RetentionPlan, WorkspacePruned,
 };
 pub use sqlite::SqliteStore;
 

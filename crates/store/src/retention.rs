@@ -30,6 +30,7 @@ mod sqlite;
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
 use courier_model::{
@@ -123,9 +124,13 @@ pub struct PruneReport {
     pub stopped: bool,
 }
 
-/// Told after each batch, with its workspace and rows; `Break` stops
-/// pruning after that batch (a shutdown).
-pub type OnBatch<'a> = dyn FnMut(&WorkspaceId, &PrunedRows) -> ControlFlow<()> + Send + 'a;
+/// Told after each batch, with its workspace and rows. Pruning awaits what
+/// it returns before the next batch (a pause, to leave the database to the
+/// hot path), and stops after that batch on `Break` (a shutdown).
+pub type OnBatch<'a> = dyn FnMut(&WorkspaceId, &PrunedRows) -> NextBatch + Send + 'a;
+
+/// What [`OnBatch`] returns: resolves when the next batch may start.
+pub type NextBatch = Pin<Box<dyn Future<Output = ControlFlow<()>> + Send>>;
 
 /// SQLite's `auto_vacuum` mode, and the pages a vacuum gave back.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

@@ -5,7 +5,11 @@
 //! others skip that round. `courier prune` runs one round the same way.
 //!
 //! Pruning is batched, so the hot path gets the database between
-//! transactions; a shutdown stops it after the batch under way.
+//! transactions, and paced: after a batch that took `t` it pauses for
+//! `t × (100 − p) / p`, so that it keeps the database busy `p` percent of
+//! the time at most (`retention.duty_percent`), and less where the database
+//! is busy, as batches take longer there. A shutdown stops it after the
+//! batch under way, at once if it is pausing.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -31,6 +35,58 @@ pub struct RetentionConfig {
     pub interval: Duration,
     /// Most deliveries removed per transaction.
     pub batch_rows: u32,
+    /// The share of the time, 1 to 100, pruning may keep the database
+    /// busy: see [`pause_after`]. 100 prunes without pausing.
+    pub duty_percent: u8,
+}
+
+/// Times each batch and paces the next (see [`pause_after`]).
+struct Pacer {
+    duty_percent: u8,
+    stop: CancellationToken,
+    /// When the batch being done began: after the last one's pause.
+    began: tokio::time::Instant,
+}
+
+impl Pacer {
+    fn new(duty_percent: u8, stop: CancellationToken) -> Self {
+        Self {
+            duty_percent,
+            stop,
+            began: tokio::time::Instant::now(),
+        }
+    }
+
+    /// A batch is done: how long it took, and the pause it earns.
+    fn batch_done(&mut self) -> (Duration, Duration) {
+        let took = self.began.elapsed();
+        let pause = pause_after(took, self.duty_percent);
+        self.began = tokio::time::Instant::now() + pause;
+        (took, pause)
+    }
+
+    /// Resolves once `pause` is over (`Continue`), or at once when
+    /// stopped (`Break`).
+    fn next_batch(&self, pause: Duration) -> courier_store::NextBatch {
+        let stop = self.stop.clone();
+        Box::pin(async move {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => ControlFlow::Break(()),
+                _ = tokio::time::sleep(pause) => ControlFlow::Continue(()),
+            }
+        })
+    }
+}
+
+/// The longest pause between two batches, however long the first took.
+const MAX_PAUSE: Duration = Duration::from_secs(60);
+
+/// The pause after a batch that took `took`, so that batches take at most
+/// `duty_percent` of the time: `took × (100 − p) / p`, at most a minute.
+pub fn pause_after(took: Duration, duty_percent: u8) -> Duration {
+    let p = u32::from(duty_percent.clamp(1, 100));
+    (took * (100 - p) / p).min(MAX_PAUSE)
 }
 
 /// One round's outcome.
@@ -189,13 +245,25 @@ impl Pruner {
             batch_rows: self.config.batch_rows,
         };
         let metrics = &self.metrics;
+        let mut pacer = Pacer::new(
+            if dry_run {
+                100
+            } else {
+                self.config.duty_percent
+            },
+            stop.clone(),
+        );
         let mut on_batch = |workspace: &courier_model::WorkspaceId,
-                            rows: &courier_store::PrunedRows| {
+                            rows: &courier_store::PrunedRows|
+         -> courier_store::NextBatch {
+            let (took, pause) = pacer.batch_done();
             tracing::debug!(
                 workspace_id = %workspace,
                 events = rows.events,
                 deliveries = rows.deliveries,
                 attempts = rows.attempts,
+                took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
                 dry_run,
                 "pruning batch"
             );
@@ -211,11 +279,7 @@ impl Pruner {
                         .inc_by(n);
                 }
             }
-            if stop.is_cancelled() {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
+            pacer.next_batch(pause)
         };
         let report = self.store.prune(&plan, options, &mut on_batch).await?;
         let reclaimed = if dry_run || report.total.is_empty() {
@@ -228,5 +292,52 @@ impl Pruner {
             reclaimed
         };
         Ok((report, reclaimed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_take_their_share_of_the_time_and_pauses_are_bounded() {
+        let ms = Duration::from_millis;
+        assert_eq!(pause_after(ms(50), 5), ms(950));
+        assert_eq!(pause_after(ms(100), 20), ms(400));
+        assert_eq!(pause_after(ms(100), 100), Duration::ZERO);
+        // 0 is refused by the settings; here it counts as 1.
+        assert_eq!(pause_after(ms(10), 0), ms(990));
+        assert_eq!(pause_after(Duration::from_secs(30), 5), MAX_PAUSE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_batch_waits_out_its_pause_unless_stopped() {
+        let stop = CancellationToken::new();
+        let mut pacer = Pacer::new(20, stop.clone());
+        // A batch of 100 ms earns 400 ms of rest.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        let (took, pause) = pacer.batch_done();
+        assert_eq!(
+            (took, pause),
+            (Duration::from_millis(100), Duration::from_millis(400))
+        );
+        let started = tokio::time::Instant::now();
+        assert_eq!(pacer.next_batch(pause).await, ControlFlow::Continue(()));
+        assert_eq!(started.elapsed(), pause);
+        // The next batch is timed from the end of that pause.
+        tokio::time::advance(Duration::from_millis(50)).await;
+        let (took, pause) = pacer.batch_done();
+        assert_eq!(
+            (took, pause),
+            (Duration::from_millis(50), Duration::from_millis(200))
+        );
+
+        // A stop during a pause ends it at once.
+        let mut next = pacer.next_batch(pause);
+        assert!(futures_util::poll!(&mut next).is_pending());
+        stop.cancel();
+        let started = tokio::time::Instant::now();
+        assert_eq!(next.await, ControlFlow::Break(()));
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

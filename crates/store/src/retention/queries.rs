@@ -215,7 +215,7 @@ where
                     report.batches += 1;
                     pruned.add(&batch.rows);
                     report.total.add(&batch.rows);
-                    if on_batch(&workspace, &batch.rows).is_break() {
+                    if on_batch(&workspace, &batch.rows).await.is_break() {
                         report.stopped = true;
                     }
                 }

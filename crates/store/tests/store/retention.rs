@@ -183,7 +183,7 @@ async fn prune(store: &Store, plan: &RetentionPlan, dry_run: bool, batch_rows: u
             },
             &mut |_, _| {
                 batches += 1;
-                ControlFlow::Continue(())
+                Box::pin(std::future::ready(ControlFlow::Continue(())))
             },
         )
         .await
@@ -381,7 +381,7 @@ async fn an_override_changes_its_own_workspace_only(db: TestDb) {
                 dry_run: false,
                 batch_rows: 1,
             },
-            &mut |_, _| ControlFlow::Break(()),
+            &mut |_, _| Box::pin(std::future::ready(ControlFlow::Break(()))),
         )
         .await
         .unwrap();
