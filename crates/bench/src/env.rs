@@ -49,6 +49,21 @@ pub struct Services {
     pub overrides: Vec<(String, String)>,
 }
 
+/// The size on disk of the PostgreSQL database at `url`, in MB.
+pub async fn database_mb(url: &str) -> anyhow::Result<f64> {
+    let mut connection = sqlx::PgConnection::connect(url).await?;
+    let (bytes,): (i64,) = sqlx::query_as("SELECT pg_database_size(current_database())")
+        .fetch_one(&mut connection)
+        .await
+        .context("could not read the ledger's size")?;
+    connection.close().await.ok();
+    Ok(bytes as f64 / 1e6)
+}
+
+/// How old the prefilled deliveries are: past the default retention of
+/// succeeded deliveries (30 days).
+const PREFILL_AGE_DAYS: i32 = 40;
+
 pub fn token() -> String {
     format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff)
 }
@@ -118,6 +133,113 @@ impl BenchEnv {
             return Err(error);
         }
         Ok(env)
+    }
+
+    /// Sets a courier variable for the processes started after this; the
+    /// bench's `--set` still wins.
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.vars.push((key.to_owned(), value.to_owned()));
+        self.vars.extend(self.services.overrides.iter().cloned());
+    }
+
+    /// Fills the ledger with `rows` events that arrived [`PREFILL_AGE_DAYS`]
+    /// days ago, each delivered once to the bench's webhook (succeeded at
+    /// its first attempt): the ledger months of use leave, all of it past
+    /// the default retention. Each event carries about 600 bytes of data.
+    /// PostgreSQL only, in transactions of a million events.
+    pub async fn prefill_old(&self, rows: u64) -> anyhow::Result<()> {
+        if self.db != Db::Postgres {
+            bail!("only a PostgreSQL ledger is prefilled");
+        }
+        let url = &self.settings.database.url;
+        let mut connection = sqlx::PgConnection::connect(url)
+            .await
+            .with_context(|| format!("could not open {url} to prefill it"))?;
+        let context = || "could not prefill the bench ledger".to_owned();
+        let (subscription, workspace): (sqlx::types::Uuid, String) =
+            sqlx::query_as("SELECT id, workspace_id FROM subscriptions LIMIT 1")
+                .fetch_one(&mut connection)
+                .await
+                .with_context(context)?;
+        const CHUNK: u64 = 1_000_000;
+        let mut first = 1;
+        while first <= rows {
+            let last = (first + CHUNK - 1).min(rows);
+            let mut tx = sqlx::Connection::begin(&mut connection)
+                .await
+                .with_context(context)?;
+            sqlx::query(
+                "INSERT INTO events (id, workspace_id, type, channel, occurred_at, data, received_at)
+                 SELECT 'old_' || lpad(g::text, 10, '0'), $3, 'order.created', NULL, t,
+                        json_build_object('order', g, 'note', repeat('x', 600)), t
+                 FROM generate_series($1::bigint, $2::bigint) AS g,
+                      LATERAL (SELECT now() - make_interval(days => $4)
+                                      + g * interval '1 millisecond') AS at(t)",
+            )
+            .bind(first as i64)
+            .bind(last as i64)
+            .bind(&workspace)
+            .bind(PREFILL_AGE_DAYS)
+            .execute(&mut *tx)
+            .await
+            .with_context(context)?;
+            sqlx::query(
+                "INSERT INTO deliveries (id, event_id, subscription_id, workspace_id, event_type,
+                                         status, attempts, last_response_status, last_attempt_at,
+                                         created_at, updated_at)
+                 SELECT gen_random_uuid(), 'old_' || lpad(g::text, 10, '0'), $5, $3,
+                        'order.created', 'succeeded', 1, 200, t, t, t
+                 FROM generate_series($1::bigint, $2::bigint) AS g,
+                      LATERAL (SELECT now() - make_interval(days => $4)
+                                      + g * interval '1 millisecond') AS at(t)",
+            )
+            .bind(first as i64)
+            .bind(last as i64)
+            .bind(&workspace)
+            .bind(PREFILL_AGE_DAYS)
+            .bind(subscription)
+            .execute(&mut *tx)
+            .await
+            .with_context(context)?;
+            sqlx::query(
+                "INSERT INTO attempts (delivery_id, attempt, url, started_at, duration_ms,
+                                       response_status, response_excerpt)
+                 SELECT d.id, 1, 'http://127.0.0.1/hook', d.created_at, 3, 200, 'ok'
+                 FROM deliveries d
+                 WHERE d.event_id BETWEEN 'old_' || lpad($1::text, 10, '0')
+                                      AND 'old_' || lpad($2::text, 10, '0')",
+            )
+            .bind(first as i64)
+            .bind(last as i64)
+            .execute(&mut *tx)
+            .await
+            .with_context(context)?;
+            tx.commit().await.with_context(context)?;
+            eprintln!("   prefilled {last} of {rows} old deliveries");
+            first = last + 1;
+        }
+        connection.close().await.ok();
+        Ok(())
+    }
+
+    /// How many of the prefilled deliveries are still in the ledger.
+    pub async fn old_deliveries_left(&self) -> anyhow::Result<u64> {
+        let url = &self.settings.database.url;
+        let mut connection = sqlx::PgConnection::connect(url).await?;
+        let (left,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM deliveries WHERE created_at < now() - make_interval(days => $1 - 1)",
+        )
+        .bind(PREFILL_AGE_DAYS)
+        .fetch_one(&mut connection)
+        .await
+        .context("could not count the old deliveries left")?;
+        connection.close().await.ok();
+        Ok(u64::try_from(left).unwrap_or(0))
+    }
+
+    /// The PostgreSQL database's size on disk, in MB.
+    pub async fn ledger_mb(&self) -> anyhow::Result<f64> {
+        database_mb(&self.settings.database.url).await
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {

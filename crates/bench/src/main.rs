@@ -58,12 +58,20 @@ enum Scenario {
     /// latency's rate through HTTP ingest: request-to-202 and
     /// send-to-receipt percentiles.
     IngestLatency,
+    /// throughput-1 on a ledger prefilled with --prune-rows old deliveries,
+    /// pruning off (PostgreSQL; only when named).
+    #[value(name = "prefilled-1")]
+    Prefilled1,
+    /// prefilled-1 with pruning on, compared with prefilled-1 (PostgreSQL;
+    /// only when named).
+    #[value(name = "prune-1")]
+    Prune1,
 }
 
 impl Scenario {
     /// Run order: each scenario that is reported relative to another runs
     /// right after it (the load of a shared machine drifts over minutes).
-    const ALL: [Scenario; 11] = [
+    const ALL: [Scenario; 13] = [
         Scenario::BareBound,
         Scenario::Throughput1,
         Scenario::Ingest1,
@@ -75,7 +83,14 @@ impl Scenario {
         Scenario::BadNeighbour,
         Scenario::Latency,
         Scenario::IngestLatency,
+        Scenario::Prefilled1,
+        Scenario::Prune1,
     ];
+
+    /// Long, and PostgreSQL's: run only when named.
+    fn only_when_named(self) -> bool {
+        matches!(self, Scenario::Prefilled1 | Scenario::Prune1)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -123,6 +138,15 @@ struct Cli {
     /// Size of each published event in bytes (JSON envelope included).
     #[arg(long, default_value_t = 1024)]
     payload_bytes: usize,
+    /// prefilled-1 and prune-1: old deliveries (past retention) in the
+    /// ledger at the start.
+    #[arg(long, default_value_t = 5_000_000)]
+    prune_rows: u64,
+    /// prefilled-1 and prune-1: publish at this many events/s for
+    /// --duration-secs instead of --events as fast as possible (a long run
+    /// that shows whether the ledger's size holds).
+    #[arg(long)]
+    prune_rate: Option<f64>,
     /// ingest-batch: events per request (the route takes up to 1,000).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
     batch: u64,
@@ -258,11 +282,14 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         batch: cli.batch,
         drain_timeout: Duration::from_secs(cli.drain_timeout_secs.max(1)),
         ready_timeout: Duration::from_secs(cli.ready_timeout_secs.max(1)),
+        prune_rows: cli.prune_rows.max(1),
+        prune_rate: cli.prune_rate.map(|r| r.max(1.0)),
     };
     let selected: Vec<Scenario> = Scenario::ALL
         .into_iter()
         .filter(|s| match s {
             Scenario::BareBound => !cli.no_bare,
+            s if s.only_when_named() => cli.scenarios.contains(s),
             s => cli.scenarios.is_empty() || cli.scenarios.contains(s),
         })
         .collect();
@@ -385,6 +412,9 @@ async fn run_round(
             continue;
         }
         for &db in dbs {
+            if scenario.only_when_named() && db != Db::Postgres {
+                continue;
+            }
             let outcome = match scenario {
                 Scenario::Throughput1 => scenarios::throughput_1(services, sizes, db).await,
                 Scenario::Fanout10 => scenarios::fanout_10(services, sizes, db).await,
@@ -398,6 +428,8 @@ async fn run_round(
                 Scenario::Ingest10 => scenarios::ingest_10(services, sizes, db).await,
                 Scenario::IngestBatch => scenarios::ingest_batch(services, sizes, db).await,
                 Scenario::IngestLatency => scenarios::ingest_latency(services, sizes, db).await,
+                Scenario::Prefilled1 => scenarios::prefilled_1(services, sizes, db).await,
+                Scenario::Prune1 => scenarios::prune_1(services, sizes, db).await,
                 Scenario::BareBound => unreachable!("handled above"),
             };
             if let Some(error) = &outcome.error {
@@ -472,6 +504,7 @@ fn baseline_of(scenario: &str) -> Option<(&'static str, f64, f64)> {
             Some(("throughput-1", 1.0, 1.0))
         }
         "ingest-10" => Some(("fanout-10", 1.0, 1.0)),
+        "prune-1" => Some(("prefilled-1", 1.0, 1.0)),
         // Two of its ten endpoints are the bad neighbours.
         "bad-neighbour" => Some(("fanout-10", 8.0, 10.0)),
         _ => None,

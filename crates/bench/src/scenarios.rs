@@ -44,6 +44,11 @@ pub struct Sizes {
     pub drain_timeout: Duration,
     /// How long courier may take to start consuming.
     pub ready_timeout: Duration,
+    /// prefilled-1 and prune-1: old deliveries in the ledger at the start,
+    /// and a rate to publish at for `duration` (as fast as possible if
+    /// none).
+    pub prune_rows: u64,
+    pub prune_rate: Option<f64>,
 }
 
 /// Which workspace and channel event number `seq` is published with.
@@ -211,6 +216,11 @@ struct Shape {
     /// machine, none of it taken by the producer.
     backlog: bool,
     via: Via,
+    /// Old, finished deliveries (past retention) put in the ledger before
+    /// courier starts.
+    prefill: u64,
+    /// courier settings of this scenario (the bench's --set still wins).
+    settings: &'static [(&'static str, &'static str)],
 }
 
 /// How the events reach courier.
@@ -237,6 +247,55 @@ pub async fn throughput_1(services: &Services, sizes: &Sizes, db: Db) -> Outcome
             rate: None,
             backlog: false,
             via: Via::Amqp,
+            prefill: 0,
+            settings: &[],
+        },
+    )
+    .await
+}
+
+/// throughput-1 on a ledger holding `--prune-rows` old deliveries, all
+/// past retention, with pruning off: what prune-1 is compared with.
+pub async fn prefilled_1(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
+    prefilled(services, sizes, db, "prefilled-1", false).await
+}
+
+/// prefilled-1 with pruning on: courier prunes the old deliveries from its
+/// start, paced by retention.duty_percent, while it delivers.
+pub async fn prune_1(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
+    prefilled(services, sizes, db, "prune-1", true).await
+}
+
+async fn prefilled(
+    services: &Services,
+    sizes: &Sizes,
+    db: Db,
+    name: &'static str,
+    pruning: bool,
+) -> Outcome {
+    let settings: &'static [(&str, &str)] = if pruning {
+        &[("COURIER__RETENTION__ENABLED", "true")]
+    } else {
+        &[("COURIER__RETENTION__ENABLED", "false")]
+    };
+    run(
+        services,
+        sizes,
+        db,
+        Shape {
+            name,
+            workers: 1,
+            behaviors: vec![Behavior::Ok],
+            layout: Layout::OneWorkspace,
+            events: match sizes.prune_rate {
+                Some(rate) => (rate * sizes.duration.as_secs_f64()) as u64,
+                None => sizes.events,
+            },
+            rate: sizes.prune_rate,
+            backlog: false,
+            via: Via::Amqp,
+            prefill: sizes.prune_rows,
+            settings,
         },
     )
     .await
@@ -258,6 +317,8 @@ pub async fn scale_out(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
         rate: None,
         backlog,
         via: Via::Amqp,
+        prefill: 0,
+        settings: &[],
     };
     let mut live = run(services, sizes, db, shape(2, false)).await;
     let one = run(services, sizes, db, shape(1, true)).await;
@@ -312,6 +373,8 @@ pub async fn fanout_10(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
             rate: None,
             backlog: false,
             via: Via::Amqp,
+            prefill: 0,
+            settings: &[],
         },
     )
     .await
@@ -334,6 +397,8 @@ pub async fn bad_neighbour(services: &Services, sizes: &Sizes, db: Db) -> Outcom
             rate: None,
             backlog: false,
             via: Via::Amqp,
+            prefill: 0,
+            settings: &[],
         },
     )
     .await
@@ -353,6 +418,8 @@ pub async fn latency(services: &Services, sizes: &Sizes, db: Db) -> Outcome {
             rate: Some(sizes.rate),
             backlog: false,
             via: Via::Amqp,
+            prefill: 0,
+            settings: &[],
         },
     )
     .await
@@ -403,6 +470,8 @@ fn http_shape(
         rate,
         backlog: false,
         via: Via::Http { per_request },
+        prefill: 0,
+        settings: &[],
     }
 }
 
@@ -424,6 +493,8 @@ pub async fn many_subscriptions(services: &Services, sizes: &Sizes, db: Db) -> O
             rate: None,
             backlog: false,
             via: Via::Amqp,
+            prefill: 0,
+            settings: &[],
         },
     )
     .await
@@ -444,6 +515,9 @@ async fn run(services: &Services, sizes: &Sizes, db: Db, shape: Shape) -> Outcom
         Ok(env) => env,
         Err(error) => return finish(outcome.failed(&error)),
     };
+    for (key, value) in shape.settings {
+        env.set(key, value);
+    }
     let result = measure(&env, sizes, &shape, &mut outcome).await;
     env.cleanup().await;
     match result {
@@ -499,7 +573,16 @@ async fn measure(
     store.close().await;
     let route = route?;
     let http = http.transpose()?;
+    if shape.prefill > 0 {
+        let filling = tokio::time::Instant::now();
+        env.prefill_old(shape.prefill).await?;
+        outcome.extra("prefilled_deliveries", shape.prefill);
+        outcome.extra("prefill_s", filling.elapsed().as_secs_f64());
+    }
     env.settle_database().await?;
+    if shape.prefill > 0 {
+        outcome.extra("ledger_mb_at_start", env.ledger_mb().await?);
+    }
     outcome.extra("setup_s", setup.elapsed().as_secs_f64());
 
     let expected = shape.events * healthy;
@@ -562,6 +645,24 @@ async fn measure(
         ingest::wait_answering(&target.base, sizes.ready_timeout).await?;
     }
     outcome.extra("courier_ready_s", ready.as_secs_f64());
+    // The ledger's size each minute while courier runs (prefilled shapes).
+    let sampling = tokio_util::sync::CancellationToken::new();
+    let sampler = (shape.prefill > 0).then(|| {
+        let (url, stop) = (env.settings.database.url.clone(), sampling.clone());
+        tokio::spawn(async move {
+            let mut sizes = Vec::new();
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return sizes,
+                    _ = every.tick() => {}
+                }
+                if let Ok(mb) = crate::env::database_mb(&url).await {
+                    sizes.push((mb * 10.0).round() / 10.0);
+                }
+            }
+        })
+    });
     let (published, ingested) = match backlog {
         // Workers consume from the moment they attach: their CPU counts
         // from their start (loading a few subscriptions costs next to
@@ -580,6 +681,21 @@ async fn measure(
     let (before, parts_before) = before;
     for process in processes {
         process.stop().await;
+    }
+    sampling.cancel();
+    if let Some(sampler) = sampler
+        && let Ok(sizes) = sampler.await
+    {
+        outcome.extra("ledger_mb_each_minute", sizes);
+    }
+    if shape.prefill > 0 {
+        // courier ran (and pruned) from its start to now.
+        let ran_s = (recorder.now_us().saturating_sub(spawned_us)) as f64 / 1e6;
+        let left = env.old_deliveries_left().await?;
+        let pruned = shape.prefill.saturating_sub(left);
+        outcome.extra("pruned_deliveries", pruned);
+        outcome.extra("pruned_per_s", pruned as f64 / ran_s.max(0.001));
+        outcome.extra("ledger_mb_at_end", env.ledger_mb().await?);
     }
 
     let arrivals = recorder.arrivals();
