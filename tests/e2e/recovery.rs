@@ -86,6 +86,7 @@ async fn postgres_restart_mid_run_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_restart_mid_run_loses_nothing() {
     const EVENTS: usize = 600;
+    courier_tests::log_if_asked();
     let rabbit = PrivateRabbit::start();
     let env = TestEnv::on_broker(rabbit.amqp_url(), Db::Sqlite, SLOW).await;
     let ws = env.workspace("acme").await;
@@ -166,6 +167,7 @@ enum Fault {
 
 async fn healthy_and_failing_through(fault: Fault) {
     const EVENTS: usize = 400;
+    courier_tests::log_if_asked();
     let rabbit = PrivateRabbit::start();
     let env = TestEnv::on_broker(
         rabbit.amqp_url(),

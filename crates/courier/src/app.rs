@@ -81,10 +81,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a fresh connection may take to be made ready (channels opened,
 /// queues declared, webhooks read) before it is given up and another
-/// attempt is made. Declaring a quorum queue waits for its leader, and a
-/// cluster that just lost a node may take a while to elect one; a broker
-/// that never answers must not hold a process forever, nor its shutdown.
-const PREPARE_TIMEOUT: Duration = Duration::from_secs(60);
+/// attempt is made: long, as declaring a quorum queue waits for its leader,
+/// and RabbitMQ itself may take a minute to answer for a queue that lost
+/// one (giving up sooner would start that wait again), but not for ever. A
+/// shutdown does not wait for it at all.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Runs `prepare` (making a fresh connection ready) until it finishes,
 /// [`PREPARE_TIMEOUT`] passes, or `shutdown` is cancelled (`None`).

@@ -66,8 +66,9 @@ pub struct Stage<'a> {
     pub acks: AckCounts,
 }
 
-/// How long opening a stage's channel and starting its consumer may take.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long opening a stage's channel and starting its consumer may take:
+/// longer than RabbitMQ's own minute for a queue without a leader.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub async fn run<H, F>(
     stage: Stage<'_>,
