@@ -58,6 +58,22 @@ async fn publish_through_losses(
     again
 }
 
+/// A private three-node cluster, courier's environment on it (PostgreSQL,
+/// two slots per endpoint), a workspace, and a receiver answering after
+/// `answer`, subscribed to order.created.
+async fn cluster_and_receiver(
+    answer: Duration,
+) -> (PrivateCluster, TestEnv, WorkspaceId, Receiver) {
+    courier_tests::log_if_asked();
+    let cluster = PrivateCluster::start(3);
+    let env = TestEnv::on_broker(cluster.amqp_urls(), Db::Postgres, SLOW).await;
+    let ws = env.workspace("acme").await;
+    let receiver = Receiver::start(Behavior::Slow(answer)).await;
+    env.webhook(&ws, &receiver.url(), &["order.created"], &[])
+        .await;
+    (cluster, env, ws, receiver)
+}
+
 /// Two in-process workers, one of them connected to the node leading
 /// quorum queue `queue`, so that losing that node takes a queue's failover
 /// and a worker's reconnection both. Workers pick a node at random when
@@ -100,14 +116,8 @@ async fn workers_with_one_on_the_leader(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_fanout_leader_mid_run_loses_nothing() {
     const EVENTS: usize = 1000;
-    courier_tests::log_if_asked();
     let began = std::time::Instant::now();
-    let cluster = PrivateCluster::start(3);
-    let env = TestEnv::on_broker(cluster.amqp_urls(), Db::Postgres, SLOW).await;
-    let ws = env.workspace("acme").await;
-    let receiver = Receiver::start(Behavior::Slow(SLOW_ANSWER)).await;
-    env.webhook(&ws, &receiver.url(), &["order.created"], &[])
-        .await;
+    let (cluster, env, ws, receiver) = cluster_and_receiver(SLOW_ANSWER).await;
 
     let fanout = env.topology().fanout_queue();
     let (workers, leader, restarts) = workers_with_one_on_the_leader(&cluster, &env, &fanout).await;
@@ -146,15 +156,9 @@ async fn losing_the_fanout_leader_mid_run_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashing_the_fanout_leader_mid_run_loses_nothing() {
     const EVENTS: usize = 1000;
-    courier_tests::log_if_asked();
     let began = std::time::Instant::now();
-    let cluster = PrivateCluster::start(3);
-    let env = TestEnv::on_broker(cluster.amqp_urls(), Db::Postgres, SLOW).await;
-    let ws = env.workspace("acme").await;
     // EVENTS / 2 * 50 ms / 2 slots: the first half takes at least 12 s.
-    let receiver = Receiver::start(Behavior::Slow(Duration::from_millis(50))).await;
-    env.webhook(&ws, &receiver.url(), &["order.created"], &[])
-        .await;
+    let (cluster, env, ws, receiver) = cluster_and_receiver(Duration::from_millis(50)).await;
     let fanout = env.topology().fanout_queue();
     let (workers, leader, restarts) = workers_with_one_on_the_leader(&cluster, &env, &fanout).await;
     let mut republished = publish_through_losses(&env, &ws, 0..EVENTS / 2).await;

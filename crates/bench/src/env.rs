@@ -168,49 +168,37 @@ impl BenchEnv {
             let mut tx = sqlx::Connection::begin(&mut connection)
                 .await
                 .with_context(context)?;
+            // One statement: the events, their deliveries, and an attempt
+            // for each delivery it returns.
             sqlx::query(
-                "INSERT INTO events (id, workspace_id, type, channel, occurred_at, data, received_at)
-                 SELECT 'old_' || lpad(g::text, 10, '0'), $3, 'order.created', NULL, t,
-                        json_build_object('order', g, 'note', repeat('x', 600)), t
-                 FROM generate_series($1::bigint, $2::bigint) AS g,
-                      LATERAL (SELECT now() - make_interval(days => $4)
-                                      + g * interval '1 millisecond') AS at(t)",
-            )
-            .bind(first as i64)
-            .bind(last as i64)
-            .bind(&workspace)
-            .bind(PREFILL_AGE_DAYS)
-            .execute(&mut *tx)
-            .await
-            .with_context(context)?;
-            sqlx::query(
-                "INSERT INTO deliveries (id, event_id, subscription_id, workspace_id, event_type,
-                                         status, attempts, last_response_status, last_attempt_at,
-                                         created_at, updated_at)
-                 SELECT gen_random_uuid(), 'old_' || lpad(g::text, 10, '0'), $5, $3,
-                        'order.created', 'succeeded', 1, 200, t, t, t
-                 FROM generate_series($1::bigint, $2::bigint) AS g,
-                      LATERAL (SELECT now() - make_interval(days => $4)
-                                      + g * interval '1 millisecond') AS at(t)",
+                "WITH old AS (
+                     SELECT g, 'old_' || lpad(g::text, 10, '0') AS id,
+                            now() - make_interval(days => $4) + g * interval '1 millisecond' AS t
+                     FROM generate_series($1::bigint, $2::bigint) AS g
+                 ), events_added AS (
+                     INSERT INTO events (id, workspace_id, type, channel, occurred_at, data, received_at)
+                     SELECT id, $3, 'order.created', NULL, t,
+                            json_build_object('order', g, 'note', repeat('x', 600)), t
+                     FROM old
+                 ), deliveries_added AS (
+                     INSERT INTO deliveries (id, event_id, subscription_id, workspace_id, event_type,
+                                             status, attempts, last_response_status, last_attempt_at,
+                                             created_at, updated_at)
+                     SELECT gen_random_uuid(), id, $5, $3, 'order.created', 'succeeded', 1, 200,
+                            t, t, t
+                     FROM old
+                     RETURNING id, created_at
+                 )
+                 INSERT INTO attempts (delivery_id, attempt, url, started_at, duration_ms,
+                                       response_status, response_excerpt)
+                 SELECT id, 1, 'http://127.0.0.1/hook', created_at, 3, 200, 'ok'
+                 FROM deliveries_added",
             )
             .bind(first as i64)
             .bind(last as i64)
             .bind(&workspace)
             .bind(PREFILL_AGE_DAYS)
             .bind(subscription)
-            .execute(&mut *tx)
-            .await
-            .with_context(context)?;
-            sqlx::query(
-                "INSERT INTO attempts (delivery_id, attempt, url, started_at, duration_ms,
-                                       response_status, response_excerpt)
-                 SELECT d.id, 1, 'http://127.0.0.1/hook', d.created_at, 3, 200, 'ok'
-                 FROM deliveries d
-                 WHERE d.event_id BETWEEN 'old_' || lpad($1::text, 10, '0')
-                                      AND 'old_' || lpad($2::text, 10, '0')",
-            )
-            .bind(first as i64)
-            .bind(last as i64)
             .execute(&mut *tx)
             .await
             .with_context(context)?;
