@@ -124,10 +124,12 @@ pub struct PruneReport {
     pub stopped: bool,
 }
 
-/// Told after each batch, with its workspace and rows. Pruning awaits what
+/// Told after each batch, with its workspace, its rows and how long it
+/// took (reading its candidates and its transaction). Pruning awaits what
 /// it returns before the next batch (a pause, to leave the database to the
 /// hot path), and stops after that batch on `Break` (a shutdown).
-pub type OnBatch<'a> = dyn FnMut(&WorkspaceId, &PrunedRows) -> NextBatch + Send + 'a;
+pub type OnBatch<'a> =
+    dyn FnMut(&WorkspaceId, &PrunedRows, std::time::Duration) -> NextBatch + Send + 'a;
 
 /// What [`OnBatch`] returns: resolves when the next batch may start.
 pub type NextBatch = Pin<Box<dyn Future<Output = ControlFlow<()>> + Send>>;
@@ -233,14 +235,27 @@ impl Store {
         })
     }
 
-    /// Gives the pages pruning freed back to the file system, a few
-    /// megabytes per write so the hot path gets the writer in between
-    /// (SQLite with incremental auto-vacuum). PostgreSQL's autovacuum
-    /// does this itself: `None` there.
+    /// Makes the space pruning freed reusable. SQLite (with incremental
+    /// auto-vacuum) gives the free pages back to the file system, a few
+    /// megabytes per write so the hot path gets the writer in between, and
+    /// says how much. PostgreSQL vacuums and analyzes the pruned tables
+    /// (`None`): deleted rows hold their space until a vacuum, and the
+    /// server's autovacuum may be off, or wait until a fifth of a large
+    /// table is dead.
     pub async fn reclaim_space(&self) -> Result<Option<Reclaimed>> {
         match self {
-            Store::Postgres(_) => Ok(None),
+            Store::Postgres(s) => s.vacuum_pruned_tables().await.map(|()| None),
             Store::Sqlite(s) => s.reclaim_space().await.map(Some),
+        }
+    }
+
+    /// About how many deliveries the ledger holds, from PostgreSQL's
+    /// statistics (as of its last vacuum or analyze; 0 before either).
+    /// Cheap; 0 on SQLite, which keeps no such figure.
+    pub async fn deliveries_estimate(&self) -> Result<u64> {
+        match self {
+            Store::Postgres(s) => s.deliveries_estimate().await,
+            Store::Sqlite(_) => Ok(0),
         }
     }
 

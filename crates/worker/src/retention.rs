@@ -10,14 +10,23 @@
 //! the time at most (`retention.duty_percent`), and less where the database
 //! is busy, as batches take longer there. A shutdown stops it after the
 //! batch under way, at once if it is pausing.
+//!
+//! Deleted rows keep their space until it is reclaimed: a PostgreSQL
+//! vacuum, SQLite's incremental vacuum. A round reclaims after every
+//! [`reclaim_every`] deliveries it prunes and at its end, paced like a
+//! batch, so a ledger that prunes as much as it takes in stops growing
+//! whatever the server's autovacuum does.
 
 use std::ops::ControlFlow;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use courier_model::{RetentionPolicy, error_chain};
-use courier_store::{PruneOptions, PruneReport, Reclaimed, RetentionPlan, Store, StoreError};
+use courier_store::{
+    PruneOptions, PruneReport, PrunedRows, Reclaimed, RetentionPlan, Store, StoreError,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::Metrics;
@@ -40,43 +49,26 @@ pub struct RetentionConfig {
     pub duty_percent: u8,
 }
 
-/// Times each batch and paces the next (see [`pause_after`]).
-struct Pacer {
-    duty_percent: u8,
-    stop: CancellationToken,
-    /// When the batch being done began: after the last one's pause.
-    began: tokio::time::Instant,
+/// Resolves once `pause` is over (`Continue`), or at once when `stop` is
+/// cancelled (`Break`).
+async fn rest(stop: CancellationToken, pause: Duration) -> ControlFlow<()> {
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => ControlFlow::Break(()),
+        _ = tokio::time::sleep(pause) => ControlFlow::Continue(()),
+    }
 }
 
-impl Pacer {
-    fn new(duty_percent: u8, stop: CancellationToken) -> Self {
-        Self {
-            duty_percent,
-            stop,
-            began: tokio::time::Instant::now(),
-        }
-    }
+/// The fewest deliveries pruned between two reclaims within a round.
+const RECLAIM_MIN_DELIVERIES: u64 = 10_000;
 
-    /// A batch is done: how long it took, and the pause it earns.
-    fn batch_done(&mut self) -> (Duration, Duration) {
-        let took = self.began.elapsed();
-        let pause = pause_after(took, self.duty_percent);
-        self.began = tokio::time::Instant::now() + pause;
-        (took, pause)
-    }
-
-    /// Resolves once `pause` is over (`Continue`), or at once when
-    /// stopped (`Break`).
-    fn next_batch(&self, pause: Duration) -> courier_store::NextBatch {
-        let stop = self.stop.clone();
-        Box::pin(async move {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => ControlFlow::Break(()),
-                _ = tokio::time::sleep(pause) => ControlFlow::Continue(()),
-            }
-        })
-    }
+/// How many deliveries a round prunes between two reclaims of their space
+/// ([`Store::reclaim_space`]): a twentieth of the ledger's (as PostgreSQL
+/// estimates it), so that at most about 5 % of a table is dead space, and
+/// the cost of a vacuum (which reads the tables' indexes whole) stays in
+/// proportion to what it frees.
+pub fn reclaim_every(deliveries_estimate: u64) -> u64 {
+    (deliveries_estimate / 20).max(RECLAIM_MIN_DELIVERIES)
 }
 
 /// The longest pause between two batches, however long the first took.
@@ -218,7 +210,7 @@ impl Pruner {
                 workspaces = report.workspaces.len(),
                 batches = report.batches,
                 reclaimed_bytes = reclaimed.map_or(0, |r| r.bytes),
-                took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                took_ms = millis(took),
                 stopped = report.stopped,
                 "pruned the ledger"
             );
@@ -244,29 +236,36 @@ impl Pruner {
             dry_run,
             batch_rows: self.config.batch_rows,
         };
+        let duty = if dry_run {
+            100
+        } else {
+            self.config.duty_percent
+        };
+        // Read again after each reclaim, which refreshes the estimate (a
+        // ledger never vacuumed or analyzed has none yet).
+        let every = Arc::new(AtomicU64::new(reclaim_every(
+            self.store.deliveries_estimate().await?,
+        )));
+        let reclaimed = Arc::new(Mutex::new(None));
+        // Pruned since the last reclaim.
+        let mut unreclaimed = PrunedRows::default();
         let metrics = &self.metrics;
-        let mut pacer = Pacer::new(
-            if dry_run {
-                100
-            } else {
-                self.config.duty_percent
-            },
-            stop.clone(),
-        );
         let mut on_batch = |workspace: &courier_model::WorkspaceId,
-                            rows: &courier_store::PrunedRows|
+                            rows: &PrunedRows,
+                            took: Duration|
          -> courier_store::NextBatch {
-            let (took, pause) = pacer.batch_done();
+            let mut pause = pause_after(took, duty);
             tracing::debug!(
                 workspace_id = %workspace,
                 events = rows.events,
                 deliveries = rows.deliveries,
                 attempts = rows.attempts,
-                took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-                pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+                took_ms = millis(took),
+                pause_ms = millis(pause),
                 dry_run,
                 "pruning batch"
             );
+            let mut reclaim = None;
             if !dry_run {
                 for (table, n) in [
                     ("events", rows.events),
@@ -278,21 +277,81 @@ impl Pruner {
                         .with_label_values(&[table])
                         .inc_by(n);
                 }
+                unreclaimed.add(rows);
+                if unreclaimed.deliveries >= every.load(Ordering::Relaxed) {
+                    unreclaimed = PrunedRows::default();
+                    reclaim = Some(self.reclaim(reclaimed.clone(), Some(every.clone())));
+                }
             }
-            pacer.next_batch(pause)
+            let stop = stop.clone();
+            Box::pin(async move {
+                if let Some(reclaim) = reclaim {
+                    match reclaim.await {
+                        Ok(took) => pause += pause_after(took, duty),
+                        Err(error) => tracing::warn!(
+                            error = %error_chain(&error),
+                            "reclaiming the space pruning freed failed; pruning goes on and tries again"
+                        ),
+                    }
+                }
+                rest(stop, pause).await
+            })
         };
         let report = self.store.prune(&plan, options, &mut on_batch).await?;
-        let reclaimed = if dry_run || report.total.is_empty() {
-            None
-        } else {
-            let reclaimed = self.store.reclaim_space().await?;
-            if let Some(r) = reclaimed {
-                metrics.retention_reclaimed_bytes.inc_by(r.bytes);
-            }
-            reclaimed
-        };
+        if !unreclaimed.is_empty() {
+            self.reclaim(reclaimed.clone(), None).await?;
+        }
+        let reclaimed = *reclaimed.lock().expect("reclaimed tally poisoned");
         Ok((report, reclaimed))
     }
+
+    /// Reclaims the space pruned rows held ([`Store::reclaim_space`]),
+    /// adding what SQLite gave back to `tally` and, given `every`, setting
+    /// it from the ledger's new estimate; resolves to how long it took.
+    fn reclaim(
+        &self,
+        tally: Arc<Mutex<Option<Reclaimed>>>,
+        every: Option<Arc<AtomicU64>>,
+    ) -> impl Future<Output = Result<Duration, StoreError>> + Send + 'static {
+        let store = self.store.clone();
+        let metrics = self.metrics.clone();
+        async move {
+            let started = Instant::now();
+            let reclaimed = store.reclaim_space().await?;
+            let took = started.elapsed();
+            if let Some(r) = reclaimed {
+                metrics.retention_reclaimed_bytes.inc_by(r.bytes);
+                let mut tally = tally.lock().expect("reclaimed tally poisoned");
+                *tally = Some(match *tally {
+                    Some(sum) => Reclaimed {
+                        incremental: r.incremental,
+                        pages: sum.pages + r.pages,
+                        bytes: sum.bytes + r.bytes,
+                    },
+                    None => r,
+                });
+            }
+            let next = match every {
+                Some(every) => {
+                    let next = reclaim_every(store.deliveries_estimate().await?);
+                    every.store(next, Ordering::Relaxed);
+                    Some(next)
+                }
+                None => None,
+            };
+            tracing::debug!(
+                took_ms = millis(took),
+                reclaimed_bytes = reclaimed.map_or(0, |r| r.bytes),
+                next_after_deliveries = next,
+                "reclaimed the space pruning freed"
+            );
+            Ok(took)
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -310,30 +369,23 @@ mod tests {
         assert_eq!(pause_after(Duration::from_secs(30), 5), MAX_PAUSE);
     }
 
+    #[test]
+    fn a_reclaim_follows_a_twentieth_of_the_ledger() {
+        assert_eq!(reclaim_every(0), RECLAIM_MIN_DELIVERIES);
+        assert_eq!(reclaim_every(100_000), RECLAIM_MIN_DELIVERIES);
+        assert_eq!(reclaim_every(5_000_000), 250_000);
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn the_next_batch_waits_out_its_pause_unless_stopped() {
+    async fn a_rest_waits_out_its_pause_unless_stopped() {
         let stop = CancellationToken::new();
-        let mut pacer = Pacer::new(20, stop.clone());
-        // A batch of 100 ms earns 400 ms of rest.
-        tokio::time::advance(Duration::from_millis(100)).await;
-        let (took, pause) = pacer.batch_done();
-        assert_eq!(
-            (took, pause),
-            (Duration::from_millis(100), Duration::from_millis(400))
-        );
+        let pause = Duration::from_millis(400);
         let started = tokio::time::Instant::now();
-        assert_eq!(pacer.next_batch(pause).await, ControlFlow::Continue(()));
+        assert_eq!(rest(stop.clone(), pause).await, ControlFlow::Continue(()));
         assert_eq!(started.elapsed(), pause);
-        // The next batch is timed from the end of that pause.
-        tokio::time::advance(Duration::from_millis(50)).await;
-        let (took, pause) = pacer.batch_done();
-        assert_eq!(
-            (took, pause),
-            (Duration::from_millis(50), Duration::from_millis(200))
-        );
 
         // A stop during a pause ends it at once.
-        let mut next = pacer.next_batch(pause);
+        let mut next = Box::pin(rest(stop.clone(), pause));
         assert!(futures_util::poll!(&mut next).is_pending());
         stop.cancel();
         let started = tokio::time::Instant::now();

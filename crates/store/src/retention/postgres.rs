@@ -49,6 +49,27 @@ impl RetentionSql for PgStore {
              WHERE d.event_id = e.id AND d.workspace_id = e.workspace_id)";
 }
 
+impl PgStore {
+    /// `VACUUM (ANALYZE)` of the tables pruning deletes from: their dead
+    /// rows' space becomes reusable, and the planner sees their new sizes.
+    /// Outside a transaction, as VACUUM must be.
+    pub(crate) async fn vacuum_pruned_tables(&self) -> Result<()> {
+        sqlx::query("VACUUM (ANALYZE) events, deliveries, attempts")
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn deliveries_estimate(&self) -> Result<u64> {
+        // -1 where the table was never vacuumed or analyzed.
+        let (rows,): (f32,) =
+            sqlx::query_as("SELECT reltuples FROM pg_class WHERE oid = 'deliveries'::regclass")
+                .fetch_one(self.pool())
+                .await?;
+        Ok(rows.max(0.0) as u64)
+    }
+}
+
 /// [`PRUNE_LOCK_KEY`], held by one pooled connection's session. The
 /// connection is closed rather than pooled again when it goes, so a lock
 /// whose release failed (or that was dropped unreleased) ends with it.

@@ -200,6 +200,7 @@ where
                 id: String::new(),
             };
             loop {
+                let started = std::time::Instant::now();
                 let candidates = self
                     .prune_candidates(&workspace, &cut, &cursor, limit)
                     .await?;
@@ -215,7 +216,10 @@ where
                     report.batches += 1;
                     pruned.add(&batch.rows);
                     report.total.add(&batch.rows);
-                    if on_batch(&workspace, &batch.rows).await.is_break() {
+                    if on_batch(&workspace, &batch.rows, started.elapsed())
+                        .await
+                        .is_break()
+                    {
                         report.stopped = true;
                     }
                 }

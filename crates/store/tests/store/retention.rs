@@ -181,7 +181,7 @@ async fn prune(store: &Store, plan: &RetentionPlan, dry_run: bool, batch_rows: u
                 dry_run,
                 batch_rows,
             },
-            &mut |_, _| {
+            &mut |_, _, _| {
                 batches += 1;
                 Box::pin(std::future::ready(ControlFlow::Continue(())))
             },
@@ -381,7 +381,7 @@ async fn an_override_changes_its_own_workspace_only(db: TestDb) {
                 dry_run: false,
                 batch_rows: 1,
             },
-            &mut |_, _| Box::pin(std::future::ready(ControlFlow::Break(()))),
+            &mut |_, _, _| Box::pin(std::future::ready(ControlFlow::Break(()))),
         )
         .await
         .unwrap();
