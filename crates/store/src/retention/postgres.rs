@@ -1,8 +1,8 @@
 //! Retention's SQL for PostgreSQL, and the advisory lock that lets one
 //! process prune at a time.
 
-use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
+use sqlx::{ConnectOptions, Connection, Postgres};
 
 use crate::retention::queries::RetentionSql;
 use crate::{PgStore, Result};
@@ -52,11 +52,19 @@ impl RetentionSql for PgStore {
 impl PgStore {
     /// `VACUUM (ANALYZE)` of the tables pruning deletes from: their dead
     /// rows' space becomes reusable, and the planner sees their new sizes.
-    /// Outside a transaction, as VACUUM must be.
+    /// Outside a transaction, as VACUUM must be, on a connection of its own
+    /// that does not log it as a slow statement (it takes seconds on a
+    /// large ledger, by design).
     pub(crate) async fn vacuum_pruned_tables(&self) -> Result<()> {
-        sqlx::query("VACUUM (ANALYZE) events, deliveries, attempts")
-            .execute(self.pool())
-            .await?;
+        let options = (*self.pool().connect_options())
+            .clone()
+            .disable_statement_logging();
+        let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+        let vacuumed = sqlx::query("VACUUM (ANALYZE) events, deliveries, attempts")
+            .execute(&mut conn)
+            .await;
+        conn.close().await.ok();
+        vacuumed?;
         Ok(())
     }
 
