@@ -151,10 +151,11 @@ async fn losing_the_fanout_leader_mid_run_loses_nothing() {
     );
 }
 
-/// A node of the cluster crashes (SIGKILL) mid-run, the node leading the
-/// fan-out queue, and boots again on its data: every event arrives.
+/// Mid-run, one node is stopped and started again (a rolling restart's
+/// step), then the node leading the fan-out queue crashes (SIGKILL) and
+/// boots again on its data: every event arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crashing_the_fanout_leader_mid_run_loses_nothing() {
+async fn restarting_a_node_then_crashing_the_fanout_leader_loses_nothing() {
     const EVENTS: usize = 1000;
     let began = std::time::Instant::now();
     // EVENTS / 2 * 50 ms / 2 slots: the first half takes at least 12 s.
@@ -169,6 +170,14 @@ async fn crashing_the_fanout_leader_mid_run_loses_nothing() {
     let before = receiver.count();
     assert!(before < EVENTS / 2, "the node must go mid-run");
     let crashed = cluster.index_of(&leader);
+    let restarted = (crashed + 1) % 3;
+    cluster.node(restarted).stop();
+    cluster.node(restarted).start_again();
+    println!(
+        "{} stopped and started again after {:.0?}",
+        cluster.node(restarted).node(),
+        began.elapsed()
+    );
     cluster.node(crashed).crash();
     println!("{leader} crashed after {:.0?}", began.elapsed());
     republished += publish_through_losses(&env, &ws, EVENTS / 2..EVENTS).await;
