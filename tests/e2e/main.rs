@@ -12,6 +12,7 @@ mod delivery;
 mod deploy;
 mod fast_path;
 mod held;
+mod ingest;
 mod lifecycle;
 mod openapi;
 mod operations;

@@ -204,6 +204,87 @@ async fn an_event_the_postgres_ledger_refuses_is_set_aside() {
     assert!(receiver.count() <= 3, "{} requests", receiver.count());
 }
 
+crate::on_both_databases!(a_bad_event_in_a_group_is_set_aside_alone);
+
+/// A group message (as HTTP ingest sends) holding a malformed event between
+/// two good ones: the good ones are delivered, the bad one alone goes to
+/// the poison queue with its reason; a group that is not one goes whole.
+async fn a_bad_event_in_a_group_is_set_aside_alone(db: Db) {
+    let Setup {
+        env,
+        receiver,
+        worker,
+        channel,
+        topology,
+        _connection,
+        ..
+    } = set_up(db).await;
+    let event = |id: &str| {
+        format!(
+            r#"{{"id":"{id}","workspace_id":"acme","type":"order.created","occurred_at":"2026-01-01T00:00:00Z","data":{{"id":"{id}"}}}}"#
+        )
+    };
+    let bad = r#"{"id":"g-bad","workspace_id":"acme","type":"order.created","occurred_at":"2026-01-01T00:00:00Z","data":[1]}"#;
+    let (first, last) = (event("g-1"), event("g-2"));
+    let group =
+        courier_model::EventGroup::encode([first.as_bytes(), bad.as_bytes(), last.as_bytes()]);
+    publish_raw_group(&channel, &topology, &group).await;
+    publish_raw_group(&channel, &topology, br#"{"v":1,"events":"#).await;
+
+    wait_for("the good events", Duration::from_secs(30), || async {
+        receiver.count() == 2
+    })
+    .await;
+    let poison_queue = topology.poison_queue();
+    wait_for("two poison messages", Duration::from_secs(30), || async {
+        env.queue_len(&poison_queue).await == 2
+    })
+    .await;
+    worker.stop().await.unwrap();
+
+    let mut delivered: Vec<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_owned())
+        .collect();
+    delivered.sort();
+    assert_eq!(delivered, ["g-1", "g-2"]);
+    let reasons = poison_reasons(&env, &poison_queue).await;
+    let (body, reason) = reasons
+        .iter()
+        .find(|(body, _)| body.contains("g-bad"))
+        .expect("the bad event set aside");
+    assert_eq!(body, bad, "the bad event alone, as it was in its group");
+    assert!(reason.contains("must be a JSON object"), "{reason}");
+    let (_, reason) = reasons
+        .iter()
+        .find(|(body, _)| body.as_str() == r#"{"v":1,"events":"#)
+        .expect("the broken group set aside whole");
+    assert!(reason.contains("not valid JSON"), "{reason}");
+}
+
+/// Publishes `body` as an event group straight to the fan-out queue, as
+/// HTTP ingest does (the header says it is one), and waits for the broker.
+async fn publish_raw_group(channel: &lapin::Channel, topology: &Topology, body: &[u8]) {
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        courier_model::EVENT_GROUP_HEADER.into(),
+        AMQPValue::LongLongInt(3),
+    );
+    channel
+        .basic_publish(
+            "".into(),
+            topology.fanout_queue().as_str().into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
 /// Publishes `body` to the events exchange as it is, past the producer's
 /// validation, and waits for the broker to take it.
 async fn publish_raw_event(channel: &lapin::Channel, topology: &Topology, body: &[u8]) {

@@ -1,10 +1,12 @@
 //! `POST /v1/workspaces/{ws}/events`: HTTP ingest for upstreams that cannot
-//! speak AMQP. The event is validated like one from the broker, published to
-//! the events exchange with confirms, and only then answered with 202: an
+//! speak AMQP. The event is validated like one from the broker, published
+//! with confirms, and only then answered with 202: an
 //! accepted event is as durable as one published with courier-producer.
 //! `data` is kept as the text of the request, so receivers get its bytes.
 //! `POST /v1/workspaces/{ws}/events/batch` does the same for up to 1,000
-//! events a request, for upstreams that emit in bulk.
+//! events a request, for upstreams that emit in bulk. Both publish through
+//! [`crate::groups`]: the events of requests that arrive together travel to
+//! the fan-out queue as one message.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -17,8 +19,9 @@ use utoipa::ToSchema;
 use crate::auth::WorkspaceKey;
 use crate::error::{Envelope, ErrorEnvelope};
 use crate::extract::JsonBody;
+use crate::groups::NotPublished;
 use crate::openapi::WorkspaceIdParam;
-use crate::{ApiError, ApiState, Broker, MAX_BATCH_BODY_BYTES, MAX_INGEST_BODY_BYTES};
+use crate::{ApiError, ApiState, MAX_BATCH_BODY_BYTES, MAX_INGEST_BODY_BYTES};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -68,10 +71,11 @@ pub async fn ingest(
 ) -> Result<(StatusCode, Json<Envelope<Accepted>>), ApiError> {
     let ws = key.workspace(&ws)?;
     let (event, body) = accept(&ws, input)?;
-    let broker = state.broker()?;
-    publish(&broker, &event, &body).await.map_err(|()| {
-        ApiError::Unavailable("the broker did not accept the event; try again".into())
-    })?;
+    state
+        .groups()
+        .publish(event.id.clone(), body)
+        .await
+        .map_err(unavailable)?;
     Ok((
         StatusCode::ACCEPTED,
         Envelope::ok(Accepted {
@@ -111,16 +115,12 @@ fn accept(ws: &WorkspaceId, input: NewEvent) -> Result<(Event, Vec<u8>), ApiErro
     Ok((event, body))
 }
 
-/// Publishes one encoded event and waits for the broker's confirm; a
-/// failure is logged here and answered as "try again" by the caller.
-async fn publish(broker: &Broker, event: &Event, body: &[u8]) -> Result<(), ()> {
-    broker
-        .publisher
-        .publish_encoded(event, body)
-        .await
-        .map_err(|e| {
-            tracing::error!(event_id = %event.id, error = %courier_model::error_chain(&e), "ingest publish failed");
-        })
+/// 503, and what to do about it.
+fn unavailable(reason: NotPublished) -> ApiError {
+    ApiError::Unavailable(match reason {
+        NotPublished::NoBroker => "no broker connection right now; try again".into(),
+        NotPublished::NotConfirmed => "the broker did not accept the event; try again".into(),
+    })
 }
 
 /// Events a batch may hold.
@@ -203,20 +203,29 @@ pub async fn ingest_batch(
         .enumerate()
         .map(|(i, event)| accept(&ws, event).map_err(|e| in_batch(i, e)))
         .collect::<Result<Vec<_>, _>>()?;
-    // Every publish is sent before any confirm is awaited: one round trip
-    // to the broker for the batch, not one per event.
-    let (confirmed, unavailable) = match state.broker() {
-        Ok(broker) => {
-            let publishes = events.iter().map(|(e, body)| publish(&broker, e, body));
-            (futures_util::future::join_all(publishes).await, None)
-        }
-        Err(error) => (vec![Err(()); events.len()], Some(error)),
-    };
-    let results: Vec<BatchEventResult> = events
+    // Every event is queued before any answer is awaited: the batch goes
+    // out in as few groups as their limits allow.
+    let groups = state.groups();
+    let mut ids = Vec::with_capacity(events.len());
+    let mut answers = Vec::with_capacity(events.len());
+    for (event, body) in events {
+        answers.push(groups.submit(event.id.clone(), body).await);
+        ids.push(event.id);
+    }
+    let confirmed: Vec<Result<(), NotPublished>> = futures_util::future::join_all(
+        answers
+            .into_iter()
+            .map(|answer| async { answer.await.unwrap_or(Err(NotPublished::NotConfirmed)) }),
+    )
+    .await;
+    let unavailable = confirmed
+        .contains(&Err(NotPublished::NoBroker))
+        .then(|| unavailable(NotPublished::NoBroker));
+    let results: Vec<BatchEventResult> = ids
         .iter()
         .zip(&confirmed)
-        .map(|((event, _), confirmed)| BatchEventResult {
-            id: event.id.to_string(),
+        .map(|(id, confirmed)| BatchEventResult {
+            id: id.to_string(),
             accepted: confirmed.is_ok(),
         })
         .collect();

@@ -22,6 +22,7 @@ mod error;
 mod events;
 mod extract;
 mod graphql;
+mod groups;
 mod ingest;
 pub mod key_cache;
 pub mod keys;
@@ -138,7 +139,9 @@ struct Inner {
     /// `None` when the API runs without a broker, or while its connection
     /// is being re-established: ingest and redelivery then answer 503,
     /// everything else works. Swapped whole by [`ApiState::set_broker`].
-    broker: std::sync::RwLock<Option<Arc<Broker>>>,
+    broker: groups::BrokerSlot,
+    /// Ingest's grouping task, started by the first event.
+    groups: std::sync::OnceLock<groups::Groups>,
     /// Test sends go through the same client as deliveries, so they obey the
     /// same private-network and timeout rules.
     client: WebhookClient,
@@ -159,7 +162,8 @@ impl ApiState {
         Self {
             inner: Arc::new(Inner {
                 store,
-                broker: std::sync::RwLock::new(broker.map(Arc::new)),
+                broker: Arc::new(std::sync::RwLock::new(broker.map(Arc::new))),
+                groups: std::sync::OnceLock::new(),
                 client,
                 options,
                 changes,
@@ -184,6 +188,13 @@ impl ApiState {
             .ok_or_else(|| {
                 ApiError::Unavailable("no broker connection right now; try again".into())
             })
+    }
+
+    /// Ingest's publisher of event groups (see [`groups`]).
+    pub(crate) fn groups(&self) -> &groups::Groups {
+        self.inner
+            .groups
+            .get_or_init(|| groups::Groups::start(Arc::clone(&self.inner.broker)))
     }
 
     /// Replaces the broker side, e.g. after reconnecting to RabbitMQ;

@@ -23,7 +23,10 @@ pub use event::{Event, EventData, EventError, MAX_DATA_DEPTH, MAX_EVENT_BYTES};
 pub use event_type::{EventType, UnknownEventType};
 pub use ids::{DeliveryId, EventId, IdError, SubscriptionId, WorkspaceId};
 pub use index::{Indexed, SubscriptionIndex, SubscriptionIndexBuilder};
-pub use message::{DeliveryMessage, MessageError, WebhooksChanged, WebhooksChangedKind};
+pub use message::{
+    DeliveryMessage, EVENT_GROUP_HEADER, EventGroup, MessageError, WebhooksChanged,
+    WebhooksChangedKind,
+};
 pub use outcome::{AttemptResult, Decision, DeliveryStatus, ErrorKind, classify};
 pub use retention::{
     MAX_RETENTION_DAYS, RetentionCutoffs, RetentionDays, RetentionError, RetentionOverride,

@@ -13,6 +13,10 @@ pub enum MessageError {
     Version(u32),
     #[error("delivery message has attempt 0; attempts count from 1")]
     ZeroAttempt,
+    #[error("event group is not valid JSON of the shape {{\"v\":1,\"events\":[...]}}: {0}")]
+    GroupMalformed(#[source] serde_json::Error),
+    #[error("event group has version {0}; this worker understands version 1")]
+    GroupVersion(u32),
 }
 
 /// "Make attempt `attempt` of this delivery." Published by fan-out (attempt
@@ -67,6 +71,54 @@ impl DeliveryMessage {
             attempt: self.attempt + 1,
             ..self.clone()
         }
+    }
+}
+
+/// Header of a message on the fan-out queue that holds a group of events
+/// rather than one; its value is how many. HTTP ingest groups the events
+/// of requests that arrive together, so the broker and the worker handle
+/// one message for the lot (see [`EventGroup`]).
+pub const EVENT_GROUP_HEADER: &str = "x-courier-events";
+
+/// Events sent as one fan-out message: `{"v":1,"events":[...]}`, each event
+/// as [`crate::Event::to_vec`] encodes it. The worker reads the events one
+/// by one, so a malformed one is set aside alone.
+#[derive(Debug, Deserialize)]
+pub struct EventGroup<'a> {
+    pub v: u32,
+    #[serde(borrow)]
+    pub events: Vec<&'a serde_json::value::RawValue>,
+}
+
+impl<'a> EventGroup<'a> {
+    pub const VERSION: u32 = 1;
+
+    /// The group's body from its events, each already encoded.
+    pub fn encode<'e>(events: impl IntoIterator<Item = &'e [u8]>) -> Vec<u8> {
+        let mut body = Vec::from(&br#"{"v":1,"events":["#[..]);
+        for (i, event) in events.into_iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(event);
+        }
+        body.extend_from_slice(b"]}");
+        body
+    }
+
+    /// The group's events, each as its bytes, to be read with
+    /// [`crate::Event::from_slice`].
+    pub fn decode(body: &'a [u8]) -> Result<Vec<&'a [u8]>, MessageError> {
+        let group: EventGroup<'a> =
+            serde_json::from_slice(body).map_err(MessageError::GroupMalformed)?;
+        if group.v != Self::VERSION {
+            return Err(MessageError::GroupVersion(group.v));
+        }
+        Ok(group
+            .events
+            .into_iter()
+            .map(|event| event.get().as_bytes())
+            .collect())
     }
 }
 
@@ -141,6 +193,40 @@ mod tests {
             WebhooksChanged::from_slice(&revoked.to_vec()).unwrap(),
             revoked
         );
+    }
+
+    #[test]
+    fn an_event_group_holds_its_events_as_they_were_encoded() {
+        let ws = WorkspaceId::parse("acme").unwrap();
+        let events: Vec<crate::Event> = (0..3)
+            .map(|n| {
+                crate::Event::new(
+                    ws.clone(),
+                    crate::EventType::OrderCreated,
+                    None,
+                    serde_json::json!({ "n": n, "text": "a \\\"quoted\\\" ,]} text" }),
+                )
+                .unwrap()
+            })
+            .collect();
+        let bodies: Vec<Vec<u8>> = events.iter().map(|e| e.to_vec().unwrap()).collect();
+        let body = EventGroup::encode(bodies.iter().map(Vec::as_slice));
+        let back = EventGroup::decode(&body).unwrap();
+        assert_eq!(back, bodies.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        for (bytes, event) in back.iter().zip(&events) {
+            assert_eq!(&crate::Event::from_slice(bytes).unwrap(), event);
+        }
+        // One event that is not one is the worker's to set aside; the
+        // group is still read.
+        let odd = EventGroup::encode([bodies[0].as_slice(), b"{\"not\":\"an event\"}"]);
+        let back = EventGroup::decode(&odd).unwrap();
+        assert!(crate::Event::from_slice(back[1]).is_err());
+
+        assert!(matches!(
+            EventGroup::decode(br#"{"v":2,"events":[]}"#),
+            Err(MessageError::GroupVersion(2))
+        ));
+        assert!(EventGroup::decode(b"[1,2").is_err());
     }
 
     #[test]

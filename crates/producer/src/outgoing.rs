@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use courier_model::{DeliveryMessage, Event, EventError, WebhooksChanged};
+use courier_model::{DeliveryMessage, EVENT_GROUP_HEADER, Event, EventError, WebhooksChanged};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 
@@ -39,6 +39,8 @@ pub enum OutgoingKind {
     /// An event courier publishes itself (an operational notice about a
     /// webhook), on the events exchange like any upstream's.
     Event,
+    /// Events taken by HTTP ingest, as one message on the fan-out queue.
+    EventGroup,
 }
 
 /// One message, addressed: where it goes, with which properties.
@@ -137,6 +139,26 @@ impl Topology {
                 .with_type(event.event_type.as_str().into())
                 .with_timestamp(event.occurred_at.timestamp().max(0) as u64),
         })
+    }
+
+    /// `events` events taken by HTTP ingest, as one message (`body` from
+    /// [`courier_model::EventGroup::encode`]) sent straight to the fan-out queue through
+    /// the default exchange, marked with [`EVENT_GROUP_HEADER`]. A group is
+    /// courier's own format: it goes to courier's queue only, never through
+    /// the events exchange to a queue someone else bound there.
+    pub fn event_group(&self, events: usize, body: Vec<u8>) -> Outgoing<'static> {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            EVENT_GROUP_HEADER.into(),
+            AMQPValue::LongLongInt(i64::try_from(events).unwrap_or(i64::MAX)),
+        );
+        Outgoing {
+            kind: OutgoingKind::EventGroup,
+            exchange: String::new(),
+            routing_key: Cow::Owned(self.fanout_queue()),
+            body: Cow::Owned(body),
+            properties: json_properties().with_headers(headers),
+        }
     }
 
     /// Tells every worker that webhooks changed.

@@ -252,6 +252,15 @@ impl Publisher {
         &self.topology
     }
 
+    /// Publishes a group of `events` events (a body from
+    /// [`courier_model::EventGroup::encode`]) to the fan-out queue and waits
+    /// for its confirm: see [`Topology::event_group`].
+    pub async fn publish_group(&self, events: usize, body: Vec<u8>) -> Result<(), PublishError> {
+        self.channel
+            .send(&self.topology.event_group(events, body))
+            .await
+    }
+
     /// Publishes one event and waits for its confirm.
     pub async fn publish(&self, event: &Event) -> Result<(), PublishError> {
         let body = event.to_vec()?;

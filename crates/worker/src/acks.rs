@@ -79,6 +79,30 @@ impl Settle {
     }
 }
 
+#[cfg(test)]
+impl Settle {
+    /// A `Settle` whose outcomes a test reads from [`Recorded`].
+    pub fn recording() -> (Self, Recorded) {
+        let (notes, inbox) = mpsc::unbounded_channel();
+        (Self { notes }, Recorded(inbox))
+    }
+}
+
+/// The outcomes reported through a [`Settle::recording`].
+#[cfg(test)]
+pub struct Recorded(mpsc::UnboundedReceiver<Note>);
+
+#[cfg(test)]
+impl Recorded {
+    /// The next outcome reported, if one was.
+    pub fn next(&mut self) -> Option<(u64, Handled)> {
+        match self.0.try_recv() {
+            Ok(Note::Finished(tag, handled)) => Some((tag, handled)),
+            _ => None,
+        }
+    }
+}
+
 impl Settler {
     pub fn start(counts: AckCounts) -> Self {
         let (notes, inbox) = mpsc::unbounded_channel();

@@ -6,7 +6,8 @@
 //! attempt, which the ledger then owes, finishes on the same task.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -33,25 +34,94 @@ pub enum Handled {
 }
 
 /// Settles one message: acks or requeues it and gives its place in the
-/// stage back. Dropped unused (the handler panicked), it requeues.
+/// stage back. Dropped unused (the handler panicked), it requeues. A message
+/// that holds several pieces of work (a group of events) is settled through
+/// parts of its `Finish` ([`Finish::split`]).
 pub struct Finish {
-    tag: u64,
-    settle: Settle,
-    permit: Option<OwnedSemaphorePermit>,
+    whom: Whom,
+    settled: bool,
+}
+
+enum Whom {
+    Message {
+        tag: u64,
+        settle: Settle,
+        permit: Option<OwnedSemaphorePermit>,
+    },
+    Part(Arc<Parts>),
+}
+
+/// What the parts of one message share.
+struct Parts {
+    /// The message's own `Finish`, settled by the last part.
+    message: Mutex<Option<Finish>>,
+    left: AtomicUsize,
+    requeue: AtomicBool,
 }
 
 impl Finish {
     pub fn done(mut self, handled: Handled) {
-        self.settle.finished(self.tag, handled);
-        self.permit = None;
+        self.settle(handled);
+    }
+
+    /// Splits the message's settling into `n` parts (at least one), one per
+    /// piece of its work: the message is settled when the last part is,
+    /// acked if every part was done with `Ack`, requeued if any was done
+    /// with `Requeue` or dropped unused.
+    pub fn split(self, n: usize) -> Vec<Finish> {
+        assert!(n > 0, "a message is split into one part at least");
+        let parts = Arc::new(Parts {
+            message: Mutex::new(Some(self)),
+            left: AtomicUsize::new(n),
+            requeue: AtomicBool::new(false),
+        });
+        (0..n)
+            .map(|_| Finish {
+                whom: Whom::Part(Arc::clone(&parts)),
+                settled: false,
+            })
+            .collect()
+    }
+
+    fn settle(&mut self, handled: Handled) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        match &mut self.whom {
+            Whom::Message {
+                tag,
+                settle,
+                permit,
+            } => {
+                settle.finished(*tag, handled);
+                *permit = None;
+            }
+            Whom::Part(parts) => {
+                if handled == Handled::Requeue {
+                    parts.requeue.store(true, Ordering::Release);
+                }
+                if parts.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    let message = parts
+                        .message
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
+                    if let Some(message) = message {
+                        message.done(if parts.requeue.load(Ordering::Acquire) {
+                            Handled::Requeue
+                        } else {
+                            Handled::Ack
+                        });
+                    }
+                }
+            }
+        }
     }
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        if self.permit.is_some() {
-            self.settle.finished(self.tag, Handled::Requeue);
-        }
+        self.settle(Handled::Requeue);
     }
 }
 
@@ -146,9 +216,12 @@ where
         let tag = delivery.delivery_tag;
         settler.received(tag, delivery.acker.clone());
         let finish = Finish {
-            tag,
-            settle: settler.handle(),
-            permit: Some(permit),
+            whom: Whom::Message {
+                tag,
+                settle: settler.handle(),
+                permit: Some(permit),
+            },
+            settled: false,
         };
         tasks.spawn(handler(delivery, finish));
     };
@@ -177,5 +250,58 @@ async fn close(channel: &Channel) {
     let close = channel.close(200, "shutdown".into());
     if let Some(Err(error)) = courier_producer::bounded("channel.close", close).await {
         tracing::debug!(error = %error, "closing channel");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acks::{Recorded, Settle};
+
+    fn message(tag: u64) -> (Finish, Recorded) {
+        let (settle, settled) = Settle::recording();
+        let finish = Finish {
+            whom: Whom::Message {
+                tag,
+                settle,
+                permit: None,
+            },
+            settled: false,
+        };
+        (finish, settled)
+    }
+
+    #[test]
+    fn a_message_is_settled_once_by_its_last_part() {
+        let (finish, mut settled) = message(7);
+        let mut parts = finish.split(3);
+        parts.pop().unwrap().done(Handled::Ack);
+        parts.pop().unwrap().done(Handled::Ack);
+        assert!(settled.next().is_none(), "one part is still working");
+        parts.pop().unwrap().done(Handled::Ack);
+        assert_eq!(settled.next().unwrap(), (7, Handled::Ack));
+        assert!(settled.next().is_none(), "settled once");
+    }
+
+    #[test]
+    fn one_part_requeued_or_dropped_requeues_the_message() {
+        let (finish, mut settled) = message(8);
+        let mut parts = finish.split(2);
+        parts.pop().unwrap().done(Handled::Requeue);
+        parts.pop().unwrap().done(Handled::Ack);
+        assert_eq!(settled.next().unwrap(), (8, Handled::Requeue));
+
+        let (finish, mut settled) = message(9);
+        let mut parts = finish.split(2);
+        parts.pop().unwrap().done(Handled::Ack);
+        drop(parts);
+        assert_eq!(settled.next().unwrap(), (9, Handled::Requeue));
+        assert!(settled.next().is_none());
+
+        // A whole message dropped unused requeues too, once.
+        let (finish, mut settled) = message(10);
+        drop(finish);
+        assert_eq!(settled.next().unwrap(), (10, Handled::Requeue));
+        assert!(settled.next().is_none());
     }
 }

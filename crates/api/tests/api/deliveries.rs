@@ -12,7 +12,7 @@ use lapin::{Connection, ConnectionProperties};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::common::{App, amqp_url, assert_error, attempt, run, seed};
+use crate::common::{self, App, amqp_url, assert_error, attempt, run, seed};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -331,11 +331,11 @@ async fn redelivery_recover_and_ingest(app: Arc<App>) {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let id = body["data"]["id"].as_str().unwrap().to_owned();
-    let event = Event::from_slice(
+    let event = Event::from_slice(&common::only_event(
         &get_message(&topology, &topology.fanout_queue())
             .await
             .unwrap(),
-    )
+    ))
     .unwrap();
     assert_eq!(event.id, EventId::parse(id).unwrap());
     assert_eq!(event.event_type, EventType::OrderStatusChanged);

@@ -215,7 +215,7 @@ async fn ingest_keeps_data_byte_for_byte(app: Arc<App>) {
     let (status, resp) = app.post(&path, &key, &body).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
 
-    let published = app.take_message(&topology.fanout_queue()).await.unwrap();
+    let published = common::only_event(&app.take_message(&topology.fanout_queue()).await.unwrap());
     assert_data_exact(&published, EXACT_DATA);
     // What the worker makes of it, and what a receiver then gets.
     let event = Event::from_slice(&published).unwrap();
@@ -298,7 +298,9 @@ async fn batch_ingest_is_all_or_nothing(app: Arc<App>) {
 
     let mut published = Vec::new();
     while let Some(message) = app.take_message(&fanout).await {
-        published.push(Event::from_slice(&message).unwrap());
+        for event in courier_model::EventGroup::decode(&message).unwrap() {
+            published.push(Event::from_slice(event).unwrap());
+        }
     }
     let mut ids: Vec<&str> = published.iter().map(|e| e.id.as_str()).collect();
     ids.sort_unstable();
@@ -341,7 +343,7 @@ async fn ingest_refuses_data_nested_too_deep(app: Arc<App>) {
     let deepest = nested(MAX_DATA_DEPTH);
     let (status, resp) = app.post(&path, &key, &event(&deepest)).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
-    let published = app.take_message(&topology.fanout_queue()).await.unwrap();
+    let published = common::only_event(&app.take_message(&topology.fanout_queue()).await.unwrap());
     assert_data_exact(&published, &deepest);
 }
 

@@ -26,7 +26,7 @@ impl Pipeline {
             Err(error) => {
                 return self
                     .poison(
-                        message,
+                        &message.data,
                         About::Message,
                         "delivery",
                         &self.topology.deliveries_queue(),

@@ -9,11 +9,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::Utc;
-use courier_model::{DeliveryId, DeliveryMessage, Event, SubscriptionId};
+use courier_model::{
+    DeliveryId, DeliveryMessage, EVENT_GROUP_HEADER, Event, EventGroup, SubscriptionId,
+};
 use courier_producer::PublishError;
 use courier_store::{StoreError, WriteOp, WriteResult};
 use futures_util::StreamExt;
-use futures_util::future::{BoxFuture, try_join_all};
+use futures_util::future::{BoxFuture, join_all, try_join_all};
 use futures_util::stream::FuturesUnordered;
 use lapin::message::Delivery;
 use tracing::Instrument;
@@ -27,27 +29,81 @@ use crate::limits::QUICK;
 use crate::log::{About, about};
 
 impl Pipeline {
-    /// Fans one event out and settles its message through `finish`, as
-    /// soon as everything the event caused is durable (see
+    /// Fans the event of one message out (or each event of a group, see
+    /// [`EventGroup`]) and settles the message through `finish`, as soon as
+    /// everything its events caused is durable (see
     /// [`Pipeline::try_fan_out`]).
     pub async fn fan_out(&self, message: &Delivery, finish: Finish) {
+        // No earlier than the broker handed the message over, so no earlier
+        // than it was published.
+        let arrived = std::time::Instant::now();
+        let grouped = message
+            .properties
+            .headers()
+            .as_ref()
+            .is_some_and(|headers| headers.contains_key(EVENT_GROUP_HEADER));
+        if !grouped {
+            self.fan_out_one(&message.data, arrived, message.redelivered, finish)
+                .await;
+            return;
+        }
+        let events = match EventGroup::decode(&message.data) {
+            Ok(events) if !events.is_empty() => events,
+            Ok(_) => return finish.done(Handled::Ack),
+            Err(error) => {
+                let handled = self
+                    .poison(
+                        &message.data,
+                        About::Message,
+                        "fanout",
+                        &self.topology.fanout_queue(),
+                        error_chain(&error),
+                    )
+                    .await;
+                return finish.done(handled);
+            }
+        };
+        // Side by side, as the events of separate messages would be; the
+        // message is acked once every event's part is.
+        let parts = finish.split(events.len());
+        join_all(
+            events
+                .into_iter()
+                .zip(parts)
+                .map(|(event, part)| self.fan_out_one(event, arrived, message.redelivered, part)),
+        )
+        .await;
+    }
+
+    async fn fan_out_one(
+        &self,
+        data: &[u8],
+        arrived: std::time::Instant,
+        redelivered: bool,
+        finish: Finish,
+    ) {
         let mut finish = Some(finish);
-        let handled = self.fan_out_settling(message, &mut finish).await;
+        let handled = self
+            .fan_out_settling(data, arrived, redelivered, &mut finish)
+            .await;
         if let Some(finish) = finish {
             finish.done(handled);
         }
     }
 
-    async fn fan_out_settling(&self, message: &Delivery, finish: &mut Option<Finish>) -> Handled {
-        // No earlier than the broker handed the message over, so no earlier
-        // than it was published.
-        let arrived = std::time::Instant::now();
-        let event = match Event::from_slice(&message.data) {
+    async fn fan_out_settling(
+        &self,
+        data: &[u8],
+        arrived: std::time::Instant,
+        redelivered: bool,
+        finish: &mut Option<Finish>,
+    ) -> Handled {
+        let event = match Event::from_slice(data) {
             Ok(event) => Arc::new(event),
             Err(error) => {
                 return self
                     .poison(
-                        message,
+                        data,
                         About::Message,
                         "fanout",
                         &self.topology.fanout_queue(),
@@ -63,10 +119,7 @@ impl Pipeline {
         let span =
             tracing::debug_span!("fan_out", event_id = %event.id, event_type = %event.event_type);
         async {
-            match self
-                .try_fan_out(&event, arrived, message.redelivered, finish)
-                .await
-            {
+            match self.try_fan_out(&event, arrived, redelivered, finish).await {
                 Ok(deliveries) => {
                     tracing::debug!(deliveries, "event fanned out");
                     Handled::Ack
@@ -86,7 +139,7 @@ impl Pipeline {
                 Err(StepError::Store(error)) if error.is_refused_value() => {
                     let reason = format!("the ledger refused the event: {}", error_chain(&error));
                     self.poison(
-                        message,
+                        data,
                         About::Event(&event),
                         "fanout",
                         &self.topology.fanout_queue(),

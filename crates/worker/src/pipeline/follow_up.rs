@@ -9,7 +9,6 @@ use chrono::Utc;
 use courier_model::{Decision, DeliveryMessage, DeliveryStatus, Event};
 use courier_producer::PublishError;
 use courier_store::{StoreError, WriteOp, WriteResult};
-use lapin::message::Delivery;
 
 use super::attempt::Attempted;
 use super::{Pipeline, StepError};
@@ -174,18 +173,19 @@ impl Pipeline {
         self.send(self.topology.dead_letter(msg)).await
     }
 
-    /// Moves a message that can never be processed to the poison queue,
-    /// with the reason in a header, then acks it: retrying would loop.
+    /// Moves a message that can never be processed (or one event of a
+    /// group) to the poison queue, with the reason in a header, then acks
+    /// it: retrying would loop.
     pub(super) async fn poison(
         &self,
-        message: &Delivery,
+        data: &[u8],
         about: About<'_>,
         stage: &str,
         source: &str,
         reason: String,
     ) -> Handled {
-        about!(warn, about, queue = source, reason = %reason, bytes = message.data.len(), "poison message");
-        let outgoing = self.topology.poison(&message.data, source, &reason);
+        about!(warn, about, queue = source, reason = %reason, bytes = data.len(), "poison message");
+        let outgoing = self.topology.poison(data, source, &reason);
         match self.send(outgoing).await {
             Ok(()) => {
                 self.metrics.poison.with_label_values(&[stage]).inc();

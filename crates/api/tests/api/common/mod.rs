@@ -379,3 +379,17 @@ pub fn served_routes() -> Vec<(&'static str, &'static str)> {
         ("put", "/v1/workspaces/{ws}/retention"),
     ]
 }
+
+/// The one event of a message ingest published: ingest sends event groups
+/// (`courier_model::EventGroup`), and a lone request's group holds its
+/// event alone.
+pub fn only_event(message: &[u8]) -> Vec<u8> {
+    let events = courier_model::EventGroup::decode(message).expect("ingest publishes event groups");
+    assert_eq!(
+        events.len(),
+        1,
+        "one event in {}",
+        String::from_utf8_lossy(message)
+    );
+    events[0].to_vec()
+}
