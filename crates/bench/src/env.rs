@@ -145,9 +145,10 @@ impl BenchEnv {
     /// Fills the ledger with `rows` events that arrived [`PREFILL_AGE_DAYS`]
     /// days ago, each delivered once to the bench's webhook (succeeded at
     /// its first attempt): the ledger months of use leave, all of it past
-    /// the default retention. Each event carries about 600 bytes of data.
-    /// PostgreSQL only, in transactions of a million events.
-    pub async fn prefill_old(&self, rows: u64) -> anyhow::Result<()> {
+    /// the default retention. Each event's data is padded with `pad_bytes`
+    /// bytes, as the live events are, so that a pruned row frees what a new
+    /// one takes. PostgreSQL only, in transactions of a million events.
+    pub async fn prefill_old(&self, rows: u64, pad_bytes: usize) -> anyhow::Result<()> {
         if self.db != Db::Postgres {
             bail!("only a PostgreSQL ledger is prefilled");
         }
@@ -178,7 +179,7 @@ impl BenchEnv {
                  ), events_added AS (
                      INSERT INTO events (id, workspace_id, type, channel, occurred_at, data, received_at)
                      SELECT id, $3, 'order.created', NULL, t,
-                            json_build_object('order', g, 'note', repeat('x', 600)), t
+                            json_build_object('seq', g, 't_us', 0, 'pad', repeat('x', $6)), t
                      FROM old
                  ), deliveries_added AS (
                      INSERT INTO deliveries (id, event_id, subscription_id, workspace_id, event_type,
@@ -199,6 +200,7 @@ impl BenchEnv {
             .bind(&workspace)
             .bind(PREFILL_AGE_DAYS)
             .bind(subscription)
+            .bind(i32::try_from(pad_bytes).unwrap_or(i32::MAX))
             .execute(&mut *tx)
             .await
             .with_context(context)?;

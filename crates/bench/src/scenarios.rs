@@ -575,7 +575,8 @@ async fn measure(
     let http = http.transpose()?;
     if shape.prefill > 0 {
         let filling = tokio::time::Instant::now();
-        env.prefill_old(shape.prefill).await?;
+        env.prefill_old(shape.prefill, padding(sizes.payload_bytes)?.len())
+            .await?;
         outcome.extra("prefilled_deliveries", shape.prefill);
         outcome.extra("prefill_s", filling.elapsed().as_secs_f64());
     }
