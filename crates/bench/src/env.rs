@@ -146,8 +146,10 @@ impl BenchEnv {
     /// days ago, each delivered once to the bench's webhook (succeeded at
     /// its first attempt): the ledger months of use leave, all of it past
     /// the default retention. Each event's data is padded with `pad_bytes`
-    /// bytes, as the live events are, so that a pruned row frees what a new
-    /// one takes. PostgreSQL only, in transactions of a million events.
+    /// bytes, as the live events are, and its id is as long as a generated
+    /// one (`evt_` and 32 hex digits, ascending, before any live id), so
+    /// that a pruned row and its index entries free what a new one takes.
+    /// PostgreSQL only, in transactions of a million events.
     pub async fn prefill_old(&self, rows: u64, pad_bytes: usize) -> anyhow::Result<()> {
         if self.db != Db::Postgres {
             bail!("only a PostgreSQL ledger is prefilled");
@@ -173,7 +175,7 @@ impl BenchEnv {
             // for each delivery it returns.
             sqlx::query(
                 "WITH old AS (
-                     SELECT g, 'old_' || lpad(g::text, 10, '0') AS id,
+                     SELECT g, 'evt_' || lpad(to_hex(g), 32, '0') AS id,
                             now() - make_interval(days => $4) + g * interval '1 millisecond' AS t
                      FROM generate_series($1::bigint, $2::bigint) AS g
                  ), events_added AS (
