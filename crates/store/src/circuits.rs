@@ -80,10 +80,14 @@ pub struct OpenCircuitHeld {
 
 /// Open circuits of enabled webhooks: a disabled webhook is attempted by no
 /// one, and its row waits, harmless, for it to be enabled again (its first
-/// delivery then probes).
-const OPEN_CIRCUITS: &str = "SELECT c.subscription_id, c.failures, c.opened_at, c.open_until, \
+/// delivery then probes). Every replica reads this twice a second, so it
+/// walks the (few) circuits and looks each webhook up: written as a join,
+/// SQLite's planner scanned every subscription instead, a million rows
+/// with a million webhooks.
+pub(crate) const OPEN_CIRCUITS: &str = "SELECT c.subscription_id, c.failures, c.opened_at, c.open_until, \
      c.cooldown_ms, c.probe_until FROM webhook_circuits c \
-     JOIN subscriptions s ON s.id = c.subscription_id WHERE s.status = 'enabled'";
+     WHERE EXISTS (SELECT 1 FROM subscriptions s \
+         WHERE s.id = c.subscription_id AND s.status = 'enabled')";
 
 /// A backend's circuit SQL; parameters in the order [`CircuitQueries`]
 /// binds them.

@@ -19,6 +19,8 @@ mod dialect;
 mod error;
 mod ledger;
 mod lifecycle;
+#[cfg(test)]
+mod plans;
 mod postgres;
 mod queries;
 mod retention;

@@ -12,7 +12,7 @@
 //! (`lifecycle/queries.rs`); each backend's SQL sits beside it.
 
 mod postgres;
-mod queries;
+pub(crate) mod queries;
 mod sqlite;
 
 use chrono::{DateTime, Utc};
