@@ -66,6 +66,15 @@ const WAL_BACKSTOP_PAGES: u32 = 8192;
 /// The size the WAL file is cut back to after the writer restarted it.
 const WAL_SIZE_LIMIT: u64 = 64 << 20;
 
+/// The writer keeps its temporary storage in memory (`temp_store`): every
+/// multi-row statement in a transaction keeps a statement journal (the
+/// pages it changes, to undo it alone should it fail), and past 64 KiB
+/// SQLite spills that journal to a temporary file, created, written and
+/// deleted per statement: about 20 KiB of file writes per event before,
+/// more with many webhooks. `VACUUM`, whose temporary copy is the whole
+/// database, switches back to files while it runs (`Store::vacuum`).
+const WRITER_TEMP_STORE: &str = "memory";
+
 /// The writer's page cache, in KiB (SQLite's default is 2 MiB): the ledger's
 /// indexes keyed by random ids (deliveries, attempts) take a page each per
 /// insert, and a page evicted between batches is read back from the file.
@@ -170,7 +179,8 @@ impl SqliteStore {
                     .clone()
                     .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
                     .pragma("wal_autocheckpoint", WAL_BACKSTOP_PAGES.to_string())
-                    .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string()),
+                    .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
+                    .pragma("temp_store", WRITER_TEMP_STORE),
             )
             .await?;
         let checkpointer = connect.connect().await?;

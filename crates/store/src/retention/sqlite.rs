@@ -161,11 +161,27 @@ impl SqliteStore {
     }
 
     /// `VACUUM`: rewrites the file, with the incremental auto-vacuum every
-    /// connection asks for (see `SqliteStore::connect`).
+    /// connection asks for (see `SqliteStore::connect`). Its temporary copy
+    /// is the whole database, so it goes to a file, not to the writer's
+    /// in-memory temporary storage.
     pub(crate) async fn vacuum(&self) -> Result<Reclaimed> {
         let mut conn = self.writer_pool().acquire().await?;
         let (before, page_size) = file_pages(&mut conn).await?;
-        sqlx::query("VACUUM").execute(&mut *conn).await?;
+        sqlx::query("PRAGMA temp_store = file")
+            .execute(&mut *conn)
+            .await?;
+        let vacuumed = sqlx::query("VACUUM").execute(&mut *conn).await;
+        // Back to the writer's setting (`WRITER_TEMP_STORE`) whatever VACUUM
+        // did; should even that fail, the connection is closed rather than
+        // returned to the pool as it is.
+        if let Err(error) = sqlx::query("PRAGMA temp_store = memory")
+            .execute(&mut *conn)
+            .await
+        {
+            drop(conn.detach());
+            return Err(error.into());
+        }
+        vacuumed?;
         let (after, _) = file_pages(&mut conn).await?;
         let (mode,): (i64,) = sqlx::query_as("PRAGMA auto_vacuum")
             .fetch_one(&mut *conn)
@@ -188,4 +204,39 @@ async fn file_pages(conn: &mut sqlx::SqliteConnection) -> Result<(i64, i64)> {
         .fetch_one(&mut *conn)
         .await?;
     Ok((pages, page_size))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::scratch::{ScratchDb, pg_admin_url, unique_name};
+    use crate::{Backend, Store};
+
+    /// The writer's temporary storage (statement journals) is in memory,
+    /// and stays so after a `VACUUM`, which runs with files.
+    #[tokio::test]
+    async fn the_writer_keeps_temporary_storage_in_memory_across_a_vacuum() {
+        let db = ScratchDb::create(
+            Backend::Sqlite,
+            &unique_name("tempstore"),
+            &pg_admin_url(""),
+        )
+        .await
+        .expect("scratch file");
+        let Store::Sqlite(store) = db.migrated().await.expect("migrate") else {
+            panic!("a SQLite scratch database gave another store");
+        };
+        // 2 is MEMORY; 0 (DEFAULT) would be files in this build.
+        let temp_store = || async {
+            let (mode,): (i64,) = sqlx::query_as("PRAGMA temp_store")
+                .fetch_one(store.writer_pool())
+                .await
+                .expect("temp_store");
+            mode
+        };
+        assert_eq!(temp_store().await, 2);
+        store.vacuum().await.expect("vacuum");
+        assert_eq!(temp_store().await, 2);
+        store.close().await;
+        db.remove().await.expect("remove");
+    }
 }
