@@ -2,10 +2,11 @@
 //! times a second, open circuits twice, failing episodes every second, the
 //! lifecycle's counts every 15 s) must find their rows through an index:
 //! a full scan of a large table there costs in proportion to the ledger,
-//! on every replica, forever. Two of them did, unnoticed until a million
-//! webhooks (the open circuits' join, the disabled count). These tests ask
-//! each database for its plan of each read on a migrated, empty ledger
-//! and fail on a full scan of any table that grows with use.
+//! on every replica, forever. Three of them did, unnoticed until a
+//! million webhooks (the open circuits' join, the disabled count, the
+//! failing episodes). These tests ask each database for its plan of each
+//! read on a migrated, empty ledger and fail on a full scan of any table
+//! that grows with use.
 //!
 //! SQLite plans without statistics here, as it does in a ledger courier
 //! created (nothing runs ANALYZE), so the plan it shows is the plan it

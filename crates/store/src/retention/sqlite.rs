@@ -208,20 +208,17 @@ async fn file_pages(conn: &mut sqlx::SqliteConnection) -> Result<(i64, i64)> {
 
 #[cfg(test)]
 mod tests {
-    use crate::scratch::{ScratchDb, pg_admin_url, unique_name};
+    use crate::scratch::{ScratchDb, unique_name};
     use crate::{Backend, Store};
 
     /// The writer's temporary storage (statement journals) is in memory,
     /// and stays so after a `VACUUM`, which runs with files.
     #[tokio::test]
     async fn the_writer_keeps_temporary_storage_in_memory_across_a_vacuum() {
-        let db = ScratchDb::create(
-            Backend::Sqlite,
-            &unique_name("tempstore"),
-            &pg_admin_url(""),
-        )
-        .await
-        .expect("scratch file");
+        // The admin URL is only used for PostgreSQL.
+        let db = ScratchDb::create(Backend::Sqlite, &unique_name("tempstore"), "")
+            .await
+            .expect("scratch file");
         let Store::Sqlite(store) = db.migrated().await.expect("migrate") else {
             panic!("a SQLite scratch database gave another store");
         };
