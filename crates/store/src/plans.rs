@@ -109,6 +109,28 @@ async fn scratch(backend: Backend) -> ScratchDb {
     db
 }
 
+/// The full scans in the plan of the read called `what`, each named for
+/// the failure message.
+fn scans_named(what: &str, plan: &[String], sql: &str, on: &str) -> Vec<String> {
+    assert!(!plan.is_empty(), "{on} gave no plan for {what}");
+    full_scans(plan, sql)
+        .iter()
+        .map(|scan| format!("{what}: {} (plan: {plan:?})", scan.trim()))
+        .collect()
+}
+
+/// Closes the connection, removes the database, then fails on any scan
+/// `found` on `on`.
+async fn finish(db: ScratchDb, conn: impl Connection, found: Vec<String>, on: &str) {
+    conn.close().await.ok();
+    db.remove().await.expect("remove");
+    assert!(
+        found.is_empty(),
+        "full scans on {on}:\n{}",
+        found.join("\n")
+    );
+}
+
 #[tokio::test]
 async fn sqlite_repeated_reads_scan_no_growing_table() {
     let db = scratch(Backend::Sqlite).await;
@@ -123,18 +145,9 @@ async fn sqlite_repeated_reads_scan_no_growing_table() {
                 .iter()
                 .map(|row| row.get::<String, _>("detail"))
                 .collect();
-        assert!(!plan.is_empty(), "SQLite gave no plan for {what}");
-        for scan in full_scans(&plan, sql) {
-            found.push(format!("{what}: {scan} (plan: {plan:?})"));
-        }
+        found.extend(scans_named(what, &plan, sql, "SQLite"));
     }
-    conn.close().await.ok();
-    db.remove().await.expect("remove");
-    assert!(
-        found.is_empty(),
-        "full scans on SQLite:\n{}",
-        found.join("\n")
-    );
+    finish(db, conn, found, "SQLite").await;
 }
 
 #[tokio::test]
@@ -173,24 +186,15 @@ async fn postgres_repeated_reads_have_an_index() {
             .iter()
             .map(|row| row.get::<String, _>(0))
             .collect();
-        assert!(!plan.is_empty(), "PostgreSQL gave no plan for {what}");
-        for scan in full_scans(&plan, sql) {
-            found.push(format!("{what}: {} (plan: {plan:?})", scan.trim()));
-        }
+        found.extend(scans_named(what, &plan, sql, "PostgreSQL"));
     }
-    conn.close().await.ok();
-    db.remove().await.expect("remove");
-    assert!(
-        found.is_empty(),
-        "full scans on PostgreSQL:\n{}",
-        found.join("\n")
-    );
+    finish(db, conn, found, "PostgreSQL").await;
 }
 
 #[test]
 fn a_full_scan_is_recognised() {
     // The checks above are only as good as this recognition: the plans of
-    // the two reads that scanned before their fix.
+    // two of the reads that scanned before their fix.
     let join = "SELECT c.subscription_id FROM webhook_circuits c \
                 JOIN subscriptions s ON s.id = c.subscription_id WHERE s.status = 'enabled'";
     let sqlite = [
