@@ -24,6 +24,15 @@
 //! `synchronous=NORMAL` (`database.sqlite_synchronous = "normal"`) only
 //! survives the process crashing; it is there as an explicit opt-in.
 //!
+//! The SQLite library is built without memory statistics
+//! (`SQLITE_DEFAULT_MEMSTATUS=0`, set for every build in
+//! `.cargo/config.toml`). With them, every allocation and free inside
+//! SQLite takes one process-wide mutex; sqlx's connection threads allocate
+//! each value they read and courier's tasks free it, so the two took turns
+//! on that mutex for every column of every row (loading a million webhooks
+//! was half waiting on it; docs/benchmarks.md, "Loading a million
+//! webhooks").
+//!
 //! SQLite has no timestamp or UUID types: timestamps are stored as RFC 3339
 //! text with exactly six fractional digits, so that text order is time order,
 //! and UUIDs as lowercase hyphenated text. Lists are JSON arrays.
@@ -793,5 +802,37 @@ impl Dialect for SqliteStore {
             .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::scratch::{ScratchDb, unique_name};
+    use crate::{Backend, Store};
+
+    /// The linked SQLite keeps no memory statistics (see the module's
+    /// documentation): a build that lost `.cargo/config.toml`'s flag, or
+    /// that overrode `LIBSQLITE3_FLAGS`, fails here.
+    #[tokio::test]
+    async fn sqlite_is_built_without_memory_statistics() {
+        let db = ScratchDb::create(Backend::Sqlite, &unique_name("memstatus"), "")
+            .await
+            .expect("scratch file");
+        let Store::Sqlite(store) = db.migrated().await.expect("migrate") else {
+            panic!("a SQLite scratch database gave another store");
+        };
+        let options: Vec<(String,)> = sqlx::query_as("PRAGMA compile_options")
+            .fetch_all(&store.reader)
+            .await
+            .expect("compile options");
+        let options: Vec<String> = options.into_iter().map(|(o,)| o).collect();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "SQLite was built with memory statistics: set LIBSQLITE3_FLAGS to \
+             \"SQLITE_DEFAULT_MEMSTATUS=0\" (as .cargo/config.toml does) and rebuild; \
+             compile options: {options:?}"
+        );
+        store.close().await;
+        db.remove().await.expect("remove");
     }
 }
