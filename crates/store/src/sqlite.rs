@@ -30,7 +30,7 @@
 //! SQLite takes one process-wide mutex; sqlx's connection threads allocate
 //! each value they read and courier's tasks free it, so the two took turns
 //! on that mutex for every column of every row (loading a million webhooks
-//! was half waiting on it; docs/benchmarks.md, "Loading a million
+//! took twice as long with it: docs/benchmarks.md, "loading a million
 //! webhooks").
 //!
 //! SQLite has no timestamp or UUID types: timestamps are stored as RFC 3339
