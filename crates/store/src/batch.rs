@@ -276,29 +276,67 @@ async fn fan_out_run<D: Dialect>(
         })
         .collect();
     // Events seen before publish only what is still pending: one lookup for
-    // all of them.
-    let recheck: Vec<Uuid> = fan_outs
+    // all of them. It goes by event and webhook, and what is published is
+    // the id the ledger holds: a worker from before delivery ids carried
+    // their event's time (see `DeliveryId::derive`) may have recorded these
+    // deliveries under other ids.
+    let recheck: Vec<(&str, &str)> = fan_outs
         .iter()
         .zip(&is_new)
         .filter(|(_, new)| !**new)
-        .flat_map(|((_, deliveries), _)| deliveries.iter().map(|(d, _)| d.0))
+        .map(|((event, _), _)| rows::event_key(event))
+        .collect::<HashSet<_>>()
+        .into_iter()
         .collect();
-    let mut pending = if recheck.is_empty() {
-        HashSet::new()
+    let pending = if recheck.is_empty() {
+        PendingOfEvents::new()
     } else {
-        D::still_pending(conn, &recheck).await?
+        D::pending_of_events(conn, &recheck).await?
     };
     // Applied one by one, every fan-out comes before every attempt and
     // hold: to them, a delivery born attempted or held is still pending.
-    pending.extend(births.born_attempted.iter().copied());
-    pending.extend(births.born_held.iter().copied());
+    let born = |id: &Uuid| births.born_attempted.contains(id) || births.born_held.contains(id);
     Ok(fan_outs
         .iter()
         .zip(is_new)
-        .map(|((_, deliveries), new)| WriteResult::FanOut {
-            to_publish: rows::to_publish(deliveries, new, &pending),
+        .map(|((event, deliveries), new)| WriteResult::FanOut {
+            to_publish: if new {
+                deliveries.to_vec()
+            } else {
+                let (workspace, id) = rows::event_key(event);
+                let recorded = pending.get(&(workspace.to_owned(), id.to_owned()));
+                deliveries
+                    .iter()
+                    .filter_map(|&(id, subscription)| {
+                        if born(&id.0) {
+                            return Some((id, subscription));
+                        }
+                        let stored = recorded?.get(&subscription.0)?;
+                        Some((DeliveryId(*stored), subscription))
+                    })
+                    .collect()
+            },
         })
         .collect())
+}
+
+/// The pending deliveries of events seen before: by (workspace, event id),
+/// the delivery id of each webhook.
+pub(crate) type PendingOfEvents = HashMap<(String, String), HashMap<Uuid, Uuid>>;
+
+/// Builds [`PendingOfEvents`] from rows of (workspace, event id, webhook,
+/// delivery id).
+pub(crate) fn pending_of_events(
+    rows: impl IntoIterator<Item = (String, String, Uuid, Uuid)>,
+) -> PendingOfEvents {
+    let mut pending = PendingOfEvents::new();
+    for (workspace, event, subscription, id) in rows {
+        pending
+            .entry((workspace, event))
+            .or_default()
+            .insert(subscription, id);
+    }
+    pending
 }
 
 /// Attempts of distinct deliveries: the attempt rows, and exactly the

@@ -16,7 +16,7 @@ use courier_model::{DeliveryStatus, Event, EventData};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Pool, Transaction, Type};
 use uuid::Uuid;
 
-use crate::batch::{Conflicts, NewDelivery};
+use crate::batch::{Conflicts, NewDelivery, PendingOfEvents};
 use crate::{AttemptWrite, Result};
 
 /// A backend's row.
@@ -194,11 +194,12 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
         conflicts: Conflicts,
     ) -> impl Future<Output = Result<Vec<Uuid>>> + Send;
 
-    /// Which of `ids` are deliveries still pending.
-    fn still_pending(
+    /// The deliveries still pending of the events named (workspace, event
+    /// id), as (subscription, delivery id) by event.
+    fn pending_of_events(
         conn: &mut Conn<Self>,
-        ids: &[Uuid],
-    ) -> impl Future<Output = Result<HashSet<Uuid>>> + Send;
+        events: &[(&str, &str)],
+    ) -> impl Future<Output = Result<PendingOfEvents>> + Send;
 
     /// Records attempts of distinct deliveries and moves each delivery whose
     /// attempt was new to the state it leads to, except those `born` (set

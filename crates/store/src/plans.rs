@@ -150,6 +150,33 @@ async fn sqlite_repeated_reads_scan_no_growing_table() {
     finish(db, conn, found, "SQLite").await;
 }
 
+/// A redelivered event's pending deliveries are found by the event's index,
+/// not by the workspace's, which holds every delivery of the workspace.
+#[tokio::test]
+async fn sqlite_finds_a_redelivered_events_deliveries_by_event() {
+    let db = scratch(Backend::Sqlite).await;
+    let mut conn = SqliteConnection::connect(db.url()).await.expect("connect");
+    let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN QUERY PLAN {}",
+        crate::sqlite::PENDING_OF_EVENTS
+    )))
+    .fetch_all(&mut conn)
+    .await
+    .expect("plan")
+    .iter()
+    .map(|row| row.get::<String, _>("detail"))
+    .collect();
+    let by_event = plan
+        .iter()
+        .any(|line| line.contains("SEARCH d USING INDEX") && line.contains("(event_id=?)"));
+    conn.close().await.ok();
+    db.remove().await.expect("remove");
+    assert!(
+        by_event,
+        "a redelivered event's deliveries are not searched by event: {plan:?}"
+    );
+}
+
 #[tokio::test]
 async fn postgres_repeated_reads_have_an_index() {
     let db = scratch(Backend::Postgres).await;

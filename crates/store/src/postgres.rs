@@ -16,7 +16,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgQueryResult, PgRow};
 use sqlx::{Connection, PgConnection, Pool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use crate::batch::{Conflicts, NewDelivery};
+use crate::batch::{self, Conflicts, NewDelivery, PendingOfEvents};
 use crate::dialect::Dialect;
 use crate::rows::{self, i32_saturating};
 use crate::{AttemptWrite, Result, StoreError, StoreOptions};
@@ -439,15 +439,22 @@ impl Dialect for PgStore {
         .await?)
     }
 
-    async fn still_pending(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashSet<Uuid>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM deliveries WHERE id = ANY($1::uuid[]) AND status = 'pending'",
+    async fn pending_of_events(
+        conn: &mut PgConnection,
+        events: &[(&str, &str)],
+    ) -> Result<PendingOfEvents> {
+        let (workspaces, ids): (Vec<&str>, Vec<&str>) = events.iter().copied().unzip();
+        let rows: Vec<(String, String, Uuid, Uuid)> = sqlx::query_as(
+            "SELECT d.workspace_id, d.event_id, d.subscription_id, d.id \
+             FROM UNNEST($1::text[], $2::text[]) AS e (workspace_id, id) \
+             JOIN deliveries AS d ON d.event_id = e.id AND d.workspace_id = e.workspace_id \
+             WHERE d.status = 'pending'",
         )
+        .bind(workspaces)
         .bind(ids)
         .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .collect())
+        .await?;
+        Ok(batch::pending_of_events(rows))
     }
 
     /// One statement inserts the attempt rows and updates the deliveries

@@ -15,7 +15,6 @@ use courier_model::{
     EventType, RateLimit, Subscription, SubscriptionId, SubscriptionStatus, WebhookSecret,
     WebhookSettings, WebhookUrl, WorkspaceId,
 };
-use uuid::Uuid;
 
 use crate::dialect::{Bind, Columns, Dialect, Row};
 use crate::{
@@ -453,23 +452,6 @@ pub(crate) fn event_type_names(types: &[EventType]) -> Vec<String> {
 
 pub(crate) fn channel_names(channels: &[Channel]) -> Vec<String> {
     channels.iter().map(|c| c.as_str().to_owned()).collect()
-}
-
-/// Fan-out results in input order: everything for a newly inserted event,
-/// otherwise only what the ledger still holds as pending.
-pub(crate) fn to_publish(
-    deliveries: &[(DeliveryId, SubscriptionId)],
-    event_is_new: bool,
-    pending: &std::collections::HashSet<Uuid>,
-) -> Vec<(DeliveryId, SubscriptionId)> {
-    if event_is_new {
-        return deliveries.to_vec();
-    }
-    deliveries
-        .iter()
-        .filter(|(d, _)| pending.contains(&d.0))
-        .copied()
-        .collect()
 }
 
 /// What identifies an event in the ledger: its workspace and its id. Ids

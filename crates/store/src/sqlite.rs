@@ -55,7 +55,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::batch::{Conflicts, NewDelivery};
+use crate::batch::{self, Conflicts, NewDelivery, PendingOfEvents};
 use crate::dialect::{Dialect, finish};
 use crate::rows::{self, corrupt};
 use crate::{AttemptWrite, Result, SqliteSync, StoreError, StoreOptions};
@@ -319,6 +319,16 @@ impl RowStatements {
         })
     }
 }
+
+/// The pending deliveries of events named by a JSON array of [workspace,
+/// event id] pairs. The unary plus keeps the planner off the workspace's
+/// index (all of a workspace's deliveries) for the event's (its few); the
+/// plan is checked in `plans.rs`.
+pub(crate) const PENDING_OF_EVENTS: &str = "SELECT d.workspace_id, d.event_id, d.subscription_id, d.id \
+     FROM json_each(?1) AS e \
+     JOIN deliveries AS d ON d.event_id = e.value ->> 1 \
+        AND +d.workspace_id = e.value ->> 0 \
+     WHERE d.status = 'pending'";
 
 impl Dialect for SqliteStore {
     type Db = Sqlite;
@@ -661,17 +671,26 @@ impl Dialect for SqliteStore {
         Ok(inserted)
     }
 
-    async fn still_pending(conn: &mut SqliteConnection, ids: &[Uuid]) -> Result<HashSet<Uuid>> {
-        sqlx::query_scalar::<_, String>(
-            "SELECT id FROM deliveries WHERE status = 'pending' \
-             AND id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(json_ids(ids.iter().copied()))
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|id| parse_uuid("deliveries.id", id))
-        .collect()
+    async fn pending_of_events(
+        conn: &mut SqliteConnection,
+        events: &[(&str, &str)],
+    ) -> Result<PendingOfEvents> {
+        let rows = sqlx::query_as::<_, (String, String, String, String)>(PENDING_OF_EVENTS)
+            .bind(serde_json::to_string(events).expect("pairs of strings serialise"))
+            .fetch_all(&mut *conn)
+            .await?;
+        let rows = rows
+            .into_iter()
+            .map(|(workspace, event, subscription, id)| {
+                Ok((
+                    workspace,
+                    event,
+                    parse_uuid("deliveries.subscription_id", &subscription)?,
+                    parse_uuid("deliveries.id", &id)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(batch::pending_of_events(rows))
     }
 
     /// One statement inserts the attempt rows (an attempt number already

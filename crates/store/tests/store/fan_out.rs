@@ -14,6 +14,7 @@ use crate::on_both_backends;
 
 on_both_backends!(
     fan_out_is_idempotent,
+    a_redelivered_event_publishes_the_ids_the_ledger_holds,
     attempts_are_recorded_once,
     attempts_update_the_delivery,
     mixed_ops_apply_in_kind_order,
@@ -148,6 +149,49 @@ async fn fan_out_is_idempotent(db: TestDb) {
         counts(store.delivery_counts().await.unwrap()),
         HashMap::from([(DeliveryStatus::Pending, 9), (DeliveryStatus::Retrying, 1)])
     );
+}
+
+/// A worker from before delivery ids carried their event's time recorded
+/// an event's deliveries under other ids; the event comes back to one that
+/// derives the new ids. What it publishes are the ids the ledger holds, and
+/// it records no second delivery for any webhook.
+async fn a_redelivered_event_publishes_the_ids_the_ledger_holds(db: TestDb) {
+    let store = &db.store;
+    let ws = workspace(store).await;
+    let subs: Vec<SubscriptionId> = (0..3).map(|_| SubscriptionId::generate()).collect();
+    let event = event(&ws);
+    let earlier: Vec<(DeliveryId, SubscriptionId)> = subs
+        .iter()
+        .map(|&s| (DeliveryId(uuid::Uuid::new_v4()), s))
+        .collect();
+    let recorded_before = WriteOp::FanOut {
+        event: std::sync::Arc::new(event.clone()),
+        deliveries: earlier.clone(),
+        paused: Vec::new(),
+    };
+    apply_one(store, recorded_before).await;
+    let attempted = apply_one(store, WriteOp::Attempt(failed_attempt(earlier[0].0, 1))).await;
+    assert_eq!(attempted, WriteResult::Attempt { recorded: true });
+
+    let (op, derived) = fan_out(&event, &subs);
+    assert!(derived.iter().all(|d| !earlier.contains(d)));
+    assert_eq!(
+        apply_one(store, op).await,
+        WriteResult::FanOut {
+            to_publish: earlier[1..].to_vec()
+        }
+    );
+    let mut stored: Vec<_> = store
+        .deliveries_of_event(&event.workspace_id, &event.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.id, d.subscription_id))
+        .collect();
+    stored.sort();
+    let mut expected = earlier.clone();
+    expected.sort();
+    assert_eq!(stored, expected);
 }
 
 async fn attempts_are_recorded_once(db: TestDb) {
