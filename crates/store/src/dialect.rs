@@ -142,6 +142,23 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     const UPDATE_SUBSCRIPTION: &'static str;
     const DELETE_SUBSCRIPTION: &'static str;
 
+    /// Every subscription, and the enabled ones, in id order, for loading
+    /// the matching index, and how a row of theirs becomes a subscription:
+    /// by default the columns of [`crate::rows::subscription`].
+    const LOAD_SUBSCRIPTIONS: &'static str = concat!(
+        "SELECT ",
+        crate::rows::subscription_columns!(),
+        " FROM subscriptions s ORDER BY s.id"
+    );
+    const LOAD_ENABLED_SUBSCRIPTIONS: &'static str = concat!(
+        "SELECT ",
+        crate::rows::subscription_columns!(),
+        " FROM subscriptions s WHERE s.status = 'enabled' ORDER BY s.id"
+    );
+    fn loaded_subscription(row: &Row<Self>) -> Result<courier_model::Subscription> {
+        crate::rows::subscription::<Self>(row)
+    }
+
     const SELECT_DELIVERY_CONTEXT: &'static str;
     const HELD_DUE: &'static str;
     const CLAIM_HELD: &'static str;

@@ -23,18 +23,6 @@ use crate::{
 
 const LIST_WORKSPACES: &str = "SELECT id, name, created_at FROM workspaces ORDER BY created_at, id";
 
-const ENABLED_SUBSCRIPTIONS: &str = concat!(
-    "SELECT ",
-    rows::subscription_columns!(),
-    " FROM subscriptions s WHERE s.status = 'enabled' ORDER BY s.id"
-);
-
-const ALL_SUBSCRIPTIONS: &str = concat!(
-    "SELECT ",
-    rows::subscription_columns!(),
-    " FROM subscriptions s ORDER BY s.id"
-);
-
 const SUBSCRIPTIONS_VERSION: &str = "SELECT version FROM subscriptions_version";
 
 const DELIVERY_COUNTS: &str =
@@ -203,14 +191,14 @@ where
         each: &mut (dyn FnMut(Subscription) + Send),
     ) -> Result<usize> {
         let query = if enabled_only {
-            ENABLED_SUBSCRIPTIONS
+            Self::LOAD_ENABLED_SUBSCRIPTIONS
         } else {
-            ALL_SUBSCRIPTIONS
+            Self::LOAD_SUBSCRIPTIONS
         };
         let mut rows = sqlx::query::<Self::Db>(query).fetch(self.reads());
         let mut n = 0;
         while let Some(row) = rows.try_next().await? {
-            each(rows::subscription::<Self>(&row)?);
+            each(Self::loaded_subscription(&row)?);
             n += 1;
         }
         Ok(n)

@@ -10,6 +10,8 @@
 
 use std::fmt::Display;
 
+use chrono::{DateTime, Utc};
+
 use courier_model::{
     Channel, DeliveryId, DeliveryStatus, Disabled, DisabledReason, ErrorKind, Event, EventId,
     EventType, RateLimit, Subscription, SubscriptionId, SubscriptionStatus, WebhookSecret,
@@ -244,93 +246,153 @@ where
     bind_lifecycle::<D>(query, sub)
 }
 
+/// A subscription's columns as the database gave them, before validation.
+/// Each backend reads them its own way ([`subscription`], or SQLite's load
+/// of the matching index); [`SubscriptionColumns::validate`] is shared.
+pub(crate) struct SubscriptionColumns {
+    pub id: uuid::Uuid,
+    pub workspace_id: String,
+    pub name: String,
+    pub url: String,
+    pub event_types: Vec<String>,
+    pub channels: Vec<String>,
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    pub status: String,
+    pub disabled_reason: Option<String>,
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub description: Option<String>,
+    pub timeout_ms: Option<i64>,
+    pub max_attempts: Option<i64>,
+    /// A JSON array of [name, value] pairs.
+    pub headers: String,
+    pub rate_limit_per_second: Option<i64>,
+    pub rate_limit_burst: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
 /// Reads the `s_*` columns of [`subscription_columns`].
 pub(crate) fn subscription<D: Dialect>(row: &Row<D>) -> Result<Subscription> {
-    let event_types = D::list_of(row, "s_event_types")?
-        .iter()
-        .map(|t| event_type("subscriptions.event_types", t))
-        .collect::<Result<Vec<_>>>()?;
-    let channels = D::list_of(row, "s_channels")?
-        .iter()
-        .map(|c| Channel::parse(c).map_err(|e| corrupt("subscriptions.channels", e)))
-        .collect::<Result<Vec<_>>>()?;
-    let previous_secret = row
-        .opt_text("s_previous_secret")?
-        .map(|s| WebhookSecret::parse(&s).map_err(|e| corrupt("subscriptions.previous_secret", e)))
-        .transpose()?;
-    let status = row.text("s_status")?;
-    let status = SubscriptionStatus::parse(&status)
-        .ok_or_else(|| corrupt("subscriptions.status", format!("unknown status {status:?}")))?;
-    let disabled = match (status, row.opt_text("s_disabled_reason")?) {
-        (SubscriptionStatus::Enabled, _) => None,
-        (SubscriptionStatus::Disabled, reason) => {
-            // Disabled before reasons were recorded, or by hand in SQL:
-            // someone switched it off.
-            let reason = match reason {
-                None => DisabledReason::Manual,
-                Some(r) => DisabledReason::parse(&r).ok_or_else(|| {
-                    corrupt(
-                        "subscriptions.disabled_reason",
-                        format!("unknown reason {r:?}"),
-                    )
-                })?,
-            };
-            let at = match D::opt_ts_of(row, "s_disabled_at")? {
-                Some(at) => at,
-                None => D::ts_of(row, "s_updated_at")?,
-            };
-            Some(Disabled { reason, at })
-        }
-    };
-    let positive = |col: &str, name: &str| -> Result<Option<u32>> {
-        D::opt_int(row, col)?
-            .map(|v| {
-                u32::try_from(v)
-                    .ok()
-                    .filter(|v| *v > 0)
-                    .ok_or_else(|| corrupt(name, format!("{v} is not a positive 32-bit number")))
-            })
-            .transpose()
-    };
-    let headers: Vec<(String, String)> = serde_json::from_str(&row.text("s_headers")?)
-        .map_err(|e| corrupt("subscriptions.headers", e))?;
-    let rate_limit = match (
-        positive(
-            "s_rate_limit_per_second",
-            "subscriptions.rate_limit_per_second",
-        )?,
-        positive("s_rate_limit_burst", "subscriptions.rate_limit_burst")?,
-    ) {
-        (Some(per_second), burst) => Some(RateLimit {
-            per_second,
-            burst: burst.unwrap_or(per_second),
-        }),
-        (None, _) => None,
-    };
-    let settings = WebhookSettings {
-        description: row.opt_text("s_description")?,
-        timeout_ms: positive("s_timeout_ms", "subscriptions.timeout_ms")?,
-        max_attempts: positive("s_max_attempts", "subscriptions.max_attempts")?,
-        headers,
-        rate_limit,
-    };
-    Ok(Subscription {
-        id: SubscriptionId(D::uuid_of(row, "s_id")?),
-        workspace_id: workspace_id("subscriptions.workspace_id", row.text("s_workspace_id")?)?,
+    SubscriptionColumns {
+        id: D::uuid_of(row, "s_id")?,
+        workspace_id: row.text("s_workspace_id")?,
         name: row.text("s_name")?,
-        url: WebhookUrl::parse(&row.text("s_url")?).map_err(|e| corrupt("subscriptions.url", e))?,
-        event_types,
-        channels,
-        secret: WebhookSecret::parse(&row.text("s_secret")?)
-            .map_err(|e| corrupt("subscriptions.secret", e))?,
-        previous_secret,
+        url: row.text("s_url")?,
+        event_types: D::list_of(row, "s_event_types")?,
+        channels: D::list_of(row, "s_channels")?,
+        secret: row.text("s_secret")?,
+        previous_secret: row.opt_text("s_previous_secret")?,
         previous_secret_expires_at: D::opt_ts_of(row, "s_previous_secret_expires_at")?,
-        status,
-        disabled,
-        settings,
+        status: row.text("s_status")?,
+        disabled_reason: row.opt_text("s_disabled_reason")?,
+        disabled_at: D::opt_ts_of(row, "s_disabled_at")?,
+        description: row.opt_text("s_description")?,
+        timeout_ms: D::opt_int(row, "s_timeout_ms")?,
+        max_attempts: D::opt_int(row, "s_max_attempts")?,
+        headers: row.text("s_headers")?,
+        rate_limit_per_second: D::opt_int(row, "s_rate_limit_per_second")?,
+        rate_limit_burst: D::opt_int(row, "s_rate_limit_burst")?,
         created_at: D::ts_of(row, "s_created_at")?,
         updated_at: D::ts_of(row, "s_updated_at")?,
-    })
+    }
+    .validate()
+}
+
+impl SubscriptionColumns {
+    /// The subscription these columns hold, or `Corrupt` naming the column
+    /// that breaks its rule.
+    pub(crate) fn validate(self) -> Result<Subscription> {
+        let event_types = self
+            .event_types
+            .iter()
+            .map(|t| event_type("subscriptions.event_types", t))
+            .collect::<Result<Vec<_>>>()?;
+        let channels = self
+            .channels
+            .iter()
+            .map(|c| Channel::parse(c).map_err(|e| corrupt("subscriptions.channels", e)))
+            .collect::<Result<Vec<_>>>()?;
+        let previous_secret = self
+            .previous_secret
+            .map(|s| {
+                WebhookSecret::parse(&s).map_err(|e| corrupt("subscriptions.previous_secret", e))
+            })
+            .transpose()?;
+        let status = SubscriptionStatus::parse(&self.status).ok_or_else(|| {
+            corrupt(
+                "subscriptions.status",
+                format!("unknown status {:?}", self.status),
+            )
+        })?;
+        let disabled = match status {
+            SubscriptionStatus::Enabled => None,
+            SubscriptionStatus::Disabled => {
+                // Disabled before reasons were recorded, or by hand in SQL:
+                // someone switched it off.
+                let reason = match self.disabled_reason {
+                    None => DisabledReason::Manual,
+                    Some(r) => DisabledReason::parse(&r).ok_or_else(|| {
+                        corrupt(
+                            "subscriptions.disabled_reason",
+                            format!("unknown reason {r:?}"),
+                        )
+                    })?,
+                };
+                let at = self.disabled_at.unwrap_or(self.updated_at);
+                Some(Disabled { reason, at })
+            }
+        };
+        let positive = |value: Option<i64>, name: &str| -> Result<Option<u32>> {
+            value
+                .map(|v| {
+                    u32::try_from(v).ok().filter(|v| *v > 0).ok_or_else(|| {
+                        corrupt(name, format!("{v} is not a positive 32-bit number"))
+                    })
+                })
+                .transpose()
+        };
+        let headers: Vec<(String, String)> =
+            serde_json::from_str(&self.headers).map_err(|e| corrupt("subscriptions.headers", e))?;
+        let rate_limit = match (
+            positive(
+                self.rate_limit_per_second,
+                "subscriptions.rate_limit_per_second",
+            )?,
+            positive(self.rate_limit_burst, "subscriptions.rate_limit_burst")?,
+        ) {
+            (Some(per_second), burst) => Some(RateLimit {
+                per_second,
+                burst: burst.unwrap_or(per_second),
+            }),
+            (None, _) => None,
+        };
+        let settings = WebhookSettings {
+            description: self.description,
+            timeout_ms: positive(self.timeout_ms, "subscriptions.timeout_ms")?,
+            max_attempts: positive(self.max_attempts, "subscriptions.max_attempts")?,
+            headers,
+            rate_limit,
+        };
+        Ok(Subscription {
+            id: SubscriptionId(self.id),
+            workspace_id: workspace_id("subscriptions.workspace_id", self.workspace_id)?,
+            name: self.name,
+            url: WebhookUrl::parse(&self.url).map_err(|e| corrupt("subscriptions.url", e))?,
+            event_types,
+            channels,
+            secret: WebhookSecret::parse(&self.secret)
+                .map_err(|e| corrupt("subscriptions.secret", e))?,
+            previous_secret,
+            previous_secret_expires_at: self.previous_secret_expires_at,
+            status,
+            disabled,
+            settings,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
 }
 
 pub(crate) fn delivery_status(column: &str, value: &str) -> Result<DeliveryStatus> {
