@@ -248,7 +248,9 @@ where
 
 /// A subscription's columns as the database gave them, before validation.
 /// Each backend reads them its own way ([`subscription`], or SQLite's load
-/// of the matching index); [`SubscriptionColumns::validate`] is shared.
+/// of the matching index, which deserializes them from a JSON array in
+/// this field order); [`SubscriptionColumns::validate`] is shared.
+#[derive(serde::Deserialize)]
 pub(crate) struct SubscriptionColumns {
     pub id: uuid::Uuid,
     pub workspace_id: String,
@@ -329,17 +331,7 @@ impl SubscriptionColumns {
         let disabled = match status {
             SubscriptionStatus::Enabled => None,
             SubscriptionStatus::Disabled => {
-                // Disabled before reasons were recorded, or by hand in SQL:
-                // someone switched it off.
-                let reason = match self.disabled_reason {
-                    None => DisabledReason::Manual,
-                    Some(r) => DisabledReason::parse(&r).ok_or_else(|| {
-                        corrupt(
-                            "subscriptions.disabled_reason",
-                            format!("unknown reason {r:?}"),
-                        )
-                    })?,
-                };
+                let reason = disabled_reason(self.disabled_reason)?;
                 let at = self.disabled_at.unwrap_or(self.updated_at);
                 Some(Disabled { reason, at })
             }
@@ -392,6 +384,21 @@ impl SubscriptionColumns {
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
+    }
+}
+
+/// A disabled subscription's `disabled_reason`: none for those disabled
+/// before reasons were recorded, or by hand in SQL (someone switched it
+/// off).
+pub(crate) fn disabled_reason(value: Option<String>) -> Result<DisabledReason> {
+    match value {
+        None => Ok(DisabledReason::Manual),
+        Some(r) => DisabledReason::parse(&r).ok_or_else(|| {
+            corrupt(
+                "subscriptions.disabled_reason",
+                format!("unknown reason {r:?}"),
+            )
+        }),
     }
 }
 

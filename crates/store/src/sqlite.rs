@@ -321,7 +321,14 @@ impl RowStatements {
 }
 
 /// A subscription's columns as one JSON array, in the order of
-/// [`LoadedSubscription`]'s fields; the lists as arrays.
+/// [`rows::SubscriptionColumns`]'s fields (serde reads a struct from an
+/// array field by field); the lists as arrays.
+///
+/// The matching index loads each row as this one value rather than twenty:
+/// sqlx copies each value of a row on its connection's thread, and the
+/// loading task frees the copies on another; with a million webhooks,
+/// glibc's allocator passing twenty small blocks a row between the two
+/// threads was most of the load (docs/benchmarks.md, 2026-12-04).
 macro_rules! subscription_as_json {
     () => {
         "json_array(s.id, s.workspace_id, s.name, s.url, json(s.event_types), \
@@ -330,70 +337,6 @@ macro_rules! subscription_as_json {
          s.max_attempts, s.headers, s.rate_limit_per_second, s.rate_limit_burst, \
          s.created_at, s.updated_at)"
     };
-}
-
-/// A subscription as the matching index loads it: its row as one JSON
-/// array ([`subscription_as_json`]) rather than twenty values. sqlx copies
-/// each value of a row on its connection's thread, and the loading task
-/// frees the copies on another; with a million webhooks, glibc's allocator
-/// passing twenty small blocks a row between the two threads was most of
-/// the load (docs/benchmarks.md, 2026-12-04). One value a row is one block.
-///
-/// serde reads a struct from an array field by field, in this order.
-#[derive(serde::Deserialize)]
-struct LoadedSubscription {
-    id: String,
-    workspace_id: String,
-    name: String,
-    url: String,
-    event_types: Vec<String>,
-    channels: Vec<String>,
-    secret: String,
-    previous_secret: Option<String>,
-    previous_secret_expires_at: Option<String>,
-    status: String,
-    disabled_reason: Option<String>,
-    disabled_at: Option<String>,
-    description: Option<String>,
-    timeout_ms: Option<i64>,
-    max_attempts: Option<i64>,
-    headers: String,
-    rate_limit_per_second: Option<i64>,
-    rate_limit_burst: Option<i64>,
-    created_at: String,
-    updated_at: String,
-}
-
-impl LoadedSubscription {
-    fn columns(self) -> Result<rows::SubscriptionColumns> {
-        let opt_ts =
-            |column: &str, value: Option<String>| value.map(|v| parse_ts(column, &v)).transpose();
-        Ok(rows::SubscriptionColumns {
-            id: parse_uuid("subscriptions.id", &self.id)?,
-            workspace_id: self.workspace_id,
-            name: self.name,
-            url: self.url,
-            event_types: self.event_types,
-            channels: self.channels,
-            secret: self.secret,
-            previous_secret: self.previous_secret,
-            previous_secret_expires_at: opt_ts(
-                "subscriptions.previous_secret_expires_at",
-                self.previous_secret_expires_at,
-            )?,
-            status: self.status,
-            disabled_reason: self.disabled_reason,
-            disabled_at: opt_ts("subscriptions.disabled_at", self.disabled_at)?,
-            description: self.description,
-            timeout_ms: self.timeout_ms,
-            max_attempts: self.max_attempts,
-            headers: self.headers,
-            rate_limit_per_second: self.rate_limit_per_second,
-            rate_limit_burst: self.rate_limit_burst,
-            created_at: parse_ts("subscriptions.created_at", &self.created_at)?,
-            updated_at: parse_ts("subscriptions.updated_at", &self.updated_at)?,
-        })
-    }
 }
 
 /// The pending deliveries of events named by a JSON array of [workspace,
@@ -508,16 +451,15 @@ impl Dialect for SqliteStore {
 
     fn loaded_subscription(row: &SqliteRow) -> Result<Subscription> {
         let text: &str = row.try_get("s_row")?;
-        serde_json::from_str::<LoadedSubscription>(text)
+        serde_json::from_str::<rows::SubscriptionColumns>(text)
             .map_err(|e| corrupt("subscriptions", format!("a row as JSON: {e}")))?
-            .columns()?
             .validate()
     }
 
     // --- SQL ----------------------------------------------------------------
 
     // The matching index loads each row as one value (see
-    // [`LoadedSubscription`]).
+    // [`subscription_as_json`]).
     const LOAD_SUBSCRIPTIONS: &'static str = concat!(
         "SELECT ",
         subscription_as_json!(),

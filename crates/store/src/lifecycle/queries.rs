@@ -8,7 +8,7 @@ use sqlx::{Database, Executor, IntoArguments};
 use super::{Disabling, EndedEpisode, LifecycleCounts, OpenEpisode, PausedDeliveries};
 use crate::Result;
 use crate::dialect::{Bind, Columns, Conn, Dialect, finish};
-use crate::rows::{self, corrupt};
+use crate::rows;
 
 /// A backend's lifecycle SQL; parameters in the order the queries bind them.
 pub(crate) trait LifecycleSql: Dialect {
@@ -268,16 +268,7 @@ where
             .fetch_all(self.reads())
             .await?
         {
-            // Disabled before reasons were recorded: by hand.
-            let reason = match row.opt_text("disabled_reason")? {
-                None => DisabledReason::Manual,
-                Some(r) => DisabledReason::parse(&r).ok_or_else(|| {
-                    corrupt(
-                        "subscriptions.disabled_reason",
-                        format!("unknown reason {r:?}"),
-                    )
-                })?,
-            };
+            let reason = rows::disabled_reason(row.opt_text("disabled_reason")?)?;
             let n = u64::try_from(row.count("n")?).unwrap_or(0);
             match counts.disabled.iter_mut().find(|(r, _)| *r == reason) {
                 Some((_, total)) => *total += n,
