@@ -443,7 +443,8 @@ async fn run_round(
 
 /// Percentages of the bare bound, and the comparisons the scenarios ask
 /// for: many-subscriptions and scale-out against throughput-1, bad-neighbour
-/// per healthy endpoint against fanout-10's (all healthy).
+/// per healthy endpoint against fanout-10's (all healthy), and the CPU of
+/// each ingest scenario against its broker-path twin's.
 fn compare(outcomes: &mut [Outcome]) {
     let find = |outcomes: &[Outcome], scenario: &str, db: &str| {
         outcomes
@@ -480,7 +481,9 @@ fn compare(outcomes: &mut [Outcome]) {
                     o.deliveries_per_s.map(|d| d / ours_per),
                     rate.map(|d| d / base_per),
                 );
-                if let Some(p) = per_endpoint {
+                // Both latency scenarios run at --rate: their rates say
+                // nothing of one another.
+                if let Some(p) = per_endpoint.filter(|_| name != "latency") {
                     o.extra(&format!("pct_of_{key}"), p);
                 }
                 if scenario.starts_with("ingest")
@@ -504,6 +507,10 @@ fn baseline_of(scenario: &str) -> Option<(&'static str, f64, f64)> {
             Some(("throughput-1", 1.0, 1.0))
         }
         "ingest-10" => Some(("fanout-10", 1.0, 1.0)),
+        // The same events at the same steady rate, one path against the
+        // other: what ingest adds, without the difference between a backlog
+        // drained at full speed (throughput-1) and events arriving live.
+        "ingest-latency" => Some(("latency", 1.0, 1.0)),
         "prune-1" => Some(("prefilled-1", 1.0, 1.0)),
         // Two of its ten endpoints are the bad neighbours.
         "bad-neighbour" => Some(("fanout-10", 8.0, 10.0)),
@@ -520,4 +527,49 @@ fn cost(o: &report::Outcome) -> Option<f64> {
         .and_then(|v| v.as_f64())
         .unwrap_or(0.0);
     o.cpu_s_per_1000.map(|courier| courier + database)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(scenario: &str, deliveries_per_s: f64, courier: f64, database: f64) -> Outcome {
+        let mut o = Outcome::new(scenario, "postgres");
+        o.deliveries_per_s = Some(deliveries_per_s);
+        o.cpu_s_per_1000 = Some(courier);
+        o.extra("database_cpu_s_per_1000", database);
+        o
+    }
+
+    #[test]
+    fn each_ingest_scenario_is_costed_against_its_broker_path_twin() {
+        let mut outcomes = vec![
+            measured("throughput-1", 10_000.0, 0.06, 0.04),
+            measured("ingest-1", 9_000.0, 0.09, 0.04),
+            measured("latency", 1_000.0, 0.3, 0.4),
+            measured("ingest-latency", 1_000.0, 0.44, 0.4),
+        ];
+        compare(&mut outcomes);
+        let [_, ingest_1, _, ingest_latency] = &outcomes[..] else {
+            unreachable!()
+        };
+        let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
+        assert!(close(ingest_1.figure("cpu_x_of_throughput_1"), 1.3));
+        assert!(close(ingest_1.figure("pct_of_throughput_1"), 90.0));
+        assert!(close(ingest_latency.figure("cpu_x_of_latency"), 1.2));
+        // Both run at --rate: a percentage of one another would be noise.
+        assert_eq!(ingest_latency.figure("pct_of_latency"), None);
+        assert_eq!(ingest_latency.figure("cpu_x_of_throughput_1"), None);
+    }
+
+    #[test]
+    fn an_ingest_scenario_without_its_twin_says_what_to_run() {
+        let mut outcomes = vec![measured("ingest-latency", 1_000.0, 0.44, 0.4)];
+        compare(&mut outcomes);
+        assert_eq!(outcomes[0].figure("cpu_x_of_latency"), None);
+        assert_eq!(
+            outcomes[0].remarks,
+            vec!["run latency too for a comparison".to_owned()]
+        );
+    }
 }

@@ -113,7 +113,7 @@ impl Outcome {
         self.remarks.push(remark.into());
     }
 
-    fn figure(&self, key: &str) -> Option<f64> {
+    pub fn figure(&self, key: &str) -> Option<f64> {
         self.extra.get(key).and_then(|v| v.as_f64())
     }
 }
@@ -158,6 +158,7 @@ fn describe(o: &Outcome) -> Vec<String> {
     for (key, name) in [
         ("cpu_x_of_throughput_1", "throughput-1"),
         ("cpu_x_of_fanout_10", "fanout-10"),
+        ("cpu_x_of_latency", "latency"),
     ] {
         if let Some(x) = f(key) {
             notes.push(format!("courier+db CPU {x:.2}x {name}'s"));
