@@ -130,27 +130,33 @@ pub enum EventError {
 ///
 /// serde_json skips over a [`RawValue`] without its recursion limit, so
 /// `data` a hundred thousand levels deep parses; this bounds it instead. It
-/// runs on every event the worker consumes, hence one pass over the bytes
-/// with no allocation: brackets count unless they are inside a string, and
-/// a string ends at a quote that is not escaped. It expects text that is
+/// runs on every event the worker consumes (and on every ingested event
+/// before), hence one pass over the bytes with no allocation: brackets
+/// count unless they are inside a string, and a string ends at a quote that
+/// is not escaped. Strings are skipped with `memchr`, which finds their
+/// next quote or backslash many bytes at a time. It expects text that is
 /// valid JSON (it does not check it).
 pub fn nests_deeper_than(json: &[u8], max: usize) -> bool {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in json {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut at = 0;
+    while let Some(&byte) = json.get(at) {
+        at += 1;
         match byte {
-            b'"' => in_string = true,
+            b'"' => loop {
+                // To the end of the string: past the next quote that is not
+                // escaped, skipping each backslash with the byte after it.
+                let Some(found) = json
+                    .get(at..)
+                    .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+                else {
+                    return false;
+                };
+                let quote = json[at + found] == b'"';
+                at += found + if quote { 1 } else { 2 };
+                if quote {
+                    break;
+                }
+            },
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
@@ -351,6 +357,13 @@ mod tests {
         // string ends there and the brackets that follow count.
         assert!(nests_deeper_than(br#"{"a": "back\\", "b": [[1]]}"#, 2));
         assert!(!nests_deeper_than(br#"{"a": "back\\", "b": [[1]]}"#, 3));
+        // Escapes in a row, and a string of nothing but escapes.
+        assert!(nests_deeper_than(br#"{"a": "\\\"[\\\\", "b": [[1]]}"#, 2));
+        assert!(!nests_deeper_than(br#"{"a": "\\\\\\\"[[[", "b": [1]}"#, 2));
+        // Text cut off inside a string (not JSON) ends the scan, whether
+        // at a backslash or not.
+        assert!(!nests_deeper_than(br#"{"a": "[[[\"#, 1));
+        assert!(!nests_deeper_than(br#"{"a": "[[["#, 1));
         // Unicode escapes and multi-byte characters are plain string bytes.
         assert!(!nests_deeper_than(
             r#"{"\u005b": "✓ [ \u0022"}"#.as_bytes(),
