@@ -357,7 +357,8 @@ mod tests {
         // string ends there and the brackets that follow count.
         assert!(nests_deeper_than(br#"{"a": "back\\", "b": [[1]]}"#, 2));
         assert!(!nests_deeper_than(br#"{"a": "back\\", "b": [[1]]}"#, 3));
-        // Escapes in a row, and a string of nothing but escapes.
+        // Escapes in a row: the quote after an odd run of backslashes is
+        // escaped, and the brackets after it are still inside the string.
         assert!(nests_deeper_than(br#"{"a": "\\\"[\\\\", "b": [[1]]}"#, 2));
         assert!(!nests_deeper_than(br#"{"a": "\\\\\\\"[[[", "b": [1]}"#, 2));
         // Text cut off inside a string (not JSON) ends the scan, whether
