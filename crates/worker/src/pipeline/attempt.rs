@@ -88,7 +88,10 @@ impl Pipeline {
             Decision::Gone => (DeliveryStatus::Paused, None),
         };
         if decision == Decision::Gone {
-            self.webhook_gone(subscription, msg).await;
+            // Boxed: a rare branch with a large future, which awaited
+            // inline would make every attempt's future as large (see
+            // future_sizes.rs).
+            Box::pin(self.webhook_gone(subscription, msg)).await;
         }
         let (response_status, error_kind) = match outcome.result {
             AttemptResult::Response { status } => (Some(status), None),

@@ -192,6 +192,9 @@ impl Pipeline {
     ) {
         let webhook = msg.subscription_id;
         let now = Utc::now();
+        // The branches that touch the ledger are rare and their futures
+        // large: boxed, so that the common case's future stays small (see
+        // future_sizes.rs).
         match attempted.decision {
             // Disabled already, before the attempt was recorded.
             Decision::Gone => {}
@@ -206,8 +209,7 @@ impl Pipeline {
                     })
                 };
                 if let Some(since) = open {
-                    self.end_episode(&event.workspace_id, webhook, since, now)
-                        .await;
+                    Box::pin(self.end_episode(&event.workspace_id, webhook, since, now)).await;
                 }
             }
             Decision::Retry { .. } | Decision::Dead => {
@@ -216,7 +218,9 @@ impl Pipeline {
                     status: attempted.write.response_status,
                     error: attempted.write.error_kind.map(|k| k.as_str().to_owned()),
                 };
-                if let Err(error) = self.failed(&event.workspace_id, webhook, now, &last).await {
+                if let Err(error) =
+                    Box::pin(self.failed(&event.workspace_id, webhook, now, &last)).await
+                {
                     about!(warn, About::Delivery(msg), error = %error_chain(&error), "recording the webhook's failing episode failed; the next failure tries again");
                 }
             }

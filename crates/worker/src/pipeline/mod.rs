@@ -19,6 +19,8 @@ mod deliver;
 mod fan_out;
 mod first_attempt;
 mod follow_up;
+#[cfg(test)]
+mod future_sizes;
 mod lifecycle;
 mod owed;
 
@@ -147,7 +149,9 @@ impl Pipeline {
     /// outcome and its latency.
     pub(super) async fn send(&self, outgoing: Outgoing<'_>) -> Result<(), PublishError> {
         let started = std::time::Instant::now();
-        let result = self.publisher.send(&outgoing).await;
+        // Boxed: a publish awaiting its confirm is a future of some 3 KB,
+        // and every handler that may publish would otherwise carry it.
+        let result = Box::pin(self.publisher.send(&outgoing)).await;
         let outcome = match &result {
             Ok(()) => "ack",
             Err(PublishError::Nacked { .. }) => "nack",
