@@ -35,9 +35,10 @@ bench: release
 
 ## Instructions courier executes per delivery (throughput-1, PostgreSQL),
 ## counted by valgrind's callgrind: up to 5 % between runs, where the
-## bench's rates move by tens. COURIERS="a b" compares two builds.
+## bench's rates move by tens. COURIERS="a b" compares two builds;
+## SCENARIO=ingest-1 counts HTTP ingest.
 bench-instructions: release
-	crates/bench/instructions.sh $(COURIERS)
+	SCENARIO=$(or $(SCENARIO),throughput-1) crates/bench/instructions.sh $(COURIERS)
 
 ## A million deliveries through a private three-node RabbitMQ cluster and
 ## a private PostgreSQL, two workers, under faults drawn from a seed

@@ -8,7 +8,8 @@
 # Runs throughput-1 on PostgreSQL twice with `courier serve` under
 # valgrind's callgrind, with SMALL and LARGE events (one delivery each), and
 # divides the difference of the two totals by the difference in deliveries,
-# which leaves start-up out.
+# which leaves start-up out. SCENARIO=ingest-1 counts HTTP ingest instead
+# (any scenario of one delivery per event).
 #
 #   crates/bench/instructions.sh [COURIER_BINARY ...]
 #
@@ -18,6 +19,11 @@
 # for far more of the total than it costs natively.
 set -eu
 
+scenario=${SCENARIO:-throughput-1}
+case $scenario in
+throughput-1 | ingest-1) ;;
+*) echo "SCENARIO must be throughput-1 or ingest-1 (one delivery per event), not '$scenario'" >&2; exit 2 ;;
+esac
 small=${SMALL:-1000}
 large=${LARGE:-6000}
 [ "$large" -gt "$small" ] || { echo "LARGE ($large) must exceed SMALL ($small)" >&2; exit 2; }
@@ -39,11 +45,11 @@ fi
 exec "$1" "\$@"
 EOF
     chmod +x "$wrapper"
-    target/release/courier-bench --courier "$wrapper" --scenario throughput-1 \
+    target/release/courier-bench --courier "$wrapper" --scenario "$scenario" \
         --db postgres --no-bare --events "$2" --out "$work/$tag.json" >"$work/$tag.log" 2>&1 ||
         { cat "$work/$tag.log" >&2; exit 1; }
     grep -q '"status": *"ok"' "$work/$tag.json" ||
-        { echo "throughput-1 did not finish with $1:" >&2; cat "$work/$tag.log" >&2; exit 1; }
+        { echo "$scenario did not finish with $1:" >&2; cat "$work/$tag.log" >&2; exit 1; }
     if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work/$tag.out" "$KEEP/"; fi
     sed -n 's/^totals: *//p' "$work/$tag.out"
 }
@@ -53,5 +59,5 @@ for courier in "$@"; do
     a=$(total "$courier" "$small")
     b=$(total "$courier" "$large")
     echo "$courier: $(( (b - a) / (large - small) )) instructions per delivery" \
-        "(throughput-1, PostgreSQL, $small and $large events)"
+        "($scenario, PostgreSQL, $small and $large events)"
 done

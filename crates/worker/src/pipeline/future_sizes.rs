@@ -4,9 +4,8 @@
 //! await, sub-futures included, whether or not that branch ever runs. One
 //! rare branch awaited inline (disabling a webhook after a 410, a publish
 //! awaiting its confirm) once made each first attempt's future 10 KB. Every
-//! event and delivery then paid to allocate and copy it: courier spent more
-//! of its CPU in `memcpy` and the allocator's large-chunk paths, and its
-//! peak memory grew (docs/benchmarks.md, "Small futures on the hot path").
+//! event and delivery then paid to allocate and copy it, in CPU and in
+//! peak memory (docs/benchmarks.md, "Rare branches awaited boxed").
 //! The fix is to box the rare branch at its call site.
 //!
 //! The sizes are type sizes, computed without running anything: each
