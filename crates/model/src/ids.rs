@@ -51,9 +51,17 @@ fn check_slug(what: &'static str, value: &str, max: usize) -> Result<(), IdError
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $what:literal, $max:literal, $prefix:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+        #[serde(try_from = "String")]
         pub struct $name(String);
+
+        /// As its text, borrowed: every event a worker sends serializes
+        /// its ids, and `into = "String"` would clone each one first.
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
 
         impl $name {
             pub const MAX_LEN: usize = $max;

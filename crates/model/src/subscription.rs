@@ -56,9 +56,16 @@ pub fn validate_name(
 }
 
 /// An order channel (a marketplace or shop the order came from).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Channel(String);
+
+/// As its text, borrowed (no clone per serialized event).
+impl Serialize for Channel {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 impl Channel {
     pub const MAX_LEN: usize = 64;
