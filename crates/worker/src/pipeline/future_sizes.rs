@@ -1,11 +1,12 @@
 //! The futures made for every event and every delivery stay small.
 //!
 //! An async fn's future is as large as the most it holds across any one
-//! await, sub-futures included, whether or not that branch ever runs. One
-//! rare branch awaited inline (disabling a webhook after a 410, a publish
-//! awaiting its confirm) once made each first attempt's future 10 KB. Every
-//! event and delivery then paid to allocate and copy it, in CPU and in
-//! peak memory (docs/benchmarks.md, "Rare branches awaited boxed").
+//! await, sub-futures included, whether or not that branch ever runs. Rare
+//! branches awaited inline (disabling a webhook after a 410, a failing
+//! episode, a publish awaiting its confirm) once made each first attempt's
+//! and each follow-up's future 10 KB. Every event and delivery then paid to
+//! allocate and copy them, in CPU and in peak memory (docs/benchmarks.md,
+//! "Rare branches awaited boxed").
 //! The fix is to box the rare branch at its call site.
 //!
 //! The sizes are type sizes, computed without running anything: each

@@ -149,8 +149,8 @@ impl Pipeline {
     /// outcome and its latency.
     pub(super) async fn send(&self, outgoing: Outgoing<'_>) -> Result<(), PublishError> {
         let started = std::time::Instant::now();
-        // Boxed: a publish awaiting its confirm is a future of some 3 KB,
-        // and every handler that may publish would otherwise carry it.
+        // Boxed: a publish awaiting its confirm is a future of more than
+        // 2 KB, and every handler that may publish would otherwise carry it.
         let result = Box::pin(self.publisher.send(&outgoing)).await;
         let outcome = match &result {
             Ok(()) => "ack",
