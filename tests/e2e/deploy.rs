@@ -67,6 +67,7 @@ const CONFIG_KEYS: &[&str] = &[
     "delivery.max_in_flight",
     "delivery.per_endpoint_in_flight",
     "delivery.inline_first_attempt",
+    "delivery.quick_ms",
     "delivery.require_https",
     "delivery.allow_private_networks",
     "delivery.retry_client_errors",

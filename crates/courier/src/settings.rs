@@ -41,6 +41,7 @@ timeout_ms = 10000
 max_in_flight = 256
 per_endpoint_in_flight = 32
 inline_first_attempt = true
+quick_ms = 250
 require_https = true
 allow_private_networks = false
 retry_client_errors = true
@@ -173,6 +174,8 @@ pub struct DeliverySettings {
     pub max_in_flight: usize,
     pub per_endpoint_in_flight: usize,
     pub inline_first_attempt: bool,
+    /// A quick endpoint answers within this long on average.
+    pub quick_ms: u64,
     pub require_https: bool,
     pub allow_private_networks: bool,
     pub retry_client_errors: bool,
@@ -325,6 +328,13 @@ impl Settings {
             return Err(invalid(
                 "delivery.per_endpoint_in_flight",
                 "must be at least 1",
+            ));
+        }
+        if !(10..=300_000).contains(&d.quick_ms) {
+            return Err(invalid(
+                "delivery.quick_ms",
+                "must be between 10 and 300000 (250, the default, suits receivers that answer \
+                 at once and do their work later)",
             ));
         }
         if d.subscription_refresh_ms < 100 {
@@ -484,6 +494,7 @@ impl Settings {
             max_in_flight: d.max_in_flight,
             per_endpoint_in_flight: d.per_endpoint_in_flight,
             inline_first_attempt: d.inline_first_attempt,
+            quick: Duration::from_millis(d.quick_ms),
             http: courier_webhook::HttpOptions {
                 timeout: Duration::from_millis(d.timeout_ms),
                 allow_private_networks: d.allow_private_networks,
@@ -629,6 +640,7 @@ mod tests {
                 "node 2 of 3",
             ),
             ("COURIER__DELIVERY__TIMEOUT_MS", "5", "delivery.timeout_ms"),
+            ("COURIER__DELIVERY__QUICK_MS", "0", "delivery.quick_ms"),
             ("COURIER__RETRY__MAX_ATTEMPTS", "0", "retry.max_attempts"),
             ("COURIER__LOG__FORMAT", "xml", "log.format"),
             ("COURIER__DELIVERY__NOPE", "1", "nope"),

@@ -72,6 +72,11 @@ pub struct WorkerConfig {
     /// quick and has a free slot, instead of always through the deliveries
     /// queue.
     pub inline_first_attempt: bool,
+    /// A quick endpoint answers within this long on average (250 ms by
+    /// default): it gets first attempts from the fan-out stage, and a
+    /// delivery waits this long at most for one of its slots before it is
+    /// held in the ledger.
+    pub quick: Duration,
     pub http: HttpOptions,
     pub retry: RetryPolicy,
     /// Retry 3xx/4xx other than 408/429 (receivers misconfigure often).
@@ -137,7 +142,7 @@ impl Worker {
         let client = WebhookClient::new(&config.http)?;
         let stopping = CancellationToken::new();
         let pipeline = Arc::new(Pipeline {
-            endpoints: limits::EndpointLimits::new(config.per_endpoint_in_flight),
+            endpoints: limits::EndpointLimits::new(config.per_endpoint_in_flight, config.quick),
             http_slots: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
             first_attempt_room: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
             subscriptions: subscriptions::SubscriptionCache::default(),

@@ -34,17 +34,17 @@ use crate::circuit::{Circuits, Gate};
 /// Failed attempts in a row that open a webhook's circuit.
 pub use crate::circuit::FAILURES_TO_OPEN;
 
-/// What courier expects of a healthy endpoint: answers within this long on
-/// average, so that a delivery waiting for one of its slots waits at most
-/// this long. A slower endpoint gets no first attempts from the fan-out stage
-/// (they would hold up the event's other deliveries) and its deliveries do
-/// not queue for its slots inside a worker (they would hold the worker's
-/// slots): they are held in the ledger instead.
-pub const QUICK: Duration = Duration::from_millis(250);
-
 #[derive(Debug)]
 pub struct EndpointLimits {
     per_endpoint: usize,
+    /// What courier expects of a healthy endpoint (`delivery.quick_ms`):
+    /// answers within this long on average, so that a delivery waiting for
+    /// one of its slots waits at most this long. A slower endpoint gets no
+    /// first attempts from the fan-out stage (they would hold up the
+    /// event's other deliveries) and its deliveries do not queue for its
+    /// slots inside a worker (they would hold the worker's slots): they are
+    /// held in the ledger instead.
+    quick: Duration,
     /// By URL.
     endpoints: Mutex<HashMap<Arc<str>, Arc<Endpoint>>>,
     /// By webhook.
@@ -58,6 +58,8 @@ struct Endpoint {
     /// before that and while slow.
     size: usize,
     slow_size: usize,
+    /// [`EndpointLimits`]'s `quick`, in µs.
+    quick_micros: u64,
     /// Whether it answered quickly once, and so has all `size` slots.
     opened: AtomicBool,
     /// Exponentially weighted mean of recent attempt durations, in µs.
@@ -68,12 +70,13 @@ struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(size: usize) -> Self {
+    fn new(size: usize, quick: Duration) -> Self {
         let slow_size = (size / 4).max(1);
         Self {
             slots: Arc::new(Semaphore::new(slow_size)),
             size,
             slow_size,
+            quick_micros: micros(quick),
             opened: AtomicBool::new(false),
             mean_micros: AtomicU64::new(0),
             progress_micros: AtomicU64::new(0),
@@ -100,7 +103,7 @@ impl Endpoint {
     }
 
     fn now_micros(&self) -> u64 {
-        self.created.elapsed().as_micros().min(u128::from(u64::MAX)) as u64
+        micros(self.created.elapsed())
     }
 
     fn progressed(&self) {
@@ -109,7 +112,7 @@ impl Endpoint {
     }
 
     /// Slow if its answers have been, or if every slot is taken and none
-    /// has freed for longer than [`QUICK`]: attempts stuck on an endpoint
+    /// has freed for longer than the quick time: attempts stuck on an endpoint
     /// that has not answered yet say as much as a mean would, and waiting
     /// for their slots would only hold the waiter up. A slow endpoint is
     /// full once it uses its `slow_size` slots.
@@ -128,7 +131,7 @@ impl Endpoint {
         } else {
             self.slow_size
         };
-        (slow > QUICK.as_micros() as u64).then(|| NoSlot::Slow {
+        (slow > self.quick_micros).then(|| NoSlot::Slow {
             mean: Duration::from_micros(slow),
             full: total.saturating_sub(available) >= self.slow_size,
         })
@@ -136,7 +139,7 @@ impl Endpoint {
 
     /// Gives a new endpoint all its slots once it answered quickly.
     fn answered(&self, took: Duration) {
-        if took <= QUICK && !self.opened.swap(true, Ordering::Relaxed) {
+        if micros(took) <= self.quick_micros && !self.opened.swap(true, Ordering::Relaxed) {
             self.slots.add_permits(self.size - self.slow_size);
         }
     }
@@ -147,13 +150,17 @@ impl Endpoint {
     }
 }
 
+fn micros(d: Duration) -> u64 {
+    d.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
 /// Why no slot was had.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoSlot {
     /// The endpoint has been answering slowly, `mean` on average; `full`
     /// when every one of its slots is taken.
     Slow { mean: Duration, full: bool },
-    /// It is quick, but no slot freed within [`QUICK`].
+    /// It is quick, but no slot freed within the quick time.
     Busy,
     /// Its webhook's circuit is open after repeated failures: no attempt
     /// for `wait` (zero while a probe is under way, or is to be claimed).
@@ -225,7 +232,7 @@ impl Slot {
 
     pub fn observe(&self, took: Duration) {
         self.endpoint.answered(took);
-        let sample = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        let sample = micros(took);
         // mean += (sample - mean) / 4; a lost race only drops one sample.
         let _ =
             self.endpoint
@@ -237,9 +244,12 @@ impl Slot {
 }
 
 impl EndpointLimits {
-    pub fn new(per_endpoint: usize) -> Self {
+    /// `per_endpoint` attempts at once for a quick endpoint (a quarter of
+    /// that for a slow one), which answers within `quick` on average.
+    pub fn new(per_endpoint: usize, quick: Duration) -> Self {
         Self {
             per_endpoint: per_endpoint.max(1),
+            quick,
             endpoints: Mutex::new(HashMap::new()),
             circuits: Arc::default(),
         }
@@ -268,13 +278,13 @@ impl EndpointLimits {
         if map.len() > 4096 {
             map.retain(|_, e| Arc::strong_count(e) > 1);
         }
-        let endpoint = Arc::new(Endpoint::new(self.per_endpoint));
+        let endpoint = Arc::new(Endpoint::new(self.per_endpoint, self.quick));
         map.insert(Arc::from(url), Arc::clone(&endpoint));
         endpoint
     }
 
     /// A slot at `url` for `webhook` if its endpoint has been answering
-    /// quickly, waiting at most [`QUICK`] for one: the fan-out stage's test
+    /// quickly, waiting at most the quick time for one: the fan-out stage's test
     /// for attempting right away.
     pub async fn acquire_quick(&self, url: &str, webhook: SubscriptionId) -> Result<Slot, NoSlot> {
         NoSlot::check(self.circuits.gate(webhook))?;
@@ -285,7 +295,7 @@ impl EndpointLimits {
         self.wait(endpoint, webhook).await
     }
 
-    /// A slot at `url` for `webhook`, waiting at most [`QUICK`] for one,
+    /// A slot at `url` for `webhook`, waiting at most the quick time for one,
     /// and not at all for a slow endpoint whose slots are all taken. An
     /// error means the caller should put the delivery off rather than hold
     /// a worker slot in a queue behind the endpoint.
@@ -335,11 +345,11 @@ impl EndpointLimits {
         }
     }
 
-    /// A slot that frees within [`QUICK`], if the circuit still lets the
+    /// A slot that frees within the quick time, if the circuit still lets the
     /// attempt through once it has one: waiters queued while the endpoint
     /// was failing must not all go on to fail once more.
     async fn wait(&self, endpoint: Arc<Endpoint>, webhook: SubscriptionId) -> Result<Slot, NoSlot> {
-        let permit = tokio::time::timeout(QUICK, Arc::clone(&endpoint.slots).acquire_owned())
+        let permit = tokio::time::timeout(self.quick, Arc::clone(&endpoint.slots).acquire_owned())
             .await
             .map_err(|_| NoSlot::Busy)?
             .expect("endpoint semaphores are never closed");
@@ -354,12 +364,15 @@ mod tests {
     use super::*;
     use crate::circuit::FIRST_COOLDOWN;
 
+    /// `delivery.quick_ms`'s default.
+    const QUICK: Duration = Duration::from_millis(250);
+
     /// The webhook of every test's attempts.
     const HOOK: SubscriptionId = SubscriptionId(uuid::Uuid::from_u128(1));
 
     #[tokio::test(start_paused = true)]
     async fn slow_endpoints_lose_the_quick_path_and_full_ones_are_busy() {
-        let limits = EndpointLimits::new(2);
+        let limits = EndpointLimits::new(2, QUICK);
         let id = "http://127.0.0.1:8080/hook";
 
         let a = limits
@@ -426,8 +439,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_quick_time_is_the_operators() {
+        let id = "http://127.0.0.1:8080/hook";
+        let second = Duration::from_secs(1);
+        // One-second answers: slow by default, quick with 2 s.
+        for (quick, slow) in [(QUICK, true), (2 * second, false)] {
+            let limits = EndpointLimits::new(4, quick);
+            let slot = limits.acquire_quick(id, HOOK).await.unwrap();
+            slot.observe(4 * second);
+            drop(slot);
+            match limits.acquire_quick(id, HOOK).await {
+                Err(NoSlot::Slow { mean, .. }) if slow => assert_eq!(mean, second),
+                Ok(_) if !slow => {}
+                other => panic!("quick time {quick:?}: {other:?}"),
+            }
+        }
+        // A full endpoint's waiter gives up after the quick time.
+        let limits = EndpointLimits::new(1, 2 * second);
+        let _held = limits.acquire(id, HOOK).await.unwrap();
+        let started = Instant::now();
+        assert_eq!(limits.acquire(id, HOOK).await.err(), Some(NoSlot::Busy));
+        assert_eq!(started.elapsed(), 2 * second);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_slow_endpoint_gets_a_quarter_of_the_slots() {
-        let limits = EndpointLimits::new(8);
+        let limits = EndpointLimits::new(8, QUICK);
         let id = "http://127.0.0.1:8080/hook";
         let first = limits.acquire(id, HOOK).await.unwrap();
         first.observe(Duration::from_secs(4));
@@ -453,7 +490,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_endpoint_stuck_on_its_first_requests_is_slow_before_it_answers() {
-        let limits = EndpointLimits::new(8);
+        let limits = EndpointLimits::new(8, QUICK);
         let id = "http://127.0.0.1:8080/hook";
         // Until it answers, a new endpoint has a quarter of its slots.
         let held = (
@@ -495,7 +532,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_open_circuit_gives_its_webhook_no_slot_but_its_probe() {
-        let limits = EndpointLimits::new(8);
+        let limits = EndpointLimits::new(8, QUICK);
         let id = "http://127.0.0.1:8080/hook";
         let other = SubscriptionId(uuid::Uuid::from_u128(2));
 
@@ -563,7 +600,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn try_slots_takes_only_what_is_free() {
-        let limits = EndpointLimits::new(8);
+        let limits = EndpointLimits::new(8, QUICK);
         let id = "http://127.0.0.1:8080/hook";
         // New: a quarter of its slots until it answers quickly.
         let first = limits.try_slots(id, HOOK, 8);
@@ -593,7 +630,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_waiter_queued_before_the_circuit_opened_does_not_get_through() {
-        let limits = Arc::new(EndpointLimits::new(8));
+        let limits = Arc::new(EndpointLimits::new(8, QUICK));
         let id = "http://127.0.0.1:8080/hook";
         let first = limits.acquire(id, HOOK).await.unwrap();
         first.observe(Duration::from_millis(1));

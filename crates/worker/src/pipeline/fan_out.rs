@@ -25,7 +25,6 @@ use super::owed::{self, Owed};
 use super::{Pipeline, StepError};
 use crate::consumer::{Finish, Handled};
 use crate::error_chain;
-use crate::limits::QUICK;
 use crate::log::{About, about};
 
 impl Pipeline {
@@ -160,13 +159,14 @@ impl Pipeline {
     /// follow-up messages) is durable before the event is acked through
     /// `finish`.
     ///
-    /// A first attempt still running after [`QUICK`] (its endpoint turned
-    /// slow) does not keep the event unacked: its delivery is committed
-    /// with the others, claimed in the ledger for as long as the attempt
-    /// may take, and the event is acked. The attempt is recorded when it
-    /// ends, and the ledger owes whatever follows it; should this worker
-    /// die first, the claim runs out and another worker makes the attempt.
-    /// An unacked event would hold up the acks of every event behind it.
+    /// A first attempt still running after the quick time (its endpoint
+    /// turned slow) does not keep the event unacked: its delivery is
+    /// committed with the others, claimed in the ledger for as long as the
+    /// attempt may take, and the event is acked. The attempt is recorded
+    /// when it ends, and the ledger owes whatever follows it; should this
+    /// worker die first, the claim runs out and another worker makes the
+    /// attempt. An unacked event would hold up the acks of every event
+    /// behind it.
     async fn try_fan_out(
         &self,
         event: &Arc<Event>,
@@ -243,10 +243,10 @@ impl Pipeline {
             }
         }
         // An endpoint that turns out slow must not keep the others' attempts
-        // out of the ledger: what is done within QUICK is recorded now, the
-        // rest is claimed and recorded as it finishes.
+        // out of the ledger: what is done within the quick time is recorded
+        // now, the rest is claimed and recorded as it finishes.
         if !running.is_empty() {
-            let patience = tokio::time::sleep(QUICK);
+            let patience = tokio::time::sleep(self.config.quick);
             tokio::pin!(patience);
             loop {
                 tokio::select! {

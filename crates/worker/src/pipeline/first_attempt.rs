@@ -13,15 +13,15 @@ use tracing::Instrument;
 use super::attempt::{Attempted, delivery_span};
 use super::owed::Owed;
 use super::{Pipeline, StepError};
-use crate::limits::{NoSlot, QUICK};
+use crate::limits::NoSlot;
 use crate::log::About;
 
 impl Pipeline {
     /// The first attempt of a delivery, made right away if its endpoint has
-    /// been answering quickly and a slot frees within [`QUICK`]. Otherwise
-    /// the delivery is left to the deliveries queue, or, when its endpoint
-    /// is slow and saturated or its webhook's circuit open, held in the
-    /// ledger.
+    /// been answering quickly and a slot frees within the quick time
+    /// (`delivery.quick_ms`). Otherwise the delivery is left to the
+    /// deliveries queue, or, when its endpoint is slow and saturated or its
+    /// webhook's circuit open, held in the ledger.
     pub(super) async fn first_attempt(
         &self,
         event: &Event,
@@ -31,7 +31,8 @@ impl Pipeline {
         let span = delivery_span(&msg);
         async {
             let worker_slot = Arc::clone(&self.http_slots).acquire_owned();
-            let Ok(Ok(worker_slot)) = tokio::time::timeout(QUICK, worker_slot).await else {
+            let Ok(Ok(worker_slot)) = tokio::time::timeout(self.config.quick, worker_slot).await
+            else {
                 return First::Queue(msg);
             };
             // Over its rate limit: held, and released at the rate.
