@@ -2,7 +2,7 @@
 //! size cap and unknown fields refused by name, and query strings likewise.
 //! axum's own `Json`/`Query` rejections are plain text, hence these.
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use futures_util::StreamExt;
@@ -15,21 +15,30 @@ use crate::{ApiError, MAX_BODY_BYTES};
 #[derive(Debug)]
 pub struct JsonBody<T, const LIMIT: usize = MAX_BODY_BYTES>(pub T);
 
-/// Reads at most `limit` bytes; more is a 413, not a truncated parse.
-pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// Reads at most `limit` bytes; more is a 413, not a truncated parse. A
+/// body that arrives in one piece, as a small one does, is not copied.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let mut stream = body.into_data_stream();
-    let mut bytes = Vec::new();
+    let mut first: Option<Bytes> = None;
+    let mut joined = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::BadRequest {
             field: None,
             message: format!("could not read the request body: {e}"),
         })?;
-        if bytes.len() + chunk.len() > limit {
+        let read = first.as_ref().map_or(0, Bytes::len) + joined.len();
+        if read + chunk.len() > limit {
             return Err(ApiError::TooLarge(limit));
         }
-        bytes.extend_from_slice(&chunk);
+        match first.take() {
+            None if joined.is_empty() => first = Some(chunk),
+            earlier => {
+                joined.extend_from_slice(earlier.as_deref().unwrap_or_default());
+                joined.extend_from_slice(&chunk);
+            }
+        }
     }
-    Ok(bytes)
+    Ok(first.unwrap_or_else(|| Bytes::from(joined)))
 }
 
 /// Turns a serde error into a 400 naming the field: the path where
@@ -76,8 +85,7 @@ pub(crate) fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError
         });
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut *de)
-        .map_err(|e| parse_error(e.path().to_string(), &e.inner().to_string()))?;
+    let value = T::deserialize(&mut *de).map_err(|plain| refused::<T>(bytes, &plain))?;
     de.end().map_err(|e| ApiError::BadRequest {
         field: None,
         message: format!(
@@ -88,6 +96,17 @@ pub(crate) fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError
         ),
     })?;
     Ok(value)
+}
+
+/// Why `bytes` is not a `T`, naming the field: parsed again, this time
+/// tracking the path, which costs every body that parses if done first.
+/// Should the second parse disagree, the first one's error stands.
+fn refused<T: DeserializeOwned>(bytes: &[u8], plain: &serde_json::Error) -> ApiError {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, T>(de) {
+        Err(e) => parse_error(e.path().to_string(), &e.inner().to_string()),
+        Ok(_) => parse_error(String::new(), &plain.to_string()),
+    }
 }
 
 /// What the body holds when it starts like a JSON value other than an
@@ -186,5 +205,65 @@ mod tests {
         assert!(message(br#"{"name": "a", "n": 1} {}"#).contains("nothing after it"));
         // Not JSON at all: the parser's own words, with the place.
         assert!(message(b"fals").contains("line 1 column"));
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        items: Vec<Inner>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        x: u32,
+    }
+
+    fn field(bytes: &[u8]) -> (Option<String>, String) {
+        match from_json::<Outer>(bytes) {
+            Err(ApiError::BadRequest { field, message }) => (field, message),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refusal_names_the_field_where_parsing_failed() {
+        assert!(from_json::<Outer>(br#"{"items": [{"x": 1}]}"#).is_ok());
+        let (at, message) = field(br#"{"items": [{"x": 1}, {"x": "a"}]}"#);
+        assert_eq!(at.as_deref(), Some("items[1].x"), "{message}");
+        assert!(message.contains("invalid type"), "{message}");
+        let (at, _) = field(br#"{"items": [{"x": 1, "y": 2}]}"#);
+        assert_eq!(at.as_deref(), Some("items[0].y"));
+        let (at, _) = field(br#"{"items": [{}]}"#);
+        assert_eq!(at.as_deref(), Some("items[0].x"));
+        let (at, _) = field(br#"{}"#);
+        assert_eq!(at.as_deref(), Some("items"));
+    }
+
+    fn chunked(chunks: &[&'static str]) -> axum::body::Body {
+        let chunks: Vec<Result<Bytes, std::convert::Infallible>> = chunks
+            .iter()
+            .map(|c| Ok(Bytes::from_static(c.as_bytes())))
+            .collect();
+        axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_whole_in_pieces_or_in_one_up_to_its_limit() {
+        let one = read_body(chunked(&["{\"a\": 1}"]), 8 + 1).await.unwrap();
+        assert_eq!(&one[..], b"{\"a\": 1}");
+        let pieces = read_body(chunked(&["{\"a\"", "", ": 1", "}"]), 9)
+            .await
+            .unwrap();
+        assert_eq!(&pieces[..], b"{\"a\": 1}");
+        assert!(read_body(chunked(&[]), 9).await.unwrap().is_empty());
+        for body in [chunked(&["0123456789"]), chunked(&["01234", "56789"])] {
+            assert!(matches!(
+                read_body(body, 9).await,
+                Err(ApiError::TooLarge(9))
+            ));
+        }
     }
 }

@@ -71,16 +71,15 @@ pub async fn ingest(
 ) -> Result<(StatusCode, Json<Envelope<Accepted>>), ApiError> {
     let ws = key.workspace(&ws)?;
     let (event, body) = accept(&ws, input)?;
+    let id = event.id;
     state
         .groups()
-        .publish(event.id.clone(), body)
+        .publish(id.clone(), body)
         .await
         .map_err(unavailable)?;
     Ok((
         StatusCode::ACCEPTED,
-        Envelope::ok(Accepted {
-            id: event.id.to_string(),
-        }),
+        Envelope::ok(Accepted { id: id.into() }),
     ))
 }
 
