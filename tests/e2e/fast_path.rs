@@ -78,8 +78,10 @@ async fn a_stalled_ledger_holds_up_acks_not_deliveries() {
 /// fan-out stage itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quick_time_decides_which_endpoints_get_first_attempts_at_once() {
-    // More than the 8 slots (a quarter of 32) a new endpoint starts with.
-    const EVENTS: usize = 12;
+    // Well over the 8 slots (a quarter of 32) a new endpoint starts with:
+    // by default the rest wait 250 ms for a slot that frees after 400, or
+    // find the endpoint slow once its answers are in.
+    const EVENTS: usize = 40;
     for (quick_ms, quick) in [(None, false), (Some("3000"), true)] {
         let overrides: Vec<(&str, &str)> = quick_ms
             .map(|ms| ("COURIER__DELIVERY__QUICK_MS", ms))
