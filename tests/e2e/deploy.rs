@@ -58,6 +58,7 @@ const CONFIG_KEYS: &[&str] = &[
     "database.url",
     "database.max_connections",
     "database.sqlite_synchronous",
+    "database.sqlite_commit_interval_ms",
     "amqp.url",
     "amqp.prefix",
     "amqp.prefetch",

@@ -372,6 +372,9 @@ impl App {
         let ledger = Ledger::start(
             self.store.clone(),
             LedgerOptions {
+                sqlite_commit_interval: Duration::from_millis(
+                    self.settings.database.sqlite_commit_interval_ms,
+                ),
                 on_batch: Some(Arc::new(move |ops| {
                     metrics.ledger_batch_size.observe(ops as f64)
                 })),

@@ -17,6 +17,7 @@ pub const DEFAULTS: &str = r#"
 url = "sqlite://courier.db"
 max_connections = 16
 sqlite_synchronous = "full"
+sqlite_commit_interval_ms = 5
 
 [amqp]
 url = "amqp://guest:guest@127.0.0.1:5672/%2f"
@@ -113,6 +114,9 @@ pub struct DatabaseSettings {
     /// SQLite only: `full` (the default; a commit survives a power loss) or
     /// `normal` (it survives the process crashing only).
     pub sqlite_synchronous: String,
+    /// SQLite only: the least time from one ledger commit's start to the
+    /// next's, so that events arriving close together share a commit.
+    pub sqlite_commit_interval_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -293,6 +297,12 @@ impl Settings {
                 "database.sqlite_synchronous",
                 "must be \"full\" (commits survive a power loss) or \"normal\" (they survive \
                  the process crashing only)",
+            ));
+        }
+        if self.database.sqlite_commit_interval_ms > 1_000 {
+            return Err(invalid(
+                "database.sqlite_commit_interval_ms",
+                "must be between 0 (commit every write at once) and 1000",
             ));
         }
         if let Err(error) = BrokerNodes::parse(&self.amqp.url) {
@@ -641,6 +651,11 @@ mod tests {
             ),
             ("COURIER__DELIVERY__TIMEOUT_MS", "5", "delivery.timeout_ms"),
             ("COURIER__DELIVERY__QUICK_MS", "0", "delivery.quick_ms"),
+            (
+                "COURIER__DATABASE__SQLITE_COMMIT_INTERVAL_MS",
+                "5000",
+                "database.sqlite_commit_interval_ms",
+            ),
             ("COURIER__RETRY__MAX_ATTEMPTS", "0", "retry.max_attempts"),
             ("COURIER__LOG__FORMAT", "xml", "log.format"),
             ("COURIER__DELIVERY__NOPE", "1", "nope"),

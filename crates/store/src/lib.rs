@@ -40,7 +40,7 @@ use queries::Queries;
 pub use circuits::{CircuitRow, DeadReason, OpenCircuitHeld};
 pub use console::{ConsoleSession, PortalLink, SessionKind, WebhookHealth};
 pub use error::{Result, StoreError};
-pub use ledger::{Ledger, LedgerOptions};
+pub use ledger::{DEFAULT_SQLITE_COMMIT_INTERVAL, Ledger, LedgerOptions};
 pub use lifecycle::{Disabling, EndedEpisode, LifecycleCounts, OpenEpisode, PausedDeliveries};
 pub use postgres::PgStore;
 pub use retention::{

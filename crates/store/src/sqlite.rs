@@ -20,7 +20,9 @@
 //! returns, so it survives a power loss as well as the process crashing.
 //! The ledger alone holds held deliveries and the retries it owes, their
 //! events long acked, so a rolled-back commit would lose them. The ledger
-//! commits in groups, so the fsync is paid per batch, not per event.
+//! commits in groups, so the fsync is paid per batch, not per event, and
+//! on SQLite it spaces its commits a few milliseconds apart so that a
+//! moderate rate still makes groups (`LedgerOptions::sqlite_commit_interval`).
 //! `synchronous=NORMAL` (`database.sqlite_synchronous = "normal"`) only
 //! survives the process crashing; it is there as an explicit opt-in.
 //!

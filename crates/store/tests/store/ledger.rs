@@ -1,5 +1,6 @@
 //! The ledger writer (group commit): concurrent writes, a bad request among
-//! good ones, shutdown, two writers on one SQLite file.
+//! good ones, shutdown, two writers on one SQLite file, SQLite's commit
+//! interval.
 //!
 //! Nothing here sleeps: where a test needs writes to be queued behind a busy
 //! writer, it holds the database's write lock itself and enqueues each write
@@ -8,7 +9,9 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use courier_model::{DeliveryId, DeliveryStatus, Event, EventId, SubscriptionId};
 use courier_store::{Ledger, LedgerOptions, Store, StoreError, StoreOptions, WriteOp, WriteResult};
@@ -218,6 +221,110 @@ async fn sqlite_file_shared_by_two_stores() {
             HashMap::from([(DeliveryStatus::Pending, 400)])
         );
         other.close().await;
+    })
+    .await;
+}
+
+/// A ledger that reports the ops of every batch it commits.
+fn ledger_reporting_batches(store: &Store, interval: Duration) -> (Ledger, Arc<Mutex<Vec<usize>>>) {
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&batches);
+    let ledger = Ledger::start(
+        store.clone(),
+        LedgerOptions {
+            sqlite_commit_interval: interval,
+            on_batch: Some(Arc::new(move |ops| seen.lock().unwrap().push(ops))),
+            ..LedgerOptions::default()
+        },
+    );
+    (ledger, batches)
+}
+
+/// On SQLite, writes that arrive after a commit wait until the commit
+/// interval since its start is over, and then share one commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_writes_wait_out_the_commit_interval_and_share_a_commit() {
+    run(TestDb::sqlite().await, |db: TestDb| async move {
+        let store = &db.store;
+        let ws = workspace(store).await;
+        let sub = SubscriptionId::generate();
+        let interval = Duration::from_millis(300);
+        let (ledger, batches) = ledger_reporting_batches(store, interval);
+
+        // The first write finds no commit before it and goes at once.
+        let started = Instant::now();
+        let first = ledger.write(fan_out(&event(&ws), &[sub]).0).await;
+        assert!(matches!(first, Ok(WriteResult::FanOut { .. })), "{first:?}");
+
+        let events: Vec<Event> = (0..3).map(|_| event(&ws)).collect();
+        let writes = events.iter().map(|e| ledger.write(fan_out(e, &[sub]).0));
+        for write in futures_util::future::join_all(writes).await {
+            assert!(matches!(write, Ok(WriteResult::FanOut { .. })), "{write:?}");
+        }
+        // The second commit could not start before the interval was over.
+        assert!(started.elapsed() >= interval, "{:?}", started.elapsed());
+        assert_eq!(*batches.lock().unwrap(), vec![1, 3]);
+        ledger.shutdown().await;
+    })
+    .await;
+}
+
+/// Shutting down commits what waits for the interval at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_shutdown_does_not_wait_out_the_commit_interval() {
+    run(TestDb::sqlite().await, |db: TestDb| async move {
+        let store = &db.store;
+        let ws = workspace(store).await;
+        let sub = SubscriptionId::generate();
+        // Longer than any test runs: only shutdown can end the wait.
+        let (ledger, batches) = ledger_reporting_batches(store, Duration::from_secs(3600));
+        let first = ledger.write(fan_out(&event(&ws), &[sub]).0).await;
+        assert!(matches!(first, Ok(WriteResult::FanOut { .. })), "{first:?}");
+
+        let handle = ledger.clone();
+        let events: Vec<Event> = (0..3).map(|_| event(&ws)).collect();
+        let mut writes: Vec<_> = events
+            .iter()
+            .map(|e| Box::pin(handle.write(fan_out(e, &[sub]).0)))
+            .collect();
+        for write in &mut writes {
+            assert!(poll_once(write).is_pending());
+        }
+        tokio::time::timeout(Duration::from_secs(60), ledger.shutdown())
+            .await
+            .expect("shutdown waited for the commit interval");
+        for write in writes {
+            assert!(matches!(write.await, Ok(WriteResult::FanOut { .. })));
+        }
+        assert_eq!(batches.lock().unwrap().iter().sum::<usize>(), 4);
+        assert_eq!(
+            counts(store.delivery_counts().await.unwrap()),
+            HashMap::from([(DeliveryStatus::Pending, 4)])
+        );
+    })
+    .await;
+}
+
+/// PostgreSQL takes no commit interval: every write commits at once, however
+/// long SQLite's interval is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_commits_without_an_interval() {
+    run(TestDb::postgres().await, |db: TestDb| async move {
+        let store = &db.store;
+        let ws = workspace(store).await;
+        let sub = SubscriptionId::generate();
+        let (ledger, batches) = ledger_reporting_batches(store, Duration::from_secs(3600));
+        let writes = async {
+            for _ in 0..3 {
+                let write = ledger.write(fan_out(&event(&ws), &[sub]).0).await;
+                assert!(matches!(write, Ok(WriteResult::FanOut { .. })), "{write:?}");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), writes)
+            .await
+            .expect("a write on PostgreSQL waited for SQLite's commit interval");
+        assert_eq!(*batches.lock().unwrap(), vec![1, 1, 1]);
+        ledger.shutdown().await;
     })
     .await;
 }
