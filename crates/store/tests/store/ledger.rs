@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use courier_model::{DeliveryId, DeliveryStatus, Event, EventId, SubscriptionId};
+use courier_model::{DeliveryId, DeliveryStatus, Event, EventId, SubscriptionId, WorkspaceId};
 use courier_store::{Ledger, LedgerOptions, Store, StoreError, StoreOptions, WriteOp, WriteResult};
 
 use crate::common::{
@@ -240,6 +240,12 @@ fn ledger_reporting_batches(store: &Store, interval: Duration) -> (Ledger, Arc<M
     (ledger, batches)
 }
 
+/// Records one new event's fan-out through `ledger`, and checks it was.
+async fn fan_out_one(ledger: &Ledger, ws: &WorkspaceId, sub: SubscriptionId) {
+    let write = ledger.write(fan_out(&event(ws), &[sub]).0).await;
+    assert!(matches!(write, Ok(WriteResult::FanOut { .. })), "{write:?}");
+}
+
 /// On SQLite, writes that arrive after a commit wait until the commit
 /// interval since its start is over, and then share one commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -253,14 +259,8 @@ async fn sqlite_writes_wait_out_the_commit_interval_and_share_a_commit() {
 
         // The first write finds no commit before it and goes at once.
         let started = Instant::now();
-        let first = ledger.write(fan_out(&event(&ws), &[sub]).0).await;
-        assert!(matches!(first, Ok(WriteResult::FanOut { .. })), "{first:?}");
-
-        let events: Vec<Event> = (0..3).map(|_| event(&ws)).collect();
-        let writes = events.iter().map(|e| ledger.write(fan_out(e, &[sub]).0));
-        for write in futures_util::future::join_all(writes).await {
-            assert!(matches!(write, Ok(WriteResult::FanOut { .. })), "{write:?}");
-        }
+        fan_out_one(&ledger, &ws, sub).await;
+        futures_util::future::join_all((0..3).map(|_| fan_out_one(&ledger, &ws, sub))).await;
         // The second commit could not start before the interval was over.
         assert!(started.elapsed() >= interval, "{:?}", started.elapsed());
         assert_eq!(*batches.lock().unwrap(), vec![1, 3]);
@@ -278,8 +278,7 @@ async fn sqlite_shutdown_does_not_wait_out_the_commit_interval() {
         let sub = SubscriptionId::generate();
         // Longer than any test runs: only shutdown can end the wait.
         let (ledger, batches) = ledger_reporting_batches(store, Duration::from_secs(3600));
-        let first = ledger.write(fan_out(&event(&ws), &[sub]).0).await;
-        assert!(matches!(first, Ok(WriteResult::FanOut { .. })), "{first:?}");
+        fan_out_one(&ledger, &ws, sub).await;
 
         let handle = ledger.clone();
         let events: Vec<Event> = (0..3).map(|_| event(&ws)).collect();
@@ -316,8 +315,7 @@ async fn postgres_commits_without_an_interval() {
         let (ledger, batches) = ledger_reporting_batches(store, Duration::from_secs(3600));
         let writes = async {
             for _ in 0..3 {
-                let write = ledger.write(fan_out(&event(&ws), &[sub]).0).await;
-                assert!(matches!(write, Ok(WriteResult::FanOut { .. })), "{write:?}");
+                fan_out_one(&ledger, &ws, sub).await;
             }
         };
         tokio::time::timeout(Duration::from_secs(60), writes)
