@@ -599,6 +599,11 @@ mod tests {
             courier_model::RetentionPolicy::default()
         );
         assert_eq!(s.retention.interval_secs, 3600);
+        // The ledger's own default and the file's agree.
+        assert_eq!(
+            Duration::from_millis(s.database.sqlite_commit_interval_ms),
+            courier_store::DEFAULT_SQLITE_COMMIT_INTERVAL
+        );
     }
 
     #[test]

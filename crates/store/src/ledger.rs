@@ -41,8 +41,11 @@ pub struct LedgerOptions {
     /// whole and fsyncs it, so at a moderate, steady rate (1,000 events a
     /// second) committing each event alone wrote about 100 KB an event;
     /// waiting a few milliseconds lets several events share those pages
-    /// and that fsync. Only acks wait for it: first attempts are made
-    /// before their commit. Zero commits every write at once.
+    /// and that fsync. Mostly acks wait for it: first attempts to quick
+    /// endpoints are made before their commit; a delivery that goes by the
+    /// deliveries queue (a slow endpoint, inline first attempts off) is
+    /// published after it, so waits up to this long more. Zero commits
+    /// every write at once.
     pub sqlite_commit_interval: Duration,
     /// Told the number of ops of every committed batch (for metrics; this
     /// crate knows nothing of Prometheus).
