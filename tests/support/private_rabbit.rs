@@ -130,7 +130,9 @@ impl PrivateRabbit {
     fn wait_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(120);
         while !port_open(self.port) {
-            assert!(Instant::now() < deadline, "private RabbitMQ did not start");
+            if Instant::now() >= deadline {
+                self.failed_to_start("its port did not open within 120 s");
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
         let status = Command::new("runuser")
@@ -141,17 +143,37 @@ impl PrivateRabbit {
             .status()
             .expect("run rabbitmqctl");
         if !status.success() {
-            let log = self.dir.join("log").join(format!("{}.log", self.node));
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            self.failed_to_start("rabbitmqctl await_startup failed");
+        }
+    }
+
+    /// Fails the test with the end of every file in the node's log
+    /// directory, which is removed with the node: the only record of why
+    /// a boot failed.
+    fn failed_to_start(&self, why: &str) -> ! {
+        let dir = self.dir.join("log");
+        let mut logs = String::new();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .map(|entries| entries.flatten().map(|entry| entry.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            panic!(
-                "private RabbitMQ {} did not start; the end of {}:\n{}",
-                self.node,
-                log.display(),
+            logs.push_str(&format!(
+                "--- the end of {}:\n{}\n",
+                file.display(),
                 tail.join("\n")
-            );
+            ));
         }
+        if logs.is_empty() {
+            logs = format!("(no log files in {})", dir.display());
+        }
+        panic!(
+            "private RabbitMQ {} on port {} did not start: {why}\n{logs}",
+            self.node, self.port
+        );
     }
 
     /// Stops the broker application: every connection drops, the node
