@@ -189,7 +189,7 @@ async fn run(
         let mut batch = Batch::new(first, max_batch);
         loop {
             batch.take_queued(&mut queue, &mut carried);
-            if batch.full || carried.is_some() || Instant::now() >= not_before {
+            if batch.is_full() || carried.is_some() || Instant::now() >= not_before {
                 break;
             }
             // Until the interval is over, wait for more to share the commit.
@@ -219,8 +219,6 @@ struct Batch {
     requests: Vec<Request>,
     ops: usize,
     max_batch: usize,
-    /// No further request fits.
-    full: bool,
 }
 
 impl Batch {
@@ -230,25 +228,26 @@ impl Batch {
             requests: vec![first],
             ops,
             max_batch,
-            full: ops >= max_batch,
         }
+    }
+
+    fn is_full(&self) -> bool {
+        self.ops >= self.max_batch
     }
 
     /// Adds `request`, or carries it to the next batch when it would not fit.
     fn add(&mut self, request: Request, carried: &mut Option<Request>) {
         if self.ops + request.ops.len() > self.max_batch {
             *carried = Some(request);
-            self.full = true;
             return;
         }
         self.ops += request.ops.len();
         self.requests.push(request);
-        self.full = self.ops >= self.max_batch;
     }
 
-    /// Adds what is queued now, until full.
+    /// Adds what is queued now, until full or a request does not fit.
     fn take_queued(&mut self, queue: &mut mpsc::Receiver<Message>, carried: &mut Option<Request>) {
-        while !self.full {
+        while !self.is_full() && carried.is_none() {
             match queue.try_recv() {
                 Ok(Message::Write(request)) => self.add(request, carried),
                 Ok(Message::Shutdown) => queue.close(),
